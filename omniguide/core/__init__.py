@@ -1,0 +1,19 @@
+"""The guidance core: noise levels, predictions, branches, guiders, scales, axes and the sampler.
+
+Imports torch only (diffusers only in ``schedulers.py``, loaded by the sampler)."""
+
+from .axes import Axes
+from .branch import Branch, BranchExecutor, Perturbation
+from .errors import ConfigError, GuidanceError, OmniguideError
+from .guider import GuidanceStep, Guider
+from .methods import CFG, CFGPlusPlus, CFGRescale, Interval, Schedule
+from .noise import NoiseLevel
+from .prediction import Guided, Prediction, convert
+from .registry import GUIDERS, build_guider, register_guider
+from .scale import ScaleSchedule
+
+__all__ = [
+    "Axes", "Branch", "BranchExecutor", "CFG", "CFGPlusPlus", "CFGRescale", "ConfigError", "GUIDERS",
+    "GuidanceError", "GuidanceStep", "Guided", "Guider", "Interval", "NoiseLevel", "OmniguideError",
+    "Perturbation", "Prediction", "Schedule", "ScaleSchedule", "build_guider", "convert", "register_guider",
+]

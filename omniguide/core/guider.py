@@ -1,0 +1,122 @@
+"""The guider protocol and the per-step context every guider reads.
+
+A guider does two things at each step:
+
+* ``branches(step)`` -- the names of the branches (model evaluations) it needs *at this step*, so a
+  step outside the guidance interval, a neutral scale or an adaptive skip costs one forward pass;
+* ``combine(preds, step)`` -- a :class:`~omniguide.core.prediction.Guided` result from the
+  predictions of those branches.
+
+State (APG momentum, adaptive skipping, caches) lives on the guider, is created lazily and is
+cleared by ``reset()``, which the sampler calls at the start of every run. Score distillation
+queries random noise levels with no step index, so stateful guiders refuse to run there
+(``step.index is None``) unless they say otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from .axes import Axes
+from .errors import GuidanceError
+from .noise import NoiseLevel
+from .prediction import Guided, Prediction
+
+
+@dataclass
+class GuidanceStep:
+    """What a guider may read at one model evaluation.
+
+    ``x`` and ``noise`` describe the sample the model sees; ``index`` / ``num_steps`` exist only
+    inside a sampler loop; ``axes`` are the sample's declared reduction and frequency axes."""
+
+    x: Tensor
+    noise: NoiseLevel
+    timestep: Any = None
+    index: int | None = None
+    num_steps: int | None = None
+    axes: Axes | None = None
+
+    def coordinate(self, name: str) -> Tensor:
+        """``sigma``, ``t`` or ``step`` at this evaluation (see :mod:`omniguide.core.noise`)."""
+        return self.noise.coordinate(name, self.index, self.num_steps)
+
+    def require_axes(self, who: str, own: Axes | None = None) -> Axes:
+        axes = own if own is not None else self.axes
+        if axes is None:
+            raise GuidanceError(
+                f"{who}: no axes declared for a sample of shape {tuple(self.x.shape)}; pass axes= to the "
+                f"guider or the sampler (e.g. 'BCHW', 'BCT', 'BCFHW')"
+            )
+        axes.check(self.x, who)
+        return axes
+
+    @property
+    def where(self) -> str:
+        return f"step {self.index}" if self.index is not None else "a distillation query"
+
+
+class Guider:
+    """Base class. Subclasses are dataclasses whose fields are their configuration.
+
+    Class attributes:
+      ``stateful`` -- True when ``combine`` reads or writes state between steps.
+    ``neutral`` (a property) is the scale at which the method returns its fallback branch.
+    """
+
+    name: ClassVar[str] = ""
+    stateful: ClassVar[bool] = False
+
+    @property
+    def neutral(self) -> float:
+        """The scale at which this method returns its fallback prediction."""
+        return 1.0
+
+    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget state from a previous run. Wrappers reset what they wrap."""
+        for f in fields(self) if is_dataclass(self) else ():
+            value = getattr(self, f.name)
+            if isinstance(value, Guider):
+                value.reset()
+
+    def branch_defaults(self) -> dict:
+        """Branches this method defines itself (e.g. PAG's perturbed branch), as ``{name: Branch}``.
+        User-supplied branches of the same name take precedence."""
+        out = {}
+        for f in fields(self) if is_dataclass(self) else ():
+            value = getattr(self, f.name)
+            if isinstance(value, Guider):
+                out.update(value.branch_defaults())
+        return out
+
+    @property
+    def fallback(self) -> str:
+        """The branch returned when guidance is off (a step outside an interval)."""
+        return "cond"
+
+    def config(self) -> dict:
+        """A plain dict that :func:`omniguide.core.registry.build_guider` turns back into this guider."""
+        from .registry import guider_config
+
+        return guider_config(self)
+
+
+def passthrough(preds: Mapping[str, Prediction], step: GuidanceStep, name: str = "cond") -> Guided:
+    """The prediction of one branch, unguided, at the step's sample."""
+    pred = preds[name]
+    return Guided.from_value(pred.value, pred.kind, step.x, step.noise)
+
+
+def guided(value: Tensor, step: GuidanceStep, kind: str = "eps") -> Guided:
+    """A consistent guided result from a prediction of ``kind`` at the step's sample."""
+    return Guided.from_value(value, kind, step.x, step.noise)

@@ -1,0 +1,69 @@
+"""CFG with rescaling (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
+Flawed", arXiv:2305.08891, Sec. 3.4):
+
+    g   = u + w (c - u)
+    g_r = g * std(c) / std(g)
+    out = phi * g_r + (1 - phi) * g
+
+``std`` runs over the declared axes, per sample. The paper applies it to the v prediction
+(``space="v"``, as ComfyUI's RescaleCFG does); diffusers applies it to whatever the model outputs
+(``space="eps"`` for an epsilon model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..axes import Axes, as_axes, std
+from ..errors import ConfigError
+from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..prediction import PARAMETERIZATIONS, Guided, Prediction
+from ..registry import register_guider
+from ..scale import Scale, is_neutral, resolve
+from .cfg import cfg, check_form, form_neutral
+
+
+def rescale(pred: Tensor, cond: Tensor, phi: float, axes: Axes) -> Tensor:
+    """Match ``pred``'s std to ``cond``'s over ``axes``, blended by ``phi``."""
+    matched = pred * (std(cond, axes) / std(pred, axes))
+    return phi * matched + (1.0 - phi) * pred
+
+
+@register_guider("cfg-rescale")
+@dataclass
+class CFGRescale(Guider):
+    """``phi * g * std(c)/std(g) + (1 - phi) * g`` with ``g`` the CFG prediction (Lin et al. 2023)."""
+
+    scale: Scale = 7.5
+    rescale: float = 0.7
+    form: str = "u+w(c-u)"
+    space: str = "v"
+    axes: Axes | str | tuple | None = None
+
+    def __post_init__(self):
+        check_form(self.form)
+        if not 0.0 <= float(self.rescale) <= 1.0:
+            raise ConfigError("rescale", f"must be in [0, 1], got {self.rescale}")
+        if self.space not in PARAMETERIZATIONS:
+            raise ConfigError("space", f"unknown space '{self.space}'; valid: {', '.join(PARAMETERIZATIONS)}")
+        self.axes = as_axes(self.axes)
+
+    @property
+    def neutral(self) -> float:
+        return form_neutral(self.form)
+
+    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
+        if is_neutral(resolve(self.scale, step), self.neutral):
+            return ("cond",)
+        return ("cond", "uncond")
+
+    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
+        if "uncond" not in preds:
+            return passthrough(preds, step)
+        axes = step.require_axes("cfg-rescale", self.axes)
+        c, u = preds["cond"].to(self.space), preds["uncond"].to(self.space)
+        g = cfg(c, u, resolve(self.scale, step), self.form)
+        return guided(rescale(g, c, float(self.rescale), axes), step, self.space)

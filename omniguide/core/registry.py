@@ -1,0 +1,140 @@
+"""String registries with a decorator, and strict construction from plain configs.
+
+    @register_guider("my-method")
+    @dataclass
+    class MyMethod(Guider):
+        scale: float = 3.0
+
+    build_guider({"name": "my-method", "scale": 5})        # -> MyMethod(scale=5)
+    build_guider({"name": "my-method", "scle": 5})         # ConfigError: guider.scle: unknown key ... did you mean 'scale'?
+
+A guider field that holds another guider is built recursively (``interval``, ``schedule``); a
+scale given as ``{shape: linear, scale: 7}`` becomes a :class:`~omniguide.core.scale.ScaleSchedule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, did_you_mean
+from .scale import ScaleSchedule
+
+
+class Registry:
+    """Names -> classes (or factories) of one kind of component."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Any] = {}
+
+    def register(self, name: str) -> Callable:
+        def decorator(obj):
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' is registered twice ({self._items[name]} and {obj})")
+            self._items[name] = obj
+            if isinstance(obj, type):
+                obj.name = name
+            return obj
+
+        return decorator
+
+    def get(self, name: str, path: str = "name") -> Any:
+        if name not in self._items:
+            raise ConfigError(path, f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+
+GUIDERS = Registry("guider")
+
+
+def register_guider(name: str) -> Callable:
+    """Class decorator: make a :class:`~omniguide.core.guider.Guider` dataclass buildable by name."""
+    return GUIDERS.register(name)
+
+
+def init_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def build_guider(cfg: Any, path: str = "guider"):
+    """A guider from a config mapping ``{name: ..., **fields}`` (or a guider, returned as is)."""
+    from .guider import Guider
+
+    if isinstance(cfg, Guider):
+        return cfg
+    if isinstance(cfg, str):
+        cfg = {"name": cfg}
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(path, f"expected a guider config with a 'name', got {type(cfg).__name__}")
+    if "name" not in cfg:
+        raise ConfigError(f"{path}.name", f"missing; one of: {', '.join(GUIDERS.names())}")
+    cls = GUIDERS.get(cfg["name"], f"{path}.name")
+    known = init_fields(cls)
+    kwargs = {}
+    for key, value in cfg.items():
+        if key == "name":
+            continue
+        if key not in known:
+            raise ConfigError(f"{path}.{key}", f"unknown key for guider '{cfg['name']}'{did_you_mean(key, known)}")
+        kwargs[key] = _build_value(value, known[key], f"{path}.{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
+    except TypeError as err:
+        raise ConfigError(path, str(err)) from None
+
+
+def _build_value(value: Any, field: dataclasses.Field, path: str) -> Any:
+    annotation = str(field.type)
+    if "Guider" in annotation and isinstance(value, (Mapping, str)) and not _is_plain_mapping_field(annotation):
+        return build_guider(value, path)
+    if isinstance(value, Mapping) and "shape" in value and "Scale" in annotation:
+        try:
+            return ScaleSchedule(**value)
+        except TypeError as err:
+            raise ConfigError(path, str(err)) from None
+        except ConfigError as err:
+            raise ConfigError(f"{path}.{err.path}", err.message) from None
+    if isinstance(value, list) and "Tensor" in annotation and "Scale" in annotation:
+        return torch.tensor(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _is_plain_mapping_field(annotation: str) -> bool:
+    return annotation.startswith(("Mapping", "dict"))
+
+
+def guider_config(guider) -> dict:
+    """The inverse of :func:`build_guider`: a plain dict of the guider's name and init fields."""
+    from .guider import Guider
+
+    def plain(value):
+        if isinstance(value, Guider):
+            return guider_config(value)
+        if isinstance(value, ScaleSchedule):
+            return dataclasses.asdict(value)
+        if isinstance(value, torch.Tensor):
+            return value.tolist()
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    out = {"name": type(guider).name}
+    for name in init_fields(type(guider)):
+        out[name] = plain(getattr(guider, name))
+    return out

@@ -1,0 +1,88 @@
+"""Scales: a number, a schedule over a named coordinate, or a tensor broadcast against the sample.
+
+A schedule moves a guidance scale away from its *neutral* value (the scale at which the method
+returns the conditional prediction: 1 for ``u + w(c - u)``, 0 for ``c + w(c - u)``) by a shape
+``f`` with mean 1 over the noise range, so the average guidance strength is unchanged
+(Wang et al. 2024, "Analysis of Classifier-Free Guidance Weight Schedulers", arXiv:2404.13040):
+
+    w(x) = neutral + (w - neutral) * f(x),   x in [0, 1], x = 1 at pure noise
+
+* ``constant``: ``f = 1``
+* ``linear``:   ``f = 2 (1 - x)``          (guidance grows as noise falls)
+* ``cosine``:   ``f = cos(pi x) + 1``
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+
+SHAPES = ("constant", "linear", "cosine")
+SCHEDULE_COORDINATES = ("t", "step")
+
+
+@dataclass(frozen=True)
+class ScaleSchedule:
+    """A scale that varies over a coordinate (``t`` or ``step``); see the module docstring."""
+
+    scale: float
+    shape: str = "linear"
+    coordinate: str = "t"
+    neutral: float = 1.0
+
+    def __post_init__(self):
+        if self.shape not in SHAPES:
+            raise ConfigError("shape", f"unknown schedule shape '{self.shape}'; valid: {', '.join(SHAPES)}")
+        if self.coordinate not in SCHEDULE_COORDINATES:
+            raise ConfigError(
+                "coordinate",
+                f"a scale schedule needs a coordinate on [0, 1] ('t' or 'step'), got '{self.coordinate}'",
+            )
+
+    def __call__(self, step) -> Tensor:
+        if self.coordinate == "step":
+            # x = 1 at the first step, 0 at the last
+            n = step.num_steps
+            if step.index is None or not n:
+                raise ConfigError("coordinate", "'step' exists only inside a sampler loop; use 't'")
+            x = torch.as_tensor(1.0 - step.index / max(n - 1, 1))
+        else:
+            x = step.coordinate("t")
+        f = shape_factor(self.shape, x)
+        return self.neutral + (self.scale - self.neutral) * f
+
+
+def shape_factor(shape: str, x: Tensor) -> Tensor:
+    if shape == "constant":
+        return torch.ones_like(x)
+    if shape == "linear":
+        return 2.0 * (1.0 - x)
+    if shape == "cosine":
+        return torch.cos(math.pi * x) + 1.0
+    raise ConfigError("shape", f"unknown schedule shape '{shape}'; valid: {', '.join(SHAPES)}")
+
+
+Scale = Union[float, int, Tensor, ScaleSchedule]
+
+
+def resolve(scale: Scale, step) -> float | Tensor:
+    """The scale's value at this step: a float or a tensor broadcastable to the sample."""
+    if isinstance(scale, ScaleSchedule):
+        value = scale(step)
+        return value.to(step.x.dtype).to(step.x.device) if isinstance(value, Tensor) else value
+    if isinstance(scale, Tensor):
+        return scale.to(device=step.x.device, dtype=step.x.dtype)
+    return float(scale)
+
+
+def is_neutral(value: float | Tensor, neutral: float) -> bool:
+    """True when a resolved scale makes the method return the base prediction everywhere."""
+    if isinstance(value, Tensor):
+        return bool(torch.all(value == neutral))
+    return math.isclose(value, neutral, abs_tol=1e-12)

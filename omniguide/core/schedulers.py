@@ -1,0 +1,116 @@
+"""What the sampler needs to know about a diffusers scheduler (the only core file importing diffusers).
+
+For step ``i`` a :class:`SchedulerView` gives the model input, the timestep, and the noise levels
+of both the scheduler's *sample* and the *model input* (they differ for Euler, whose sample is
+``x0 + sigma eps`` and whose model sees ``sample / sqrt(sigma^2 + 1)``). ``x0`` and ``eps`` are
+the same in both spaces, which is what lets a guided ``(x0, eps)`` pair drive any scheduler.
+
+Supported families:
+
+* ``vp``   -- DDIMScheduler, DDPMScheduler: ``abar`` from ``alphas_cumprod[t]``;
+* ``dpm``  -- DPMSolverMultistepScheduler, UniPCMultistepScheduler, DEISMultistepScheduler: the
+              scheduler's ``sigmas[i]`` through its own ``_sigma_to_alpha_sigma_t`` (VP or flow);
+* ``ve``   -- EulerDiscreteScheduler, EulerAncestralDiscreteScheduler: ``sigmas[i]``, VE sample;
+* ``flow`` -- FlowMatchEulerDiscreteScheduler: ``alpha = 1 - s``, ``sigma = s``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import GuidanceError
+from .noise import NoiseLevel
+from .prediction import Guided, check_parameterization, from_x0_eps
+
+FAMILIES = {
+    "DDIMScheduler": "vp",
+    "DDPMScheduler": "vp",
+    "DPMSolverMultistepScheduler": "dpm",
+    "UniPCMultistepScheduler": "dpm",
+    "DEISMultistepScheduler": "dpm",
+    "EulerDiscreteScheduler": "ve",
+    "EulerAncestralDiscreteScheduler": "ve",
+    "FlowMatchEulerDiscreteScheduler": "flow",
+}
+
+
+def scheduler_family(scheduler) -> str:
+    name = type(scheduler).__name__
+    if name not in FAMILIES:
+        raise GuidanceError(f"scheduler {name} is not supported by the sampler; supported: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def scheduler_parameterization(scheduler) -> str:
+    if scheduler_family(scheduler) == "flow":
+        return "flow"
+    return check_parameterization(scheduler.config.prediction_type, "scheduler.config.prediction_type")
+
+
+@dataclass
+class StepPoint:
+    model_input: Tensor
+    timestep: Tensor
+    model_noise: NoiseLevel   # noise level of model_input
+    sample_noise: NoiseLevel  # noise level of the scheduler's sample
+
+
+class SchedulerView:
+    """A diffusers scheduler set to ``num_steps``, read through one interface."""
+
+    def __init__(self, scheduler, num_steps: int, device: torch.device | str | None = None):
+        self.scheduler = scheduler
+        self.family = scheduler_family(scheduler)
+        self.parameterization = scheduler_parameterization(scheduler)
+        scheduler.set_timesteps(num_steps, device=device)
+        self.timesteps = scheduler.timesteps
+        self.num_train_timesteps = scheduler.config.num_train_timesteps
+        self._step_kwargs = set(inspect.signature(scheduler.step).parameters)
+        if len(self.timesteps) != num_steps:
+            raise GuidanceError(
+                f"{type(scheduler).__name__} made {len(self.timesteps)} timesteps for {num_steps} steps "
+                "(higher-order schedulers that evaluate the model twice per step are not supported)"
+            )
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(getattr(self.scheduler, "init_noise_sigma", 1.0))
+
+    def point(self, sample: Tensor, i: int) -> StepPoint:
+        timestep = self.timesteps[i]
+        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        if self.family == "vp":
+            abar = self.scheduler.alphas_cumprod[int(timestep)].to(dtype)
+            noise = NoiseLevel.vp(abar, t=torch.as_tensor(float(timestep) / self.num_train_timesteps, dtype=dtype))
+            return StepPoint(sample, timestep, noise, noise)
+        s = self.scheduler.sigmas[i].to(dtype)
+        if self.family == "flow":
+            noise = NoiseLevel.flow(s)
+            return StepPoint(sample, timestep, noise, noise)
+        t = torch.as_tensor(float(timestep) / self.num_train_timesteps, dtype=dtype)
+        if self.family == "dpm":
+            alpha, sigma = self.scheduler._sigma_to_alpha_sigma_t(s)
+            noise = NoiseLevel(alpha.to(dtype), sigma.to(dtype), s if self.scheduler.config.get("use_flow_sigmas") else t)
+            return StepPoint(sample, timestep, noise, noise)
+        # ve: the sample is x0 + s eps; the model sees it scaled to unit variance
+        model_input = self.scheduler.scale_model_input(sample, timestep)
+        scale = (s * s + 1).rsqrt()
+        return StepPoint(model_input, timestep, NoiseLevel(scale, s * scale, t), NoiseLevel.edm(s, t))
+
+    def step(self, result: Guided, point: StepPoint, sample: Tensor, generator=None) -> Tensor:
+        """Advance one step from a guided ``(x0, eps)`` pair.
+
+        For an inconsistent pair (CFG++) the sample is re-anchored to ``alpha x0 + sigma eps`` in
+        the scheduler's sample space, so first-order solvers give
+        ``x_next = alpha_next x0 + sigma_next eps`` exactly."""
+        output = from_x0_eps(result.x0, result.eps, self.parameterization, point.model_noise)
+        if not result.consistent:
+            sample = point.sample_noise.alpha * result.x0 + point.sample_noise.sigma * result.eps
+        kwargs = {"return_dict": False}
+        if generator is not None and "generator" in self._step_kwargs:
+            kwargs["generator"] = generator
+        return self.scheduler.step(output.to(sample.dtype), point.timestep, sample, **kwargs)[0]
