@@ -114,3 +114,33 @@ class SchedulerView:
         if generator is not None and "generator" in self._step_kwargs:
             kwargs["generator"] = generator
         return self.scheduler.step(output.to(sample.dtype), point.timestep, sample, **kwargs)[0]
+
+
+# -- schedulers by name (recipes) ---------------------------------------------------------------
+_BY_NAME = {
+    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}),
+    "ddpm": ("DDPMScheduler", {"clip_sample": False}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "flow-euler": ("FlowMatchEulerDiscreteScheduler", {"shift": 1.0}),
+}
+SCHEDULER_NAMES = tuple(_BY_NAME)
+
+
+def build_scheduler(name: str, path: str = "scheduler", **overrides):
+    """A diffusers scheduler by short name (``ddim``, ``euler``, ``dpm++``, ``flow-euler`` ...).
+
+    Defaults suit data that is not in [-1, 1] (no sample clipping); ``overrides`` go to the config."""
+    import diffusers
+
+    from .errors import ConfigError, did_you_mean
+
+    if name not in _BY_NAME:
+        raise ConfigError(path, f"unknown scheduler '{name}'{did_you_mean(name, _BY_NAME)}")
+    cls_name, defaults = _BY_NAME[name]
+    try:
+        return getattr(diffusers, cls_name)(**{**defaults, **overrides})
+    except TypeError as err:
+        raise ConfigError(path, str(err)) from None

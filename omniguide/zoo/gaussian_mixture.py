@@ -154,3 +154,13 @@ class MixtureDenoiser:
         a, s = noise.alpha.reshape(-1, 1), noise.sigma.reshape(-1, 1)
         eps = (sample.double() - a * x0) / s
         return from_x0_eps(x0, eps, self.parameterization, NoiseLevel(a, s)).to(sample.dtype)
+
+
+def denoiser_for(mixture: GaussianMixture, scheduler, parameterization: str | None = None) -> MixtureDenoiser:
+    """The mixture as a model trained for ``scheduler``'s path (flow for flow matching, else VP)."""
+    from ..core.schedulers import scheduler_family, scheduler_parameterization
+
+    kind = parameterization or scheduler_parameterization(scheduler)
+    if scheduler_family(scheduler) == "flow":
+        return MixtureDenoiser(mixture, "flow", kind, num_train_timesteps=scheduler.config.num_train_timesteps)
+    return MixtureDenoiser(mixture, "vp", kind, scheduler.alphas_cumprod, scheduler.config.num_train_timesteps)

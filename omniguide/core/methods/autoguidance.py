@@ -1,0 +1,60 @@
+"""Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself",
+arXiv:2406.02507; reference NVlabs/edm2 ``generate_images.py``: ``ref_Dx.lerp(Dx, guidance)``).
+
+Guide the conditional model away from a weaker model (smaller, or trained less) given the *same*
+condition:
+
+    pred = D_weak + w (D - D_weak)              (the paper writes it for the denoiser D, i.e. x0)
+
+It is linear, so it runs in the model's own parameterization with the same result. The weak model
+is the branch ``weak`` (name configurable): ``Branch("weak", base="cond", model=weak_model)``, made
+by :meth:`AutoGuidance.branch_defaults` when ``weak_model`` is given in code; in a config, the
+branch table supplies it. diffusers' ``AutoGuidance`` differs: it perturbs the model with layer
+skips / dropout on the *unconditional* inputs, which is not the paper's method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..branch import Branch
+from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..prediction import Guided, Prediction
+from ..registry import register_guider
+from ..scale import Scale, is_neutral, resolve
+from .cfg import cfg
+
+
+@register_guider("autoguidance")
+@dataclass
+class AutoGuidance(Guider):
+    """``D_weak + w (D - D_weak)`` with ``D_weak`` a weaker model on the conditional inputs
+    (Karras et al. 2024, arXiv:2406.02507). EDM2's presets use ``w`` around 2 to 2.5."""
+
+    scale: Scale = 2.0
+    weak_model: Callable | None = field(default=None, repr=False)
+    branch: str = "weak"
+
+    def branch_defaults(self) -> dict:
+        if self.weak_model is None:
+            return {}
+        return {self.branch: Branch(name=self.branch, base="cond", model=self.weak_model)}
+
+    def config(self) -> dict:
+        """The model object is not config material; the branch table names the weak model."""
+        out = super().config()
+        out.pop("weak_model", None)
+        return out
+
+    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
+        if is_neutral(resolve(self.scale, step), self.neutral):
+            return ("cond",)
+        return ("cond", self.branch)
+
+    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
+        if self.branch not in preds:
+            return passthrough(preds, step)
+        kind = preds["cond"].kind
+        weak = preds[self.branch].to(kind)  # a weak model may predict another parameterization
+        return guided(cfg(preds["cond"].value, weak, resolve(self.scale, step)), step, kind)

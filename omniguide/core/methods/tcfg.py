@@ -1,0 +1,77 @@
+"""Tangential damping CFG (Kwon et al. 2025, "TCFG: Tangential Damping Classifier-free Guidance",
+arXiv:2503.18137).
+
+Per sample, stack the conditional and unconditional predictions (flattened over the declared axes)
+as the rows of ``A = [c; u]``; ``v1`` is the top right-singular vector of ``A``. The unconditional
+prediction keeps only its component along ``v1`` (its "tangential" part is damped), then CFG runs:
+
+    u'   = <u, v1> v1
+    pred = u' + w (c - u')              form "u+w(c-u)" (diffusers, ComfyUI)
+
+``v1`` comes from the 2x2 Gram matrix ``G = A A^T`` (its top eigenvector ``a`` gives
+``v1 = a^T A / sqrt(lambda_max)``), in float64: the same vector as the SVD at a fraction of the cost.
+The projection is scale-invariant per sample, so ComfyUI's ``x - x0`` (``sigma eps``) equals eps space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..axes import Axes, as_axes, dot
+from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..prediction import Guided, Prediction
+from ..registry import register_guider
+from ..scale import Scale, is_neutral, resolve
+from .apg import check_space, in_space
+from .cfg import cfg, check_form, form_neutral
+
+
+def tangential_damp(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
+    """``u`` projected on the top right-singular vector of ``[c; u]`` (per sample over ``axes.reduce``)."""
+    c, u = cond.double(), uncond.double()
+    cc, cu, uu = dot(c, c, axes), dot(c, u, axes), dot(u, u, axes)
+    gram = torch.stack([torch.stack([cc, cu], -1), torch.stack([cu, uu], -1)], -2)  # [..., 2, 2]
+    lam, vecs = torch.linalg.eigh(gram)                     # ascending: the last pair is the top one
+    a0, a1 = vecs[..., 0, -1], vecs[..., 1, -1]
+    coeff = (a0 * cu + a1 * uu) / lam[..., -1].clamp_min(1e-300)   # <u, v1> / ||a^T A||
+    return (coeff * (a0 * c + a1 * u)).to(uncond.dtype)
+
+
+@register_guider("tcfg")
+@dataclass
+class TCFG(Guider):
+    """CFG with the unconditional prediction projected on the top singular direction of ``[c; u]``
+    (Kwon et al. 2025, arXiv:2503.18137): ``u' + w (c - u')``.
+
+    ``space``: where the projection runs, ``"eps"`` (the paper's noise/score view) by default;
+    ``None`` uses the model's own output as diffusers does (they agree for eps models)."""
+
+    scale: Scale = 7.5
+    form: str = "u+w(c-u)"
+    space: str | None = "eps"
+    axes: Axes | str | tuple | None = None
+
+    def __post_init__(self):
+        check_form(self.form)
+        check_space(self.space)
+        self.axes = as_axes(self.axes)
+
+    @property
+    def neutral(self) -> float:
+        return form_neutral(self.form)
+
+    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
+        if is_neutral(resolve(self.scale, step), self.neutral):
+            return ("cond",)
+        return ("cond", "uncond")
+
+    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
+        if "uncond" not in preds:
+            return passthrough(preds, step)
+        axes = step.require_axes("tcfg", self.axes)
+        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
+        return guided(cfg(c, tangential_damp(c, u, axes), resolve(self.scale, step), self.form), step, kind)

@@ -1,0 +1,122 @@
+"""``omniguide run | show | validate | list``.
+
+    omniguide run configs/sample/mixture_cfg.yaml guider.scale=5 trainer.devices=2
+    omniguide show CONFIG [key=value ...]       # the resolved config
+    omniguide validate CONFIG [key=value ...]   # check everything, run nothing
+    omniguide list [KIND]                       # registered components, one name per line
+
+A user error (bad key, type, range, file, component, YAML) prints one line on stderr and exits
+with code 2; ``--debug`` shows the traceback. ``run`` prints the run folder as its last stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ..core.errors import ConfigError, OmniguideError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands share ``--plugin`` and ``--debug``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (dotted name or .py file) first; it may register components")
+    common.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser = argparse.ArgumentParser(prog="omniguide", description="Run omniguide YAML recipes.", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run a recipe"), ("show", "print the resolved config"),
+                       ("validate", "check a recipe without running it")):
+        p = sub.add_parser(name, help=text, parents=[common])
+        p.add_argument("config", help="recipe YAML file")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. guider.scale=5")
+    p = sub.add_parser("list", help="list registered components", parents=[common])
+    p.add_argument("kind", nargs="?", help="recipes, guiders, models, schedulers, callbacks, objectives")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``omniguide`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, OmniguideError) as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(str(err))}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import runners
+    from .config import import_plugins, load_entry_point_plugins, load_recipe
+
+    runners.load_all()
+    load_entry_point_plugins()
+    import_plugins(args.plugin, path="--plugin")
+    if args.command == "list":
+        return _list(args.kind)
+    resolved = load_recipe(args.config, args.overrides)
+    if args.command == "show":
+        print(resolved.yaml, end="")
+        return 0
+    if resolved.recipe.check is not None:
+        resolved.recipe.check(resolved.cfg)
+    if args.command == "validate":
+        print(f"ok: {args.config} ({resolved.recipe.name})")
+        return 0
+    return _run(resolved)
+
+
+def _run(resolved) -> int:
+    from .run import RUN_DIR_ENV, RunContext
+
+    prefix = resolved.source.stem if resolved.source is not None else resolved.recipe.name
+    run = RunContext.create(resolved.run, prefix, resolved.yaml, resolved.recipe.name)
+    # Lightning re-executes this command line for ranks > 0; they must join this folder.
+    inherited = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run.dir)
+    try:
+        metrics = resolved.recipe.fn(resolved.cfg, run)
+    finally:
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+    if run.is_main:
+        if metrics is not None:
+            run.write_json("metrics.json", metrics)
+        print(run.dir, flush=True)
+    return 0
+
+
+def _list(kind: str | None) -> int:
+    from .registry import COMPONENTS, component_kind
+
+    if kind:
+        registry = component_kind(kind)
+        names = registry.names()
+        if not names:
+            print(f"(no {registry.kind}s are registered yet)", file=sys.stderr)
+        for name in names:
+            print(name)
+        return 0
+    for key, registry in COMPONENTS.items():
+        print(f"{key}:")
+        for name in registry.names():
+            print(f"  {name}")
+    return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

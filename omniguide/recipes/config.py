@@ -1,0 +1,247 @@
+"""Loading recipes: YAML (+ ``extends``) + ``key=value`` overrides -> a strict, typed config.
+
+omegaconf does the work: files are loaded and merged with ``OmegaConf.merge``, overrides parsed
+with ``OmegaConf.from_dotlist``, types converted by merging into ``OmegaConf.structured(schema)``.
+This module adds what users see when something is wrong: one :class:`ConfigError` naming the
+dotted path, the problem and the nearest valid choice.
+
+Top-level keys every recipe understands besides its schema's fields:
+``kind`` (the recipe), ``extends`` (base recipe file(s), relative to this file), ``run`` (the
+run folder section) and ``plugins`` (modules to import first, which register components).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..core.errors import ConfigError, did_you_mean
+from .registry import Recipe, get_recipe
+from .run import RunSection
+from .schema import check_constraints
+
+FRAMEWORK_KEYS = ("kind", "extends", "run", "plugins")
+
+
+@dataclass
+class Resolved:
+    """A loaded recipe: its kind, typed config, run section and the full resolved YAML."""
+
+    recipe: Recipe
+    cfg: Any                 # an instance of recipe.schema
+    run: RunSection
+    source: Path | None
+    yaml: str                # resolved config, as written to the run folder
+
+
+# -- YAML and overrides ------------------------------------------------------------------------
+def load_yaml(path: str | Path, where: str = "") -> DictConfig:
+    """One YAML mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    path = Path(path)
+    where = where or str(path)
+    if not path.is_file():
+        raise ConfigError(where, f"file not found: {path}")
+    import yaml
+
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(where, f"invalid YAML{at}: {problem}") from None
+    except Exception as err:  # omegaconf rejects e.g. non-string keys
+        raise ConfigError(where, f"invalid recipe: {_first_line(err)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(where, "a recipe must be a mapping of keys to values at the top level")
+    return cfg
+
+
+def load_with_extends(path: str | Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A recipe file merged over its ``extends`` base file(s) (recursively, left to right)."""
+    path = Path(path).resolve()
+    if path in seen:
+        raise ConfigError("extends", f"circular extends: {' -> '.join(p.name for p in (*seen, path))}")
+    cfg = load_yaml(path, str(path) if seen else "")
+    bases = cfg.pop("extends", None)
+    if bases is None:
+        return cfg
+    if isinstance(bases, str):
+        bases = [bases]
+    layers = []
+    for i, base in enumerate(bases):
+        if not isinstance(base, str):
+            raise ConfigError(f"extends.{i}", "expected a file name")
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError("extends", f"file not found: {base} (relative to {path.parent})")
+        layers.append(load_with_extends(base_path, (*seen, path)))
+    return OmegaConf.merge(*layers, cfg)
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    """``["guider.scale=5", "trainer.devices=2"]`` -> a config to merge last."""
+    layers = []
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}'", "expected key.path=value")
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except Exception as err:
+            raise ConfigError(key, f"cannot parse override value: {_first_line(err)}") from None
+    return OmegaConf.merge(*layers) if layers else OmegaConf.create({})
+
+
+def load_raw(path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """The merged, untyped recipe (file with its bases, then overrides)."""
+    base = load_with_extends(path) if path is not None else OmegaConf.create({})
+    return OmegaConf.merge(base, parse_overrides(overrides))
+
+
+def import_plugins(modules: Sequence[str], path: str = "plugins") -> None:
+    """Import plugin modules (dotted names or ``.py`` files) so their decorators register components."""
+    for i, module in enumerate(modules):
+        try:
+            if str(module).endswith(".py"):
+                import importlib.util
+
+                spec = importlib.util.spec_from_file_location(Path(module).stem, module)
+                if spec is None or not Path(module).is_file():
+                    raise ModuleNotFoundError(f"no such file: {module}")
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+            else:
+                importlib.import_module(module)
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise ConfigError(f"{path}.{i}" if path == "plugins" else path,
+                              f"cannot import plugin '{module}': {_first_line(err)}") from None
+
+
+def load_entry_point_plugins() -> None:
+    """Import every module registered under the ``omniguide.plugins`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="omniguide.plugins"):
+        try:
+            ep.load()
+        except Exception as err:
+            raise ConfigError(f"entry point '{ep.name}'", f"cannot load plugin: {_first_line(err)}") from None
+
+
+# -- the typed config --------------------------------------------------------------------------
+def resolve(raw: DictConfig, source: Path | None = None) -> Resolved:
+    """Check ``raw`` against its recipe's schema and return the typed config."""
+    try:
+        data = OmegaConf.to_container(raw, resolve=True)
+    except Exception as err:  # bad ${interpolation}
+        raise translate_omegaconf_error(err) from None
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list):
+        raise ConfigError("plugins", "expected a list of module names")
+    import_plugins(plugins)
+    recipe = get_recipe(data.get("kind"))
+    body = {k: v for k, v in data.items() if k not in FRAMEWORK_KEYS}
+    check_structure(recipe.schema, body, "", extra_keys=FRAMEWORK_KEYS)
+    cfg = typed(recipe.schema, body, "")
+    if data.get("run") is not None:
+        check_structure(RunSection, data["run"], "run")
+    run = typed(RunSection, data.get("run") or {}, "run")
+    base_dirs = (source.parent,) if source is not None else ()
+    check_constraints(cfg, "", base_dirs)
+    full = {"kind": recipe.name, **({"plugins": plugins} if plugins else {}),
+            "run": dataclasses.asdict(run), **OmegaConf.to_container(OmegaConf.structured(cfg))}
+    return Resolved(recipe, cfg, run, source, OmegaConf.to_yaml(full))
+
+
+def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Resolved:
+    """Load, merge, check and type a recipe file (``path`` None: overrides only, ``kind=...``)."""
+    from . import runners
+
+    runners.load_all()
+    source = Path(path) if path is not None else None
+    return resolve(load_raw(path, overrides), source)
+
+
+def typed(schema: type, data: Mapping, path: str) -> Any:
+    """``schema`` instance from plain ``data`` through an omegaconf structured merge."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+    except Exception as err:
+        raise translate_omegaconf_error(err, path) from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(_join(path, missing[0]), "required value is missing")
+    return OmegaConf.to_object(merged)
+
+
+def check_structure(schema: Any, data: Any, path: str, extra_keys: Sequence[str] = ()) -> None:
+    """Unknown keys and section/list/scalar mismatches, with the nearest valid key.
+
+    omegaconf would reject these too, but its messages lose the path inside lists and the
+    valid choices; scalar type conversion is left to omegaconf (:func:`typed`)."""
+    origin = typing.get_origin(schema)
+    args = typing.get_args(schema)
+    if origin is typing.Union or origin is types.UnionType:
+        if data is None:
+            return
+        schema = next((a for a in args if a is not type(None)), Any)
+        origin, args = typing.get_origin(schema), typing.get_args(schema)
+    if dataclasses.is_dataclass(schema):
+        if not isinstance(data, Mapping):
+            raise ConfigError(path or "<root>", f"expected a section (mapping), got {_kind(data)}")
+        hints = typing.get_type_hints(schema)
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(_join(path, str(key)), f"unknown key{did_you_mean(key, [*known, *extra_keys])}")
+            check_structure(hints[key], value, _join(path, key))
+    elif origin in (list, tuple, Sequence) or schema in (list, tuple):
+        if not isinstance(data, list):
+            raise ConfigError(path, f"expected a list, got {_kind(data)}")
+        for i, item in enumerate(data):
+            check_structure(args[0] if args else Any, item, _join(path, str(i)))
+    elif origin in (dict, Mapping) or schema in (dict,):
+        if not isinstance(data, Mapping):
+            raise ConfigError(path, f"expected a mapping, got {_kind(data)}")
+    elif schema in (int, float, str, bool) and isinstance(data, (Mapping, list)):
+        raise ConfigError(path, f"expected {schema.__name__}, got {_kind(data)}")
+
+
+def translate_omegaconf_error(err: Exception, prefix: str = "") -> ConfigError:
+    """An omegaconf exception as a one-line ConfigError at ``prefix`` + the error's key path."""
+    if isinstance(err, ConfigError):
+        return err
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
+    key = str(key).replace("[", ".").replace("]", "")
+    message = getattr(err, "msg", None) or str(err)
+    message = _first_line(message).replace("could not be converted to", "is not a valid")
+    message = message.split(". Did you mean")[0]
+    return ConfigError(_join(prefix, key) or "<config>", message)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path and key else path or key
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _first_line(err: Any) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__

@@ -1,0 +1,146 @@
+"""Run folders: ``<root>/<name>-<timestamp>/`` with the resolved config, outputs, metrics and logs.
+
+A run never overwrites an existing folder (a collision gets a ``-1``, ``-2`` ... suffix), unless the
+user names one with ``run.dir`` to continue it (resume training, skip finished samples). Every
+output goes through :meth:`RunContext.atomic`: written to a hidden temporary file in the same
+folder, then renamed, so a killed run leaves either the complete file or none under its final name.
+
+Lightning's DDP launcher re-executes the command line for ranks > 0; they find the folder that
+rank 0 created through the ``OMNIGUIDE_RUN_DIR`` environment variable they inherit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_DIR_ENV = "OMNIGUIDE_RUN_DIR"
+
+
+@dataclass
+class RunSection:
+    """The common ``run:`` section of every recipe."""
+
+    root: str = "runs"                # folder that holds run folders
+    name: str | None = None           # folder prefix; default: the recipe file's stem
+    dir: str | None = None            # an explicit folder to create or continue (resume, multi-node)
+
+
+def env_rank() -> int:
+    """This process's global rank as far as the environment tells (0 outside distributed jobs)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    local, node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("NODE_RANK", 0))
+    return local + node  # only zero-ness matters here: rank 0 is local 0 on node 0
+
+
+@dataclass
+class RunContext:
+    """What a recipe function gets besides its config: the run folder and helpers to write into it."""
+
+    dir: Path
+    recipe: str = ""
+    rank: int = field(default_factory=env_rank)
+
+    # -- creation ------------------------------------------------------------------------------
+    @staticmethod
+    def create(section: RunSection, prefix: str, config_yaml: str, recipe: str = "") -> RunContext:
+        """Create (rank 0) or join (other ranks) the run folder and write ``config.yaml``."""
+        inherited = os.environ.get(RUN_DIR_ENV)
+        if inherited:
+            run = RunContext(Path(inherited), recipe)
+        elif section.dir:
+            path = Path(section.dir)
+            path.mkdir(parents=True, exist_ok=True)
+            run = RunContext(path, recipe)
+        else:
+            run = RunContext(new_run_dir(Path(section.root), section.name or prefix), recipe)
+        if run.is_main:
+            if (run.dir / "config.yaml").exists():
+                run.write_text(f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml", config_yaml)
+            else:
+                run.write_text("config.yaml", config_yaml)
+        return run
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes shared files (global rank 0)."""
+        return self.rank == 0
+
+    def path(self, name: str) -> Path:
+        """``dir / name``."""
+        return self.dir / name
+
+    # -- atomic writes -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def atomic(self, name: str) -> Iterator[Path]:
+        """Yield a temporary path; on success rename it to ``dir / name`` (parents created)."""
+        with atomic_path(self.dir / name) as tmp:
+            yield tmp
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write ``text`` to ``dir / name`` atomically."""
+        with self.atomic(name) as tmp:
+            tmp.write_text(text)
+        return self.dir / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` as indented JSON to ``dir / name`` atomically."""
+        return self.write_text(name, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+    def log(self, message: str) -> None:
+        """Append a line to ``dir/log.txt`` and print it to stderr."""
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, file=sys.stderr, flush=True)
+        with open(self.dir / "log.txt", "a") as f:
+            f.write(line + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A hidden temporary file next to ``final``, renamed onto it when the block succeeds.
+
+    The temporary name keeps the suffix (``.x.png.tmp123.png``) so writers that pick a format
+    from the extension still work. On error it is removed and ``final`` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp", suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def new_run_dir(root: Path, prefix: str) -> Path:
+    """Create ``root/prefix-<timestamp>`` (``-1``, ``-2`` ... on collision); never reuse a folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for i in range(10_000):
+        path = root / (stem if i == 0 else f"{stem}-{i}")
+        try:
+            path.mkdir()   # atomic: fails if another process took the name first
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder under {root}")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

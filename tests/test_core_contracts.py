@@ -1,0 +1,187 @@
+"""Noise levels, parameterization conversions, the branch executor and its errors."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from omniguide.core import Axes, Branch, BranchExecutor, GuidanceError, GuidanceStep, NoiseLevel, Prediction
+from omniguide.core.prediction import PARAMETERIZATIONS, convert, from_x0_eps, to_x0_eps
+
+PATHS = {
+    "vp": lambda t: NoiseLevel.vp(torch.cos(t * torch.pi / 2) ** 2),
+    "edm": lambda t: NoiseLevel.edm(80 * t + 0.002),
+    "flow": lambda t: NoiseLevel.flow(t),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("src", PARAMETERIZATIONS)
+@pytest.mark.parametrize("dst", PARAMETERIZATIONS)
+def test_conversions_round_trip(path, src, dst):
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(4, 3, 5, dtype=torch.float64, generator=g)
+    eps = torch.randn(4, 3, 5, dtype=torch.float64, generator=g)
+    t = torch.rand(4, 1, 1, dtype=torch.float64, generator=g) * 0.9 + 0.05
+    noise = PATHS[path](t)
+    x = noise.alpha * x0 + noise.sigma * eps
+    value = from_x0_eps(x0, eps, src, noise)
+    there = convert(value, src, dst, x, noise)
+    back = convert(there, dst, src, x, noise)
+    torch.testing.assert_close(back, value, rtol=1e-10, atol=1e-10)
+    x0_hat, eps_hat = to_x0_eps(there, dst, x, noise)
+    torch.testing.assert_close(x0_hat, x0, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(eps_hat, eps, rtol=1e-9, atol=1e-9)
+
+
+def test_parameterizations_match_their_definitions():
+    """Independent definitions: v = alpha eps - sigma x0 (Salimans & Ho), flow = eps - x0."""
+    x0, eps = torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    noise = NoiseLevel.vp(torch.tensor(0.3, dtype=torch.float64))
+    x = noise.alpha * x0 + noise.sigma * eps
+    assert torch.allclose(Prediction(eps, "eps", x, noise).to("v"), noise.alpha * eps - noise.sigma * x0)
+    flow = NoiseLevel.flow(torch.tensor(0.4, dtype=torch.float64))
+    xf = 0.6 * x0 + 0.4 * eps
+    assert torch.allclose(Prediction(eps, "eps", xf, flow).to("flow"), eps - x0)
+    # the flow velocity is dx/dt along x_t = (1 - t) x0 + t eps
+    assert torch.allclose(Prediction(x0, "x0", xf, flow).to("flow"), eps - x0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.01, 0.99), st.sampled_from(PARAMETERIZATIONS), st.sampled_from(list(PATHS)))
+def test_conversions_property(t, kind, path):
+    noise = PATHS[path](torch.tensor(t, dtype=torch.float64))
+    value = torch.randn(3, 4, dtype=torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    pred = Prediction(value, kind, x, noise)
+    x0, eps = pred.x0, pred.eps
+    torch.testing.assert_close(noise.alpha * x0 + noise.sigma * eps, x, rtol=1e-9, atol=1e-9)
+
+
+def test_unknown_parameterization_is_named():
+    with pytest.raises(GuidanceError, match="unknown parameterization 'score'"):
+        BranchExecutor(lambda x, t: x, {}, parameterization="score")
+
+
+def test_noise_coordinates():
+    n = NoiseLevel.vp(torch.tensor(0.25), t=torch.tensor(0.5))
+    assert torch.isclose(n.coordinate("sigma"), torch.tensor(3.0).sqrt())
+    assert n.coordinate("t") == 0.5
+    assert n.coordinate("step", index=3, num_steps=10) == pytest.approx(0.3)
+    with pytest.raises(Exception, match="only inside a sampler loop"):
+        n.coordinate("step")
+    with pytest.raises(Exception, match="unknown coordinate 'sigmaa'"):
+        n.coordinate("sigmaa")
+
+
+def test_axes_from_layout():
+    assert Axes.from_layout("BCT").reduce == (1, 2)
+    assert Axes.from_layout("BCFHW", per_frame=True).reduce == (1, 3, 4)
+    assert Axes.from_layout("BCFHW").frequency == (3, 4)
+    with pytest.raises(GuidanceError, match="axis 3 is invalid"):
+        Axes(reduce=(1, 3)).check(torch.zeros(2, 3, 4))
+    with pytest.raises(GuidanceError, match="batch dim 0 is never reduced"):
+        Axes(reduce=(0, 1)).check(torch.zeros(2, 3))
+
+
+# -- executor ---------------------------------------------------------------------------------
+class CountingModel:
+    """eps = x * (1 + emb.mean) + 0.01 t: a cheap model whose output depends on every input."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, sample, timestep, emb):
+        self.calls.append(sample.shape[0])
+        t = torch.as_tensor(timestep, dtype=sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
+        scale = emb.reshape(emb.shape[0], -1).mean(1).reshape(-1, *([1] * (sample.ndim - 1)))
+        return sample * (1 + scale) + 0.01 * t
+
+
+def _step(x):
+    return GuidanceStep(x, NoiseLevel.vp(torch.tensor(0.5)), torch.tensor(10), 0, 10)
+
+
+def test_batched_equals_sequential_and_counts_passes():
+    x = torch.randn(2, 4, 8, 8)
+    cond, uncond, neg = torch.randn(2, 7, 3), torch.zeros(2, 7, 3), torch.randn(2, 7, 3)
+    table = {"cond": {"emb": cond}, "uncond": {"emb": uncond}, "negative": {"emb": neg}}
+    outs = {}
+    for batch in (True, False):
+        model = CountingModel()
+        ex = BranchExecutor(model, table, batch=batch)
+        preds = ex(["cond", "uncond", "negative"], x, torch.tensor(10), _step(x))
+        outs[batch] = preds
+        assert ex.nfe == 3
+        assert ex.forward_passes == (1 if batch else 3)
+        assert model.calls == ([6] if batch else [2, 2, 2])
+    for name in table:
+        torch.testing.assert_close(outs[True][name].value, outs[False][name].value, rtol=1e-6, atol=1e-6)
+
+
+def test_identical_branches_merge():
+    x = torch.randn(2, 3)
+    emb = torch.randn(2, 5)
+    model = CountingModel()
+    ex = BranchExecutor(model, {"cond": {"emb": emb}, "alias": Branch("alias", base="cond")})
+    preds = ex(["cond", "alias"], x, 5, _step(x))
+    assert ex.nfe == 1 and model.calls == [2]
+    assert preds["alias"].value is preds["cond"].value
+
+
+def test_branches_with_other_models_or_perturbations_run_separately():
+    import contextlib
+
+    x = torch.randn(2, 3)
+    emb = torch.randn(2, 5)
+    seen = []
+
+    @contextlib.contextmanager
+    def mark(model):
+        seen.append("on")
+        yield
+        seen.append("off")
+
+    weak = CountingModel()
+    model = CountingModel()
+    table = {
+        "cond": {"emb": emb},
+        "weak": Branch("weak", base="cond", model=weak),
+        "perturbed": Branch("perturbed", base="cond", perturbation=mark),
+    }
+    ex = BranchExecutor(model, table)
+    ex(["cond", "weak", "perturbed"], x, 5, _step(x))
+    assert model.calls == [2, 2] and weak.calls == [2]
+    assert seen == ["on", "off"]  # the perturbation wrapped exactly one pass
+
+
+def test_per_sample_timesteps_batch():
+    x = torch.randn(3, 2)
+    table = {"cond": {"emb": torch.ones(3, 1)}, "uncond": {"emb": torch.zeros(3, 1), "timestep": torch.tensor([1, 2, 3])}}
+    ex_b, ex_s = BranchExecutor(CountingModel(), table), BranchExecutor(CountingModel(), table, batch=False)
+    a = ex_b(["cond", "uncond"], x, torch.tensor(7), _step(x))
+    b = ex_s(["cond", "uncond"], x, torch.tensor(7), _step(x))
+    assert ex_b.forward_passes == 1
+    for k in a:
+        torch.testing.assert_close(a[k].value, b[k].value)
+
+
+def test_errors_name_branch_and_step():
+    x = torch.randn(2, 3)
+    step = _step(x)
+    nan_model = lambda s, t, emb: s * float("nan") if emb.sum() == 0 else s  # noqa: E731
+    ex = BranchExecutor(nan_model, {"cond": {"emb": torch.ones(2, 1)}, "uncond": {"emb": torch.zeros(2, 1)}},
+                        batch=False)
+    with pytest.raises(GuidanceError, match=r"branch 'uncond' at step 0: the prediction has non-finite values"):
+        ex(["cond", "uncond"], x, 1, step)
+    shape_model = lambda s, t, emb: torch.zeros(emb.shape[0], 3)  # noqa: E731
+    ex = BranchExecutor(shape_model, {"cond": {"emb": torch.ones(2, 1)}, "uncond": {"emb": torch.zeros(1, 1)}},
+                        batch=True)
+    with pytest.raises(GuidanceError, match=r"branch 'uncond' at step 0: prediction shape \(1, 3\) does not match"):
+        ex(["cond", "uncond"], x, 1, step)
+    with pytest.raises(GuidanceError, match="branch 'negative' is needed at step 0 but not defined"):
+        ex(["cond", "negative"], x, 1, step)
+    boom = lambda s, t, emb: torch.cat([s, emb])  # noqa: E731
+    ex = BranchExecutor(boom, {"cond": {"emb": torch.ones(2, 5)}})
+    with pytest.raises(GuidanceError, match=r"branch 'cond' at step 0: model call failed"):
+        ex(["cond"], x, 1, step)
