@@ -1,11 +1,21 @@
 """omniguide: one guidance core for every modality."""
 
 from .core import (
+    APG,
     CFG,
+    FDG,
+    PAG,
+    SEG,
+    TCFG,
+    Adaptive,
+    AutoGuidance,
     Axes,
+    BetaCFG,
     Branch,
+    CFGCache,
     CFGPlusPlus,
     CFGRescale,
+    CFGZeroStar,
     ConfigError,
     GuidanceError,
     Guided,
@@ -13,8 +23,11 @@ from .core import (
     Interval,
     NoiseLevel,
     Prediction,
-    Schedule,
     ScaleSchedule,
+    Schedule,
+    SkipLayer,
+    Term,
+    Terms,
     build_guider,
     register_guider,
 )
@@ -27,3 +40,7 @@ __all__ = [
     "Interval", "NoiseLevel", "Prediction", "Schedule", "ScaleSchedule", "build_guider", "register_guider",
     "sample",
 ]
+__all__ += [
+    "APG", "TCFG", "CFGZeroStar", "FDG", "Adaptive", "CFGCache", "BetaCFG", "AutoGuidance", "Terms", "Term",
+]
+__all__ += ["PAG", "SEG", "SkipLayer"]

@@ -6,7 +6,26 @@ from .axes import Axes
 from .branch import Branch, BranchExecutor, Perturbation
 from .errors import ConfigError, GuidanceError, OmniguideError
 from .guider import GuidanceStep, Guider
-from .methods import CFG, CFGPlusPlus, CFGRescale, Interval, Schedule
+from .methods import (
+    APG,
+    CFG,
+    FDG,
+    PAG,
+    SEG,
+    TCFG,
+    Adaptive,
+    AutoGuidance,
+    BetaCFG,
+    CFGCache,
+    CFGPlusPlus,
+    CFGRescale,
+    CFGZeroStar,
+    Interval,
+    Schedule,
+    SkipLayer,
+    Term,
+    Terms,
+)
 from .noise import NoiseLevel
 from .prediction import Guided, Prediction, convert
 from .registry import GUIDERS, build_guider, register_guider
@@ -17,3 +36,7 @@ __all__ = [
     "GuidanceError", "GuidanceStep", "Guided", "Guider", "Interval", "NoiseLevel", "OmniguideError",
     "Perturbation", "Prediction", "Schedule", "ScaleSchedule", "build_guider", "convert", "register_guider",
 ]
+__all__ += [
+    "APG", "TCFG", "CFGZeroStar", "FDG", "Adaptive", "CFGCache", "BetaCFG", "AutoGuidance", "Terms", "Term",
+]
+__all__ += ["PAG", "SEG", "SkipLayer"]

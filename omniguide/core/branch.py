@@ -275,6 +275,9 @@ def _cat_input(values: list[Any], sizes: list[int]) -> Any:
 
 
 def _cat_timesteps(values: list[Any], sizes: list[int]) -> Any:
-    if all(_same(v, values[0]) for v in values[1:]) and _per_sample_timestep(values[0], sizes[0]) is not values[0]:
-        return values[0]  # one shared timestep (a number or a 0-d tensor)
+    """One shared scalar timestep stays shared; otherwise one row per sample, concatenated."""
+    first = values[0]
+    shared_scalar = not (isinstance(first, Tensor) and first.ndim > 0)
+    if shared_scalar and all(_same(v, first) for v in values[1:]):
+        return first
     return torch.cat([_per_sample_timestep(v, n) for v, n in zip(values, sizes)])

@@ -12,6 +12,7 @@ with code 2; ``--debug`` shows the traceback. ``run`` prints the run folder as i
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -24,11 +25,10 @@ EXIT_USER_ERROR = 2
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands share ``--plugin`` and ``--debug``)."""
+    parser = argparse.ArgumentParser(prog="omniguide", description="Run omniguide YAML recipes.")
+    _add_common(parser, default=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import MODULE (dotted name or .py file) first; it may register components")
-    common.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    parser = argparse.ArgumentParser(prog="omniguide", description="Run omniguide YAML recipes.", parents=[common])
+    _add_common(common, default=False)   # after the subcommand too, without resetting earlier ones
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "run a recipe"), ("show", "print the resolved config"),
                        ("validate", "check a recipe without running it")):
@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered components", parents=[common])
     p.add_argument("kind", nargs="?", help="recipes, guiders, models, schedulers, callbacks, objectives")
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default: bool) -> None:
+    parser.add_argument("--plugin", action="append", default=[] if default else argparse.SUPPRESS,
+                        metavar="MODULE",
+                        help="import MODULE (dotted name or .py file) first; it may register components")
+    parser.add_argument("--debug", action="store_true", default=False if default else argparse.SUPPRESS,
+                        help="show tracebacks for user errors")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,9 +92,15 @@ def _run(resolved) -> int:
     # Lightning re-executes this command line for ranks > 0; they must join this folder.
     inherited = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run.dir)
+    handler = logging.FileHandler(run.dir / ("log.txt" if run.is_main else f"log.rank{run.rank}.txt"))
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s: %(message)s", "%H:%M:%S"))
+    lightning_logger = logging.getLogger("lightning")
+    lightning_logger.addHandler(handler)
     try:
         metrics = resolved.recipe.fn(resolved.cfg, run)
     finally:
+        lightning_logger.removeHandler(handler)
+        handler.close()
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
     if run.is_main:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..core.errors import ConfigError, did_you_mean
 from .registry import Recipe, get_recipe
@@ -87,45 +87,80 @@ def load_with_extends(path: str | Path, seen: tuple[Path, ...] = ()) -> DictConf
     return OmegaConf.merge(*layers, cfg)
 
 
-def parse_overrides(overrides: Sequence[str]) -> DictConfig:
-    """``["guider.scale=5", "trainer.devices=2"]`` -> a config to merge last."""
-    layers = []
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """``["guider.scale=5", "trainer.devices=2"]`` -> ``[(key, value)]`` (values typed by omegaconf)."""
+    pairs = []
     for item in overrides:
         key = item.split("=", 1)[0]
         if "=" not in item or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override '{item}'", "expected key.path=value")
         try:
-            layers.append(OmegaConf.from_dotlist([item]))
+            value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
         except Exception as err:
             raise ConfigError(key, f"cannot parse override value: {_first_line(err)}") from None
-    return OmegaConf.merge(*layers) if layers else OmegaConf.create({})
+        pairs.append((key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
+    return pairs
+
+
+def apply_overrides(cfg: DictConfig, pairs: Sequence[tuple[str, Any]]) -> DictConfig:
+    """Set each dotted key (list items by index: ``guiders.1.scale=5``) with ``OmegaConf.update``."""
+    for key, value in pairs:
+        try:
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        except Exception as err:
+            raise ConfigError(key, f"cannot apply override: {_first_line(err)}") from None
+    return cfg
 
 
 def load_raw(path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
-    """The merged, untyped recipe (file with its bases, then overrides)."""
-    base = load_with_extends(path) if path is not None else OmegaConf.create({})
-    return OmegaConf.merge(base, parse_overrides(overrides))
+    """The merged, untyped recipe: schema defaults, the file with its bases, then overrides."""
+    pairs = parse_overrides(overrides)
+    for key, _ in pairs:
+        if key.split(".")[0] == "extends":
+            raise ConfigError(key, "base recipes can only be named in the recipe file")
+    cfg = load_with_extends(path) if path is not None else OmegaConf.create({})
+    kind = dict(pairs).get("kind", cfg.get("kind"))
+    plugins = dict(pairs).get("plugins", cfg.get("plugins")) or []
+    if isinstance(plugins, (list, ListConfig)):
+        import_plugins(list(plugins))
+    recipe = get_recipe(kind)
+    defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(recipe.schema)))
+    return apply_overrides(OmegaConf.merge(defaults, cfg), pairs)
 
 
 def import_plugins(modules: Sequence[str], path: str = "plugins") -> None:
-    """Import plugin modules (dotted names or ``.py`` files) so their decorators register components."""
+    """Import plugin modules (dotted names or ``.py`` files) so their decorators register components.
+    Each is imported once per process, like any module."""
     for i, module in enumerate(modules):
+        where = f"{path}.{i}" if path == "plugins" else path
         try:
             if str(module).endswith(".py"):
-                import importlib.util
-
-                spec = importlib.util.spec_from_file_location(Path(module).stem, module)
-                if spec is None or not Path(module).is_file():
-                    raise ModuleNotFoundError(f"no such file: {module}")
-                mod = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(mod)
+                _import_file(Path(module))
             else:
                 importlib.import_module(module)
         except ConfigError:
             raise
         except Exception as err:
-            raise ConfigError(f"{path}.{i}" if path == "plugins" else path,
-                              f"cannot import plugin '{module}': {_first_line(err)}") from None
+            raise ConfigError(where, f"cannot import plugin '{module}': {_first_line(err)}") from None
+
+
+def _import_file(file: Path) -> None:
+    import importlib.util
+    import sys
+
+    if not file.is_file():
+        raise ModuleNotFoundError(f"no such file: {file}")
+    name = "omniguide_plugin_" + "".join(c if c.isalnum() else "_" for c in str(file.resolve()))
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 def load_entry_point_plugins() -> None:

@@ -118,6 +118,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)   # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -126,4 +126,5 @@ class TrainerConfig:
     logger: str = option("csv", choices=("csv", "tensorboard", "none"))
     process_group_backend: str | None = option(None, choices=("gloo", "nccl", "mpi"))
     timeout_s: float = option(300.0, gt=0)     # DDP collective timeout: a dead rank ends the job
+    threads: int | None = option(None, ge=1)   # torch CPU threads per process (None: torch's default)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -48,8 +48,19 @@ def in_space(preds: Mapping[str, Prediction], space: str | None, *names: str) ->
     return kind, [preds[n].to(kind) for n in names]
 
 
+def guided_in(value: Tensor, step: GuidanceStep, kind: str, who: str) -> Guided:
+    """:func:`guided`, refusing a non-finite result with the likely cause (eps space at ``alpha = 0``)."""
+    result = guided(value, step, kind)
+    if not (torch.isfinite(result.x0).all() and torch.isfinite(result.eps).all()):
+        raise GuidanceError(
+            f"{who}: the guided result in space '{kind}' is not finite at {step.where} (eps space has no x0 "
+            "at pure noise, alpha = 0, as for flow models at t = 1); use space=None or 'x0'"
+        )
+    return result
+
+
 def project(v: Tensor, onto: Tensor, axes: Axes) -> tuple[Tensor, Tensor]:
-    """``(v_par, v_orth)``: ``v_par = <v, o_hat> o_hat`` over ``axes.reduce``, in float64 (as the paper's code)."""
+    """``(v_par, v_orth)`` with ``v_par = <v, o_hat> o_hat`` over ``axes.reduce``, in float64 (paper)."""
     v64, o64 = v.double(), onto.double()
     o_hat = o64 / norm(o64, axes).clamp_min(1e-12)
     par = dot(v64, o_hat, axes) * o_hat
@@ -119,7 +130,7 @@ class APG(Guider):
             out = c + (w - 1) * upd
         else:
             out = (u if self.form == "diffusers" else c) + w * upd
-        return guided(out, step, kind)
+        return guided_in(out, step, kind, "apg")
 
     def _momentum(self, d: Tensor, step: GuidanceStep) -> Tensor:
         """``buf = d + beta buf``; the running average replaces ``d`` (diffusers' MomentumBuffer order)."""

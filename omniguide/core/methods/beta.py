@@ -14,7 +14,8 @@ also works for score distillation. ``normalize=True`` divides the density by its
 With ``gamma = 1`` the update has norm ``w * beta_pdf`` whatever the latent size (the reference has
 no dimension factor in this variant). Where ``w * beta_pdf(x) = 0`` (``x = 0`` or ``1`` for
 ``a, b > 1``) the result is exactly ``u`` and only the unconditional branch runs; ``u`` is also the
-fallback outside an interval. The reference works on noise predictions, hence ``space="eps"``.
+fallback outside an interval. ``space=None`` (default) works on the model's own output, which for
+the reference (an eps model) is the noise prediction.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes, norm
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, in_space
+from .apg import check_space, guided_in, in_space
 
 
 def beta_pdf(x: Tensor, a: float, b: float) -> Tensor:
@@ -52,14 +53,14 @@ class BetaCFG(Guider):
     gamma: float = 1.0
     normalize: bool = False
     coordinate: str = "step"
-    space: str | None = "eps"
+    space: str | None = None
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
         if self.a <= 0 or self.b <= 0:
             raise ConfigError("a", f"Beta parameters must be > 0, got a={self.a}, b={self.b}")
         if self.normalize and not (self.a > 1 and self.b > 1):
-            raise ConfigError("normalize", f"normalizing by the mode needs a, b > 1, got a={self.a}, b={self.b}")
+            raise ConfigError("normalize", f"needs a, b > 1, got {self.a}, {self.b}")
         if self.coordinate not in ("step", "t"):
             raise ConfigError("coordinate", f"'step' or 't', got '{self.coordinate}'")
         check_space(self.space)
@@ -78,7 +79,7 @@ class BetaCFG(Guider):
         if self.coordinate == "t":
             return 1.0 - step.coordinate("t").double()
         if step.index is None or not step.num_steps:
-            raise ConfigError("coordinate", f"beta: 'step' exists only inside a sampler loop; use 't' ({step.where})")
+            raise ConfigError("coordinate", f"beta: no 'step' at {step.where}; use 't'")
         return torch.tensor(step.index / max(step.num_steps - 1, 1), dtype=torch.float64)
 
     def strength(self, step: GuidanceStep) -> float | Tensor:
@@ -100,4 +101,4 @@ class BetaCFG(Guider):
         kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
         d = c - u
         scaled = d / norm(d, axes).clamp_min(1e-12).pow(self.gamma)
-        return guided(u + self.strength(step) * scaled, step, kind)
+        return guided_in(u + self.strength(step) * scaled, step, kind, "beta")

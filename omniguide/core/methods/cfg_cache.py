@@ -4,12 +4,13 @@ Training-Free Video Diffusion Model Acceleration with High Quality", arXiv:2410.
 The residual ``d = c - u`` changes slowly between neighbouring steps, so it is computed on a full
 step (cond + uncond) and reused for the next ``every - 1`` steps, where only ``cond`` runs:
 
-    full step i:      d = c_i - u_i                      (cached, in ``space``)
+    full step i:      d = c_i - u_i                      (cached, in ``space``; default the model's own)
     cached step j:    d_j = low(d) * low_weight + high(d) * high_weight
     pred              = c_j + (w - 1) d_j                 (= u + w (c - u) with u = c - d)
 
-``low`` / ``high`` are the two bands of :func:`fdg.split_bands` over the frequency axes (needed only
-when a weight is not 1). ``high_weight = 0`` reuses only the smooth part of the residual, whose
+``low`` / ``high`` are the two bands of :func:`fdg.split_bands` (FFT, radius ``cutoff`` relative to
+Nyquist; 0.4 is about FasterCache's ``min(H, W) // 5``) over the frequency axes, used only when a
+weight is not 1. ``high_weight = 0`` reuses only the smooth part of the residual, whose
 high-frequency detail goes stale fastest; FasterCache instead reweights both bands over time.
 With ``every = k`` the uncond branch runs on ``ceil(N / k)`` of ``N`` guided steps.
 
@@ -25,11 +26,11 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, in_space
+from .apg import check_space, guided_in, in_space
 from .cfg import cfg, check_form, form_neutral
 from .fdg import merge_bands, split_bands
 
@@ -44,9 +45,9 @@ class CFGCache(Guider):
     every: int = 2
     low_weight: float = 1.0
     high_weight: float = 1.0
-    cutoff: float = 0.25
+    cutoff: float = 0.4
     form: str = "u+w(c-u)"
-    space: str | None = "eps"
+    space: str | None = None
     axes: Axes | str | tuple | None = None
     _cache: tuple[int, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
     stateful = True
@@ -83,13 +84,13 @@ class CFGCache(Guider):
         if "uncond" in preds:
             kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
             self._cache = (step.index, c - u)
-            return guided(cfg(c, u, w, self.form), step, kind)
+            return guided_in(cfg(c, u, w, self.form), step, kind, "cfg-cache")
         if self._cache is None:
-            raise GuidanceError(f"cfg-cache: no cached residual at {step.where}; the 'uncond' branch is needed")
+            raise GuidanceError(f"cfg-cache: no cached residual at {step.where}; 'uncond' is needed")
         kind, (c,) = in_space(preds, self.space, "cond")
         d = self._cache[1]
         if self.low_weight != 1.0 or self.high_weight != 1.0:
             dims = step.require_axes("cfg-cache", self.axes).frequency
             high, low = split_bands(d, dims, 2, "fft", self.cutoff)
             d = merge_bands([self.high_weight * high, self.low_weight * low], dims, "fft")
-        return guided(cfg(c, c - d, w, self.form), step, kind)
+        return guided_in(cfg(c, c - d, w, self.form), step, kind, "cfg-cache")

@@ -31,7 +31,7 @@ from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, in_space
+from .apg import check_space, guided_in, in_space
 from .cfg import cfg, check_form, form_neutral
 
 
@@ -88,4 +88,4 @@ class CFGZeroStar(Guider):
         axes = step.require_axes("cfg-zero-star", self.axes)
         kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
         u = optimized_scale(c, u, axes) * u
-        return guided(cfg(c, u, resolve(self.scale, step), self.form), step, kind)
+        return guided_in(cfg(c, u, resolve(self.scale, step), self.form), step, kind, "cfg-zero-star")

@@ -32,11 +32,11 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, in_space, project
+from .apg import check_space, guided_in, in_space, project
 from .cfg import check_form, form_neutral
 
 TRANSFORMS = ("pyramid", "fft")
@@ -132,11 +132,11 @@ class FDG(Guider):
         check_form(self.form)
         check_space(self.space)
         if self.transform not in TRANSFORMS:
-            raise ConfigError("transform", f"unknown transform '{self.transform}'; valid: {', '.join(TRANSFORMS)}")
+            raise ConfigError("transform", f"unknown '{self.transform}'; valid: {', '.join(TRANSFORMS)}")
         if int(self.levels) < 2 or (self.transform == "fft" and self.levels != 2):
-            raise ConfigError("levels", f"needs >= 2 bands (exactly 2 with transform='fft'), got {self.levels}")
+            raise ConfigError("levels", f"needs >= 2 bands (2 with transform='fft'), got {self.levels}")
         if isinstance(self.scale_high, tuple) and len(self.scale_high) != self.levels - 1:
-            raise ConfigError("scale_high", f"give one scale or {self.levels - 1} (one per band above the lowest)")
+            raise ConfigError("scale_high", f"give one scale or {self.levels - 1} (one per upper band)")
         self.axes = as_axes(self.axes)
 
     @property
@@ -144,7 +144,9 @@ class FDG(Guider):
         return form_neutral(self.form)
 
     def band_scales(self, step: GuidanceStep) -> list:
-        high = self.scale_high if isinstance(self.scale_high, tuple) else (self.scale_high,) * (self.levels - 1)
+        high = self.scale_high
+        if not isinstance(high, tuple):
+            high = (high,) * (self.levels - 1)
         return [resolve(s, step) for s in (*high, self.scale)]
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
@@ -172,4 +174,4 @@ class FDG(Guider):
         out = merge_bands(bands, dims, self.transform)
         for d, n in zip(dims, size):
             out = out.narrow(d, 0, n)
-        return guided(out, step, kind)
+        return guided_in(out, step, kind, "fdg")

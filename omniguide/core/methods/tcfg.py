@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from ..axes import Axes, as_axes, dot
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, in_space
+from .apg import check_space, guided_in, in_space
 from .cfg import cfg, check_form, form_neutral
 
 
@@ -47,12 +47,13 @@ class TCFG(Guider):
     """CFG with the unconditional prediction projected on the top singular direction of ``[c; u]``
     (Kwon et al. 2025, arXiv:2503.18137): ``u' + w (c - u')``.
 
-    ``space``: where the projection runs, ``"eps"`` (the paper's noise/score view) by default;
-    ``None`` uses the model's own output as diffusers does (they agree for eps models)."""
+    ``space``: where the projection runs; ``None`` (default) is the model's own output, as in
+    diffusers; ``"eps"`` is the paper's noise/score view (the same for eps models; avoid it for flow
+    models, where eps carries no information at ``t = 1`` and converting back divides by ``alpha = 0``)."""
 
     scale: Scale = 7.5
     form: str = "u+w(c-u)"
-    space: str | None = "eps"
+    space: str | None = None
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
@@ -74,4 +75,5 @@ class TCFG(Guider):
             return passthrough(preds, step)
         axes = step.require_axes("tcfg", self.axes)
         kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
-        return guided(cfg(c, tangential_damp(c, u, axes), resolve(self.scale, step), self.form), step, kind)
+        out = cfg(c, tangential_damp(c, u, axes), resolve(self.scale, step), self.form)
+        return guided_in(out, step, kind, "tcfg")

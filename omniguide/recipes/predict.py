@@ -1,0 +1,146 @@
+"""Generation over a prompt list as a Lightning predict loop.
+
+Items (prompts with a global index, a seed and per-item overrides) come from an inline list or a
+file (``.txt``: one prompt per line; ``.jsonl``: one object per line with ``prompt`` and optional
+``seed``, ``guider``, ``steps``, ``num_samples``). Each rank takes a disjoint shard of the items
+not yet complete; a writer callback stores each result under its global index
+(``items/000012.pt`` then ``items/000012.json``, both atomic; the JSON marks the item complete),
+so a rerun in the same folder skips finished items and results do not depend on the sharding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from ..core.errors import ConfigError, did_you_mean
+from .run import atomic_path
+
+ITEM_KEYS = ("prompt", "seed", "guider", "steps", "num_samples")
+
+
+@dataclass
+class Item:
+    """One unit of generation work."""
+
+    index: int
+    prompt: Any
+    seed: int
+    overrides: dict = field(default_factory=dict)
+    where: str = ""          # config path of the item, for error messages
+
+
+def load_items(prompts: Sequence[Any], prompts_file: str | None, base_seed: int) -> list[Item]:
+    """Inline prompts, then the file's; item ``i`` gets seed ``base_seed + i`` unless it sets one."""
+    raw = [(p, f"prompts.{i}") for i, p in enumerate(prompts)]
+    if prompts_file:
+        raw += _read_prompt_file(Path(prompts_file))
+    items = []
+    for index, (entry, where) in enumerate(raw):
+        if isinstance(entry, dict):
+            for key in entry:
+                if key not in ITEM_KEYS:
+                    raise ConfigError(f"{where}.{key}", f"unknown item key{did_you_mean(key, ITEM_KEYS)}")
+            if "prompt" not in entry:
+                raise ConfigError(f"{where}.prompt", "missing")
+            seed = entry.get("seed", base_seed + index)
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise ConfigError(f"{where}.seed", f"expected an int, got {seed!r}")
+            overrides = {k: v for k, v in entry.items() if k not in ("prompt", "seed")}
+            items.append(Item(index, entry["prompt"], seed, overrides, where))
+        else:
+            items.append(Item(index, entry, base_seed + index, {}, where))
+    if not items:
+        raise ConfigError("prompts", "no prompts: give a list in 'prompts' or a file in 'prompts_file'")
+    return items
+
+
+def _read_prompt_file(path: Path) -> list[tuple[Any, str]]:
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        where = f"{path.name}:{n}"
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(where, f"invalid JSON: {err.msg}") from None
+            if not isinstance(entry, dict):
+                raise ConfigError(where, "expected a JSON object per line")
+            out.append((entry, where))
+        else:
+            out.append((line.strip(), where))
+    return out
+
+
+class ItemStore:
+    """``folder/items/NNNNNN.pt`` + ``NNNNNN.json``; an item is complete when its JSON exists."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder) / "items"
+
+    def paths(self, index: int) -> tuple[Path, Path]:
+        return self.folder / f"{index:06d}.pt", self.folder / f"{index:06d}.json"
+
+    def done(self, index: int) -> bool:
+        tensor, meta = self.paths(index)
+        return meta.is_file() and tensor.is_file()
+
+    def write(self, index: int, value: torch.Tensor, meta: dict) -> None:
+        tensor_path, meta_path = self.paths(index)
+        with atomic_path(tensor_path) as tmp:
+            torch.save(value.detach().cpu(), tmp)
+        with atomic_path(meta_path) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1) + "\n")
+
+    def read_all(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
+
+
+class ItemData(lightning.LightningDataModule):
+    """This rank's disjoint shard (``pending[rank::world]``) of the items not yet complete."""
+
+    def __init__(self, items: list[Item], store: ItemStore):
+        super().__init__()
+        self.items, self.store = items, store
+
+    def predict_dataloader(self):
+        pending = [item for item in self.items if not self.store.done(item.index)]
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        return torch.utils.data.DataLoader(pending[rank::world], batch_size=None, collate_fn=_identity)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class Generator(lightning.LightningModule):
+    """``predict_step(item)`` -> ``(item, tensor, meta)`` through a generation function."""
+
+    def __init__(self, generate: Callable[[Item, torch.device], tuple[torch.Tensor, dict]]):
+        super().__init__()
+        self.generate = generate
+
+    def predict_step(self, item: Item, batch_idx: int = 0):
+        value, meta = self.generate(item, self.device)
+        return item, value, meta
+
+
+class ItemWriter(BasePredictionWriter):
+    """Writes each predicted item under its global index as soon as it is done."""
+
+    def __init__(self, store: ItemStore):
+        super().__init__(write_interval="batch")
+        self.store = store
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        item, value, meta = prediction
+        self.store.write(item.index, value, meta)

@@ -1,0 +1,297 @@
+"""Benchmark (issue 3): the guided step of omniguide guiders against diffusers' guiders, on the same
+small diffusers UNet, measured side by side in one run.
+
+*diffusers* is driven the way its modular denoise loops drive a guider
+(``modular_pipelines/stable_diffusion_xl/denoise.py``)::
+
+    guider.set_state(step=i, num_inference_steps=N, timestep=t)
+    batches = guider.prepare_inputs({"encoder_hidden_states": (cond, uncond)})
+    for b in batches:                      # one forward per pass
+        guider.prepare_models(unet); b.noise_pred = unet(x, t, b.encoder_hidden_states)[0]
+        guider.cleanup_models(unet)
+    pred = guider(batches).pred
+
+*omniguide* the way its sampler does: ``executor(guider.branches(step), ...)`` (branches that share
+a model and a perturbation batched into one forward) then ``guider.combine(preds, step)``. The
+scheduler step is the same for both and left out. Each method is configured to do the same math
+on both sides where the libraries allow it; the largest difference between the two guided outputs
+is reported next to the timing (informative: some methods are defined differently, see ``notes``).
+
+Writes ``metrics.json`` and ``report.md`` (ratio = omniguide / diffusers median; target <= 1.0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...core.axes import as_axes
+from ...core.branch import BranchExecutor
+from ...core.errors import ConfigError
+from ...core.guider import GuidanceStep, Guider
+from ...core.registry import GUIDERS, build_guider
+from ...core.schedulers import SchedulerView, build_scheduler
+from ..registry import register_recipe
+from ..run import RunContext
+from .bench_core import (
+    TimingConfig,
+    UNetConfig,
+    build_unet,
+    check_unet,
+    environment,
+    interleaved,
+    load_guider_modules,
+    markdown_table,
+    pick_device,
+    pick_dtype,
+    summary,
+    sync,
+    unet_inputs,
+)
+
+METHODS = ("cfg", "apg", "tcfg", "cfg-zero-star", "fdg", "pag", "skip-layer", "seg")
+NOTES = {
+    "apg": "omniguide form='paper' (c + (w-1) upd) = diffusers use_original_formulation=True with w-1",
+    "pag": "with CFG on both compute u + w(c-u) + s(c-p) (without CFG diffusers' native PAG is p + s(c-p))",
+    "seg": "diffusers 0.42.1 never registers its SEG hook (its perturbed pass is a plain conditional pass), "
+           "so its time does not include blurring the queries",
+    "fdg": "diffusers uses kornia's Laplacian pyramid; omniguide its own pyramid",
+}
+
+
+@dataclass
+class BenchDiffusersConfig:
+    model: UNetConfig = field(default_factory=UNetConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    batch: int = 1
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int = 0
+    scheduler: str = "ddim"
+    steps: int = 30
+    step_index: int = -1                 # -1: the middle step
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    scale: float = 5.0                   # CFG scale w (u + w (c - u)) on both sides
+    perturbed_scale: float = 2.8         # PAG / SEG / skip-layer scale s
+    # where perturbations act: omniguide selector and the diffusers LayerSkipConfig fqn / indices
+    layers: str = "mid"
+    diffusers_fqn: str = "mid_block.attentions.0.transformer_blocks"
+    diffusers_indices: list[int] = field(default_factory=lambda: [0])
+    target: float = 1.0
+
+
+def check_bench_diffusers(cfg: BenchDiffusersConfig) -> None:
+    check_unet(cfg.model)
+    pick_device(cfg.device)
+    pick_dtype(cfg.dtype)
+    build_scheduler(cfg.scheduler, "scheduler")
+    for i, name in enumerate(cfg.methods):
+        if name not in METHODS:
+            raise ConfigError(f"methods.{i}", f"'{name}' has no diffusers counterpart here; valid: {', '.join(METHODS)}")
+    if cfg.batch < 1 or cfg.steps < 1:
+        raise ConfigError("batch" if cfg.batch < 1 else "steps", "must be >= 1")
+    if not -1 <= cfg.step_index < cfg.steps:
+        raise ConfigError("step_index", f"must be in [0, {cfg.steps - 1}] or -1, got {cfg.step_index}")
+    if cfg.timing.repeats < 1 or cfg.timing.warmup < 0:
+        raise ConfigError("timing", "repeats >= 1 and warmup >= 0 are required")
+
+
+# -- the two sides of one method ---------------------------------------------------------------------
+def ours_config(name: str, cfg: BenchDiffusersConfig) -> dict[str, Any]:
+    w, s = cfg.scale, cfg.perturbed_scale
+    return {
+        "cfg": {"name": "cfg", "scale": w},
+        "apg": {"name": "apg", "scale": w, "eta": 0.0, "norm_threshold": 15.0, "momentum": -0.5, "space": "eps"},
+        "tcfg": {"name": "tcfg", "scale": w},
+        "cfg-zero-star": {"name": "cfg-zero-star", "scale": w, "zero_init_steps": 1, "space": None},
+        "fdg": {"name": "fdg", "scale": w, "scale_high": 2 * w, "levels": 2},
+        "pag": {"name": "pag", "scale": w, "perturbed_scale": s, "layers": cfg.layers},
+        "skip-layer": {"name": "skip-layer", "scale": w, "perturbed_scale": s, "layers": cfg.layers},
+        "seg": {"name": "seg", "scale": w, "perturbed_scale": s, "layers": cfg.layers},
+    }[name]
+
+
+def diffusers_guider(name: str, cfg: BenchDiffusersConfig):
+    """The diffusers guider doing the same thing (None with a reason when it cannot be built)."""
+    import diffusers.guiders as g
+    from diffusers.hooks import LayerSkipConfig
+
+    w, s, idx, fqn = cfg.scale, cfg.perturbed_scale, list(cfg.diffusers_indices), cfg.diffusers_fqn
+    window = {"start": 0.0, "stop": 1.0}
+    if name == "cfg":
+        return g.ClassifierFreeGuidance(guidance_scale=w)
+    if name == "apg":
+        return g.AdaptiveProjectedGuidance(guidance_scale=w - 1, eta=0.0, adaptive_projected_guidance_rescale=15.0,
+                                           adaptive_projected_guidance_momentum=-0.5, use_original_formulation=True)
+    if name == "tcfg":
+        return g.TangentialClassifierFreeGuidance(guidance_scale=w)
+    if name == "cfg-zero-star":
+        return g.ClassifierFreeZeroStarGuidance(guidance_scale=w, zero_init_steps=1)
+    if name == "fdg":
+        return g.FrequencyDecoupledGuidance(guidance_scales=[2 * w, w])
+    if name == "pag":
+        layer = LayerSkipConfig(idx, fqn=fqn, skip_attention=False, skip_attention_scores=True, skip_ff=False)
+        return g.PerturbedAttentionGuidance(guidance_scale=w, perturbed_guidance_scale=s, perturbed_guidance_start=0.0,
+                                            perturbed_guidance_stop=1.0, perturbed_guidance_config=layer, **window)
+    if name == "skip-layer":
+        layer = LayerSkipConfig(idx, fqn=fqn, skip_attention=True, skip_ff=True)
+        return g.SkipLayerGuidance(guidance_scale=w, skip_layer_guidance_scale=s, skip_layer_guidance_start=0.0,
+                                   skip_layer_guidance_stop=1.0, skip_layer_config=layer, **window)
+    if name == "seg":
+        from diffusers.hooks.smoothed_energy_guidance_utils import SmoothedEnergyGuidanceConfig
+
+        return g.SmoothedEnergyGuidance(guidance_scale=w, seg_guidance_scale=s, seg_guidance_start=0.0,
+                                        seg_guidance_stop=1.0,
+                                        seg_guidance_config=SmoothedEnergyGuidanceConfig(idx, fqn=fqn), **window)
+    raise ConfigError("methods", f"unknown method '{name}'")
+
+
+@contextlib.contextmanager
+def quiet_diffusers():
+    """Silence diffusers' 'guiders are experimental' warnings while guiders are built."""
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def diffusers_step(guider, unet, sample: Tensor, timestep, cond: Tensor, uncond: Tensor, index: int,
+                   steps: int) -> Callable[[], Tensor]:
+    def call() -> Tensor:
+        guider.set_state(step=index, num_inference_steps=steps, timestep=timestep)
+        batches = guider.prepare_inputs({"encoder_hidden_states": (cond, uncond)})
+        for b in batches:
+            guider.prepare_models(unet)
+            b.noise_pred = unet(sample, timestep, encoder_hidden_states=b.encoder_hidden_states, return_dict=False)[0]
+            guider.cleanup_models(unet)
+        return guider(batches).pred
+    return call
+
+
+def ours_step(guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind: str) -> Callable[[], Tensor]:
+    def call() -> Tensor:
+        preds = executor(guider.branches(step), step.x, step.timestep, step)
+        return guider.combine(preds, step).to(kind)
+    return call
+
+
+# -- the recipe --------------------------------------------------------------------------------------
+@register_recipe("bench-diffusers", BenchDiffusersConfig, check=check_bench_diffusers)
+def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
+    """Benchmark: omniguide vs diffusers guiders, step time on the same small UNet (ratio per method)."""
+    check_bench_diffusers(cfg)
+    failed_imports = load_guider_modules()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device, dtype = pick_device(cfg.device), pick_dtype(cfg.dtype)
+    unet = build_unet(cfg.model, device, dtype)
+    noise, cond, uncond = unet_inputs(cfg.model, cfg.batch, device, dtype, cfg.model.seed)
+    branches = {"cond": {"encoder_hidden_states": cond}, "uncond": {"encoder_hidden_states": uncond}}
+    view = SchedulerView(build_scheduler(cfg.scheduler, "scheduler"), cfg.steps, device=device)
+    index = cfg.steps // 2 if cfg.step_index < 0 else cfg.step_index
+    x = noise * view.init_noise_sigma
+    point = view.point(x, index)
+    step = GuidanceStep(point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps,
+                        as_axes("BCHW"))
+    fns: dict[str, Callable[[], Tensor]] = {}
+    status: dict[str, dict[str, Any]] = {}
+    for name in cfg.methods:
+        entry: dict[str, Any] = {"note": NOTES.get(name, "")}
+        status[name] = entry
+        if name not in GUIDERS:
+            entry["status"] = "missing"
+            continue
+        try:
+            with quiet_diffusers():
+                theirs = diffusers_guider(name, cfg)
+        except Exception as err:  # e.g. FDG without kornia
+            entry["status"] = f"diffusers guider unavailable: {type(err).__name__}: {str(err).splitlines()[0]}"
+            continue
+        ours = build_guider(ours_config(name, cfg), f"methods.{name}")
+        ours.reset()
+        executor = BranchExecutor(unet, branches, view.parameterization)
+        executor.with_defaults(ours.branch_defaults())
+        mine = ours_step(ours, executor, step, view.parameterization)
+        other = diffusers_step(theirs, unet, point.model_input, point.timestep, cond, uncond, index, cfg.steps)
+        try:
+            with torch.inference_mode():
+                a, b = mine(), other()
+                executor.reset_counts()
+                mine()
+        except Exception as err:
+            entry["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+            continue
+        entry.update(status="ok", max_abs_diff=float((a.float() - b.float()).abs().max()),
+                     output_scale=float(b.float().abs().max()), omniguide_forward_passes=executor.forward_passes,
+                     diffusers_forward_passes=theirs.num_conditions, omniguide=ours.config())
+        fns[f"omniguide:{name}"], fns[f"diffusers:{name}"] = mine, other
+    run.log(f"bench-diffusers on {device.type}: {sum(s['status'] == 'ok' for s in status.values())} methods, "
+            f"{cfg.timing.repeats} interleaved rounds after {cfg.timing.warmup} warm-up")
+    sync(device)
+    times = interleaved(fns, device, cfg.timing.warmup, cfg.timing.repeats)
+    for name, entry in status.items():
+        if entry["status"] != "ok":
+            continue
+        ours_t, theirs_t = times[f"omniguide:{name}"], times[f"diffusers:{name}"]
+        ratio = statistics.median(ours_t) / statistics.median(theirs_t)
+        entry.update(omniguide=summary(ours_t) | {"config": entry["omniguide"]}, diffusers=summary(theirs_t),
+                     ratio=ratio, meets_target=ratio <= cfg.target)
+    ok = [e["ratio"] for e in status.values() if e["status"] == "ok"]
+    metrics = {
+        "environment": environment(device, dtype),
+        "setup": {"model": dict(cfg.model.__dict__), "batch": cfg.batch, "scheduler": cfg.scheduler,
+                  "steps": cfg.steps, "step_index": index, "scale": cfg.scale, "perturbed_scale": cfg.perturbed_scale,
+                  "warmup": cfg.timing.warmup, "repeats": cfg.timing.repeats},
+        "methods": status,
+        "target": cfg.target,
+        "max_ratio": max(ok, default=float("nan")),
+        "all_meet_target": bool(ok) and all(r <= cfg.target for r in ok),
+        "failed_imports": failed_imports,
+    }
+    run.write_text("report.md", _report(metrics))
+    run.write_json("metrics.json", metrics)
+    for name, e in status.items():
+        if e["status"] == "ok":
+            run.log(f"  {name:<14} omniguide {e['omniguide']['median_ms']:8.2f} ms  diffusers "
+                    f"{e['diffusers']['median_ms']:8.2f} ms  ratio {e['ratio']:.3f}  "
+                    f"passes {e['omniguide_forward_passes']} vs {e['diffusers_forward_passes']}")
+        else:
+            run.log(f"  {name:<14} {e['status']}")
+    return metrics
+
+
+def _report(m: dict[str, Any]) -> str:
+    env, setup = m["environment"], m["setup"]
+    where = env.get("gpu", env["cpu"]) + (f", {env['threads']} threads" if env["device"] == "cpu" else "")
+    rows = []
+    for name, e in m["methods"].items():
+        if e["status"] != "ok":
+            rows.append([name, "-", "-", e["status"], "-", "-"])
+            continue
+        rows.append([name, e["omniguide"]["median_ms"], e["diffusers"]["median_ms"], f"**{e['ratio']:.3f}**",
+                     f"{e['omniguide_forward_passes']} / {e['diffusers_forward_passes']}",
+                     f"{e['max_abs_diff']:.2g} (of {e['output_scale']:.2g})"])
+    notes = [f"- {name}: {e['note']}" for name, e in m["methods"].items() if e.get("note")]
+    return "\n".join([
+        "# bench-diffusers: omniguide vs diffusers guiders on one small UNet", "",
+        f"{env['device']} ({where}), {env['dtype']}, torch {env['torch']}, diffusers {env['diffusers']}. "
+        f"UNet2DConditionModel {setup['model']['block_out_channels']}, sample {setup['model']['channels']}x"
+        f"{setup['model']['sample_size']}x{setup['model']['sample_size']}, batch {setup['batch']}, "
+        f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}, w = {setup['scale']}, "
+        f"s = {setup['perturbed_scale']}. One guided step without the scheduler step; medians of "
+        f"{setup['repeats']} interleaved rounds after {setup['warmup']} warm-up.", "",
+        markdown_table(["method", "omniguide ms", "diffusers ms", "ratio", "forward passes (ours / theirs)",
+                        "max |difference| of outputs"], rows), "",
+        f"Target: ratio <= {m['target']} for every method; largest ratio {m['max_ratio']:.3f}.", "",
+        "Notes:", *notes, "",
+    ])

@@ -1,0 +1,427 @@
+"""Benchmark (issue 3): every registered guider on the analytic Gaussian-mixture testbed, over a sweep
+of scales, against the exact conditional distribution.
+
+For each testbed (a 2-D and an 8-D ring by default), method and scale it samples the same noise
+with the same scheduler and measures (``omniguide.zoo.metrics``): ``swd`` (sliced Wasserstein
+distance to exact samples of the true conditional), ``precision``, ``coverage``, ``overshoot``
+(samples past their class mode, in component stds) and ``nfe`` (branch evaluations per sample,
+the sampler's ``SampleOutput.nfe``; CFG costs ``2 x steps``).
+
+Then it checks, and prints, what the papers claim where it applies in low dimension:
+
+* ``overshoot``: APG and CFG-rescale cut overshoot at high scales compared with CFG at the same scale;
+* ``matched quality``: the pass-saving methods (adaptive, interval, cfg-cache) save at least
+  ``min_saving`` of CFG's evaluations while their swd stays within ``swd_tolerance`` of CFG's
+  at the same scale. Every setting is reported, not only the best.
+
+Methods needing an attention model (PAG, SEG, skip-layer) are reported as not applicable.
+Autoguidance's weak model is the exact mixture with every component std multiplied by
+``weak_std_factor`` (the 2-D toy idea of EDM2's autoguidance paper), run as
+``Branch("weak", base="cond", model=weak)``.
+
+Writes ``metrics.json``, ``table.md`` and ``plot.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from ...core.branch import Branch
+from ...core.errors import ConfigError
+from ...core.registry import GUIDERS, build_guider
+from ...core.sampler import sample
+from ...core.schedulers import build_scheduler
+from ...zoo import UNCOND, GaussianMixture, denoiser_for
+from ...zoo.metrics import all_metrics, sliced_wasserstein
+from ..registry import register_recipe
+from ..run import RunContext
+from .bench_core import load_guider_modules, markdown_table
+
+PERTURBED = {
+    "pag": "needs an attention model (perturbs self-attention maps); the mixture has none",
+    "seg": "needs an attention model (blurs self-attention queries); the mixture has none",
+    "skip-layer": "needs a layered model (skips transformer blocks); the mixture has none",
+}
+
+
+@dataclass
+class Testbed:
+    name: str = "2d"
+    dim: int = 2
+    classes: int = 3
+    per_class: int = 2
+    radius: float = 3.0
+    std: float = 0.35
+    seed: int = 0
+
+
+@dataclass
+class SamplerSection:
+    scheduler: str = "ddim"
+    steps: int = 30
+    samples: int = 1000
+    label: int = 0           # the class asked for
+    chunk: int = 0           # samples per sampler batch (0: all at once); NFE is reported per batch
+
+
+@dataclass
+class MethodSweep:
+    """One table row group: a guider config, the dotted field ``key`` swept over ``scales``.
+    ``family`` groups pass-saving variants compared with the baseline at matched quality."""
+
+    guider: dict[str, Any] = field(default_factory=lambda: {"name": "cfg"})
+    key: str = "scale"
+    scales: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0, 8.0])
+    label: str | None = None
+    family: str | None = None
+
+
+@dataclass
+class BenchGuidersConfig:
+    testbeds: list[Testbed] = field(default_factory=lambda: [Testbed(), Testbed(name="8d", dim=8)])
+    sampler: SamplerSection = field(default_factory=SamplerSection)
+    methods: list[MethodSweep] = field(default_factory=list)
+    baseline: str = "cfg"                    # the label the claims compare against
+    axes: str = "BD"
+    seed: int = 0
+    weak_std_factor: float = 1.5            # autoguidance's weak model: component stds x this
+    auto_scales: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0, 8.0])  # unlisted guiders
+    high_scales: float = 5.0                # 'high scale' for the overshoot claims: scale >= this
+    overshoot_methods: list[str] = field(default_factory=lambda: ["apg", "cfg-rescale"])
+    swd_tolerance: float = 0.03             # matched quality: swd <= baseline swd + this
+    min_saving: float = 0.25                # the claimed saving of evaluations
+
+
+def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
+    load_guider_modules()
+    if not cfg.testbeds:
+        raise ConfigError("testbeds", "empty; give at least one {name, dim, ...}")
+    for i, tb in enumerate(cfg.testbeds):
+        if tb.dim < 2 or tb.classes < 1 or tb.per_class < 1 or tb.std <= 0:
+            raise ConfigError(f"testbeds.{i}", "needs dim >= 2, classes >= 1, per_class >= 1 and std > 0")
+        if not 0 <= cfg.sampler.label < tb.classes:
+            raise ConfigError("sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})")
+    if len({tb.name for tb in cfg.testbeds}) != len(cfg.testbeds):
+        raise ConfigError("testbeds", "testbed names must be unique")
+    build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
+    if cfg.sampler.steps < 1 or cfg.sampler.samples < 2 or cfg.sampler.chunk < 0:
+        raise ConfigError("sampler", "needs steps >= 1, samples >= 2 and chunk >= 0")
+    if cfg.weak_std_factor <= 0:
+        raise ConfigError("weak_std_factor", f"must be > 0, got {cfg.weak_std_factor}")
+    labels = [row_label(m) for m in cfg.methods]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("methods", f"two rows share a label ({labels}); give 'label' to tell them apart")
+    if cfg.methods and cfg.baseline not in labels:
+        raise ConfigError("baseline", f"'{cfg.baseline}' is not a method label; labels: {', '.join(labels)}")
+    for i, sweep in enumerate(cfg.methods):
+        if not sweep.scales:
+            raise ConfigError(f"methods.{i}.scales", "empty")
+        for value in sweep.scales:
+            build_guider(guider_config(sweep, value), f"methods.{i}.guider")
+
+
+def guider_config(sweep: MethodSweep, value: float) -> dict:
+    cfg = OmegaConf.create(dict(sweep.guider))
+    OmegaConf.update(cfg, sweep.key, value, merge=True)
+    return OmegaConf.to_container(cfg)
+
+
+def guider_names(spec: Any) -> list[str]:
+    """Every guider name in a (nested) guider config."""
+    names = []
+    while isinstance(spec, Mapping) and "name" in spec:
+        names.append(spec["name"])
+        spec = spec.get("guider")
+    return names
+
+
+def row_label(sweep: MethodSweep) -> str:
+    if sweep.label:
+        return sweep.label
+    names = guider_names(sweep.guider)
+    return "(".join(names) + ")" * (len(names) - 1)
+
+
+def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], dict[str, str]]:
+    """The rows to run (configured ones, then one default row per registered guider nobody listed),
+    the not-applicable guiders and the ones that cannot be built with defaults."""
+    rows = list(cfg.methods)
+    covered = {n for m in rows for n in guider_names(m.guider)}
+    not_applicable, not_run = {}, {}
+    for name in GUIDERS.names():
+        if name in covered:
+            continue
+        if name in PERTURBED:
+            not_applicable[name] = PERTURBED[name]
+            continue
+        sweep = MethodSweep(guider={"name": name}, scales=list(cfg.auto_scales))
+        try:
+            for value in sweep.scales:
+                build_guider(guider_config(sweep, value), name)
+        except Exception as err:
+            not_run[name] = f"not in the config and not buildable with defaults: {str(err).splitlines()[0]}"
+            continue
+        rows.append(sweep)
+    return rows, not_applicable, not_run
+
+
+def weak_mixture(mixture: GaussianMixture, factor: float) -> GaussianMixture:
+    """The same mixture with wider components: a 'bad version' of the exact model."""
+    return GaussianMixture(mixture.means.clone(), mixture.stds * factor, mixture.weights.clone(),
+                           mixture.labels.clone())
+
+
+def run_one(guider_cfg: dict, path: str, mixture: GaussianMixture, weak: GaussianMixture, noise: Tensor,
+            cfg: BenchGuidersConfig) -> tuple[Tensor, float, float]:
+    """Samples of one guider, and its NFE and forward passes per sampler batch."""
+    chunk = cfg.sampler.chunk or len(noise)
+    xs, nfe, passes, batches = [], 0, 0, 0
+    for start in range(0, len(noise), chunk):
+        part = noise[start:start + chunk]
+        labels = torch.full((len(part),), cfg.sampler.label, dtype=torch.long)
+        scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
+        model = denoiser_for(mixture, scheduler)
+        branches = {"cond": {"labels": labels}, "uncond": {"labels": torch.full_like(labels, UNCOND)},
+                    "weak": Branch("weak", base="cond", model=denoiser_for(weak, scheduler))}
+        out = sample(model, scheduler, build_guider(guider_cfg, path), part, branches,
+                     num_steps=cfg.sampler.steps, axes=cfg.axes, progress=False)
+        xs.append(out.sample)
+        nfe, passes, batches = nfe + out.nfe, passes + out.forward_passes, batches + 1
+    return torch.cat(xs), nfe / batches, passes / batches
+
+
+@register_recipe("bench-guiders", BenchGuidersConfig, check=check_bench_guiders)
+def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
+    """Benchmark: every guider on the mixture testbed over a scale sweep; table, plot and claims."""
+    check_bench_guiders(cfg)
+    failed_imports = load_guider_modules()
+    rows, not_applicable, not_run = plan(cfg)
+    start = time.perf_counter()
+    results: dict[str, Any] = {}
+    for tb in cfg.testbeds:
+        results[tb.name] = run_testbed(tb, rows, cfg, run)
+        results[tb.name].update(not_applicable=not_applicable, not_run=not_run)
+    baseline = cfg.baseline if cfg.methods else "cfg"
+    matched = {name: matched_quality(res["methods"], rows, baseline, cfg) for name, res in results.items()}
+    claims = check_claims(results, matched, rows, baseline, cfg)
+    metrics = {
+        "setup": {"sampler": dict(cfg.sampler.__dict__), "axes": cfg.axes, "seed": cfg.seed,
+                  "weak_std_factor": cfg.weak_std_factor, "swd_tolerance": cfg.swd_tolerance,
+                  "min_saving": cfg.min_saving, "high_scales": cfg.high_scales, "baseline": baseline,
+                  "testbeds": {tb.name: dict(tb.__dict__) for tb in cfg.testbeds}},
+        "testbeds": results,
+        "matched_quality": matched,
+        "claims": claims,
+        "failed_imports": failed_imports,
+        "seconds": time.perf_counter() - start,
+    }
+    run.write_text("table.md", report(metrics, rows))
+    with run.atomic("plot.png") as tmp:
+        plot(tmp, metrics, rows, baseline)
+    run.write_json("metrics.json", metrics)
+    for claim in claims:
+        run.log(f"{'HOLDS ' if claim['holds'] else 'FAILS '} [{claim['testbed']}] {claim['claim']}: {claim['detail']}")
+    run.log(f"bench-guiders done in {metrics['seconds']:.0f} s")
+    return metrics
+
+
+def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, run: RunContext) -> dict:
+    mixture = GaussianMixture.ring(tb.dim, tb.classes, tb.per_class, tb.radius, tb.std, tb.seed)
+    weak = weak_mixture(mixture, cfg.weak_std_factor)
+    n, label = cfg.sampler.samples, cfg.sampler.label
+    reference = mixture.sample(n, label, torch.Generator().manual_seed(cfg.seed + 1))
+    exact = mixture.sample(n, label, torch.Generator().manual_seed(cfg.seed + 2))
+    noise = torch.randn(n, tb.dim, generator=torch.Generator().manual_seed(cfg.seed), dtype=torch.float64)
+    out: dict[str, Any] = {"reference": all_metrics(exact, mixture, label, reference), "methods": {}}
+    samples: dict[tuple[str, float], Tensor] = {}
+    for i, sweep in enumerate(rows):
+        label_i = row_label(sweep)
+        entry = out["methods"][label_i] = {"guider": sweep.guider, "key": sweep.key, "family": sweep.family,
+                                          "scales": {}}
+        for value in sweep.scales:
+            t0 = time.perf_counter()
+            x, nfe, passes = run_one(guider_config(sweep, value), f"methods.{i}.guider", mixture, weak, noise, cfg)
+            m = all_metrics(x, mixture, label, reference)
+            m.update(nfe=nfe, forward_passes=passes, seconds=time.perf_counter() - t0)
+            samples[(label_i, value)] = x
+            entry["scales"][f"{value:g}"] = m
+        run.log(f"[{tb.name}] {label_i}: " + ", ".join(
+            f"{k}: swd {v['swd']:.3f} ov {v['overshoot']:+.2f} nfe {v['nfe']:g}" for k, v in entry["scales"].items()))
+    # distance of every run to the baseline's samples at the same scale (how closely it reproduces CFG)
+    base = row_label(rows[0]) if not cfg.methods else cfg.baseline
+    for (label_i, value), x in samples.items():
+        if (base, value) in samples:
+            out["methods"][label_i]["scales"][f"{value:g}"]["swd_to_baseline"] = sliced_wasserstein(
+                x, samples[(base, value)])
+    return out
+
+
+def matched_quality(methods: dict, rows: list[MethodSweep], baseline: str, cfg: BenchGuidersConfig) -> dict:
+    """Per family and scale: every setting's NFE saving and swd change against the baseline, and the
+    largest saving among settings within the swd tolerance."""
+    if baseline not in methods:
+        return {}
+    base = methods[baseline]["scales"]
+    families: dict[str, Any] = {}
+    for sweep in rows:
+        if not sweep.family:
+            continue
+        label = row_label(sweep)
+        fam = families.setdefault(sweep.family, {})
+        for key, m in methods[label]["scales"].items():
+            if key not in base:
+                continue
+            b = base[key]
+            saving = 1.0 - m["nfe"] / b["nfe"]
+            matched = m["swd"] <= b["swd"] + cfg.swd_tolerance
+            per_scale = fam.setdefault(key, {"settings": {}, "best_saving": None, "best_setting": None})
+            per_scale["settings"][label] = {"saving": saving, "swd": m["swd"], "baseline_swd": b["swd"],
+                                            "swd_change": m["swd"] - b["swd"], "matched": matched,
+                                            "swd_to_baseline": m.get("swd_to_baseline")}
+            if matched and (per_scale["best_saving"] is None or saving > per_scale["best_saving"]):
+                per_scale["best_saving"], per_scale["best_setting"] = saving, label
+    return families
+
+
+def check_claims(results: dict, matched: dict, rows: list[MethodSweep], baseline: str,
+                 cfg: BenchGuidersConfig) -> list[dict]:
+    claims = []
+    for tb, res in results.items():
+        methods = res["methods"]
+        if baseline not in methods:
+            continue
+        base = methods[baseline]["scales"]
+        for name in cfg.overshoot_methods:
+            if name not in methods:
+                continue
+            pairs = [(k, methods[name]["scales"][k]["overshoot"], base[k]["overshoot"])
+                     for k in methods[name]["scales"] if k in base and float(k) >= cfg.high_scales]
+            if not pairs:
+                continue
+            claims.append({
+                "testbed": tb, "claim": f"{name} cuts overshoot compared with {baseline} at scale >= {cfg.high_scales:g}",
+                "holds": all(a < b for _, a, b in pairs),
+                "detail": ", ".join(f"w={k}: {a:+.2f} vs {b:+.2f}" for k, a, b in pairs)})
+        for family, per_scale in matched.get(tb, {}).items():
+            guided = {k: v for k, v in per_scale.items() if float(k) > 1}
+            if not guided:
+                continue
+            holds = all(v["best_saving"] is not None and v["best_saving"] >= cfg.min_saving - 1e-9
+                        for v in guided.values())
+            detail = ", ".join(
+                f"w={k}: " + (f"{100 * v['best_saving']:.0f}% ({v['best_setting']})" if v["best_setting"]
+                              else "no setting within tolerance")
+                for k, v in guided.items())
+            claims.append({"testbed": tb, "holds": holds, "detail": detail,
+                           "claim": f"{family} saves >= {100 * cfg.min_saving:.0f}% of evaluations at swd within "
+                                    f"{cfg.swd_tolerance} of {baseline}"})
+    return claims
+
+
+# -- outputs -----------------------------------------------------------------------------------------
+def report(m: dict, rows: list[MethodSweep]) -> str:
+    setup = m["setup"]
+    s = setup["sampler"]
+    lines = [
+        "# bench-guiders: every guider on the Gaussian-mixture testbed", "",
+        f"{s['scheduler']}, {s['steps']} steps, {s['samples']} samples asked for class {s['label']} "
+        f"({'one batch' if not s['chunk'] else f'batches of {s['chunk']}'}). swd: sliced Wasserstein distance "
+        "to exact samples of the true conditional (lower is better); precision and coverage in [0, 1]; "
+        "overshoot: mean distance past the class mode in component stds (0 for the truth); NFE: model "
+        "evaluations per sample (CFG = 2 x steps). Autoguidance's weak model: the mixture with component "
+        f"stds x {setup['weak_std_factor']}.", "",
+    ]
+    for tb, res in m["testbeds"].items():
+        ref = res["reference"]
+        info = setup["testbeds"][tb]
+        lines += [f"## Testbed {tb} ({info['dim']}-D, {info['classes']} classes x {info['per_class']} components)", "",
+                  f"Exact samples vs the reference (the noise floor): swd {ref['swd']:.3f}, precision "
+                  f"{ref['precision']:.3f}, coverage {ref['coverage']:.2f}, overshoot {ref['overshoot']:+.3f}.", ""]
+        table = []
+        for label, entry in res["methods"].items():
+            for key, v in entry["scales"].items():
+                table.append([label, key, v["swd"], v["precision"], v["coverage"], f"{v['overshoot']:+.3f}",
+                              f"{v['nfe']:g}"])
+        lines += [markdown_table(["method", entry_key_name(), "swd", "precision", "coverage", "overshoot", "NFE"],
+                                 table), ""]
+        if res["not_applicable"]:
+            lines += ["Not applicable here: " + "; ".join(f"{k}: {v}" for k, v in res["not_applicable"].items()), ""]
+        if res["not_run"]:
+            lines += ["Not run: " + "; ".join(f"{k}: {v}" for k, v in res["not_run"].items()), ""]
+        lines += matched_table(m["matched_quality"].get(tb, {}), setup)
+    lines += ["## Claims", ""]
+    for c in m["claims"]:
+        lines.append(f"- [{c['testbed']}] **{'holds' if c['holds'] else 'does not hold'}**: {c['claim']} ({c['detail']})")
+    return "\n".join(lines) + "\n"
+
+
+def entry_key_name() -> str:
+    return "scale"
+
+
+def matched_table(families: dict, setup: dict) -> list[str]:
+    if not families:
+        return []
+    rows = []
+    for family, per_scale in families.items():
+        for key, v in per_scale.items():
+            for label, s in v["settings"].items():
+                rows.append([family, key, label, f"{100 * s['saving']:.0f}%", s["swd"], s["baseline_swd"],
+                             "yes" if s["matched"] else "no",
+                             "-" if s["swd_to_baseline"] is None else f"{s['swd_to_baseline']:.3f}"])
+    return [f"Matched quality (swd within {setup['swd_tolerance']} of {setup['baseline']} at the same scale):", "",
+            markdown_table(["family", "scale", "setting", "NFE saved", "swd", f"{setup['baseline']} swd", "matched",
+                            f"swd to {setup['baseline']} samples"], rows), ""]
+
+
+def plot(path, m: dict, rows: list[MethodSweep], baseline: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    testbeds = list(m["testbeds"])
+    fig, axes = plt.subplots(len(testbeds), 3, figsize=(16, 4.6 * len(testbeds)), squeeze=False)
+    labels = [row_label(r) for r in rows]
+    colors = plt.get_cmap("tab20")
+    for r, tb in enumerate(testbeds):
+        res = m["testbeds"][tb]["methods"]
+        ax_swd, ax_over, ax_nfe = axes[r]
+        for i, label in enumerate(labels):
+            if label not in res:
+                continue
+            scales = res[label]["scales"]
+            xs = [float(k) for k in scales]
+            scale_of = 10.0 if res[label]["guider"].get("name") == "cfg++" else 1.0
+            name = label + (" (x = 10 lambda)" if scale_of != 1.0 else "")
+            style = {"color": colors(i % 20), "marker": "o", "ms": 3, "lw": 2.2 if label == baseline else 1.0}
+            ax_swd.plot([x * scale_of for x in xs], [v["swd"] for v in scales.values()], label=name, **style)
+            ax_over.plot([x * scale_of for x in xs], [v["overshoot"] for v in scales.values()], **style)
+            family = next((rw.family for rw in rows if row_label(rw) == label), None)
+            if family or label == baseline:
+                ax_nfe.scatter([v["nfe"] for v in scales.values()], [v["swd"] for v in scales.values()],
+                               color=style["color"], s=14, label=label)
+        ref = m["testbeds"][tb]["reference"]
+        ax_swd.axhline(ref["swd"], color="grey", ls=":", lw=1)
+        ax_over.axhline(0.0, color="grey", ls=":", lw=1)
+        ax_swd.set(title=f"{tb}: swd to the true conditional", xlabel="scale", ylabel="swd")
+        ax_over.set(title=f"{tb}: overshoot (component stds)", xlabel="scale", ylabel="overshoot")
+        ax_nfe.set(title=f"{tb}: quality vs cost (pass-saving methods)", xlabel="NFE per sample", ylabel="swd")
+        ax_nfe.legend(fontsize=6)
+        if r == 0:
+            ax_swd.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x)

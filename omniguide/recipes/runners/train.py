@@ -1,0 +1,114 @@
+"""``kind: train`` -- fit a small zoo model with ``Trainer.fit``; checkpoints every N steps and
+``resume: auto`` (continue from the newest complete checkpoint in the run folder).
+
+    kind: train
+    model: {name: small-denoiser, hidden: 128, depth: 3}
+    data: {classes: 3}
+    trainer: {max_steps: 2000}
+    checkpoint_every: 500
+
+Resume by running the same recipe into the same folder: ``run.dir=runs/train-...``.
+Outputs: ``checkpoints/step-NNNNNN.ckpt``, ``checkpoints/final.ckpt``, ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...core.errors import ConfigError
+from ...core.registry import Registry
+from ...zoo.small_denoiser import DenoiserModule, MixtureSpec, SmallDenoiserConfig, TrainSettings
+from ..components import make_callbacks
+from ..registry import COMPONENTS, register_recipe
+from ..run import RunContext
+from ..runtime import build_trainer, check_trainer, newest_checkpoint
+from ..schema import TrainerConfig, build_dataclass, find_file, option
+
+TRAINABLES = Registry("trainable model")   # name -> (model config dataclass, factory(model_cfg, cfg) -> module)
+COMPONENTS.setdefault("trainables", TRAINABLES)
+TRAINABLES.register("small-denoiser")((SmallDenoiserConfig, lambda model, cfg: DenoiserModule(
+    model, build_dataclass(MixtureSpec, cfg.data, "data", skip=()),
+    TrainSettings(cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.cond_dropout, cfg.seed))))
+
+
+@dataclass
+class TrainConfig:
+    """Fit a model of the zoo on synthetic data."""
+
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "small-denoiser"})
+    data: dict[str, Any] = field(default_factory=dict)          # Gaussian-mixture ring arguments
+    batch_size: int = option(256, ge=1)                         # global batch, split over ranks
+    lr: float = option(1e-3, gt=0)
+    weight_decay: float = option(0.0, ge=0)
+    cond_dropout: float = option(0.1, ge=0, le=1)
+    seed: int = 0
+    checkpoint_every: int = option(100, ge=1)                   # steps between checkpoints
+    resume: str = "auto"                                        # auto | never | path to a .ckpt
+    callbacks: list[dict[str, Any]] = field(default_factory=list)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=1000))
+
+
+def build_module(cfg: TrainConfig) -> Any:
+    """The LightningModule the recipe trains."""
+    name = cfg.model.get("name") if isinstance(cfg.model, dict) else None
+    if name is None:
+        raise ConfigError("model.name", f"missing; one of: {', '.join(TRAINABLES.names())}")
+    schema, factory = TRAINABLES.get(name, "model.name")
+    model_cfg = build_dataclass(schema, cfg.model, "model")
+    import lightning
+
+    lightning.seed_everything(cfg.seed, verbose=False)   # the initial weights depend on the seed only
+    return factory(model_cfg, cfg)
+
+
+def check_train(cfg: TrainConfig) -> None:
+    """Build the module, callbacks and trainer settings without training."""
+    build_module(cfg)
+    make_callbacks(cfg.callbacks)
+    check_trainer(cfg.trainer)
+    if cfg.trainer.max_steps < 1:
+        raise ConfigError("trainer.max_steps", f"a train recipe needs max_steps >= 1, got {cfg.trainer.max_steps}")
+    if cfg.resume not in ("auto", "never"):
+        find_file(cfg.resume, "resume")
+
+
+def resume_from(cfg: TrainConfig, folder: Path) -> str | None:
+    """The checkpoint to continue from (None: start fresh)."""
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        newest = newest_checkpoint(folder)
+        return str(newest) if newest is not None else None
+    return str(find_file(cfg.resume, "resume"))
+
+
+@register_recipe("train", TrainConfig, check=check_train)
+def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
+    """Train a zoo model; checkpoints/step-N.ckpt every N steps, model.safetensors at the end."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    module = build_module(cfg)
+    folder = run.path("checkpoints")
+    checkpoints = ModelCheckpoint(dirpath=folder, filename="step-{step:06d}", auto_insert_metric_name=False,
+                                  every_n_train_steps=cfg.checkpoint_every, save_top_k=-1)
+    trainer = build_trainer(cfg.trainer, run, callbacks=[checkpoints, *make_callbacks(cfg.callbacks)])
+    run.rank = trainer.global_rank
+    ckpt = resume_from(cfg, folder)
+    if ckpt and run.is_main:
+        run.log(f"resuming from {ckpt}")
+    start = time.perf_counter()
+    trainer.fit(module, ckpt_path=ckpt)
+    trainer.save_checkpoint(folder / "final.ckpt")
+    if not trainer.is_global_zero:
+        return None
+    save: Callable | None = getattr(module.model, "save", None)
+    if save is not None:
+        with run.atomic("model.safetensors") as tmp:
+            save(tmp)
+    loss = trainer.callback_metrics.get("train/loss")
+    return {"steps": trainer.global_step, "final_loss": float(loss) if loss is not None else None,
+            "resumed_from": ckpt, "world_size": trainer.world_size, "seconds": time.perf_counter() - start}

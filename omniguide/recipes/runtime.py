@@ -1,0 +1,155 @@
+"""The Lightning runtime: ``trainer:`` section -> :class:`lightning.Trainer`, atomic checkpoints,
+resume discovery, and a guard so that no rank outlives a dead peer.
+
+Lightning does the training loop, the DDP launch (it re-executes the command line for ranks > 0),
+gradient averaging, checkpointing and logging; this module only translates the recipe's section
+into its arguments and plugs in the two behaviours recipes promise on top:
+
+* checkpoints are written atomically (temporary file + rename), so a SIGKILL never leaves a
+  half-written ``.ckpt`` that ``resume: auto`` would pick up;
+* a rank whose parent (rank 0, the launcher) died exits instead of waiting in a collective;
+  the reverse case (a child dies) is handled by Lightning's own child-process observer, and the
+  DDP ``timeout_s`` bounds everything else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.errors import ConfigError, did_you_mean
+from .run import RunContext, atomic_path
+from .schema import TrainerConfig
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+OWN_KEYS = ("logger", "process_group_backend", "timeout_s", "threads", "extra")  # ours, not Trainer arguments
+
+
+def check_trainer(tcfg: TrainerConfig, path: str = "trainer") -> None:
+    """Names Lightning would reject later (strategy, accelerator, ``extra`` keys), checked now."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if tcfg.accelerator not in ACCELERATORS:
+        raise ConfigError(f"{path}.accelerator", f"unknown accelerator '{tcfg.accelerator}'"
+                          f"{did_you_mean(tcfg.accelerator, ACCELERATORS)}")
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if tcfg.strategy not in strategies:
+        raise ConfigError(f"{path}.strategy", f"unknown strategy '{tcfg.strategy}'"
+                          f"{did_you_mean(tcfg.strategy, strategies)}")
+    import lightning
+
+    params = inspect.signature(lightning.Trainer.__init__).parameters
+    for key in tcfg.extra:
+        if key not in params or key == "self":
+            raise ConfigError(f"{path}.extra.{key}", f"not a lightning.Trainer argument{did_you_mean(key, params)}")
+    if tcfg.logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{path}.logger", "'tensorboard' needs the tensorboard package "
+                              "(pip install tensorboard)") from None
+
+
+def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None = None, path: str = "trainer",
+                  **overrides: Any):
+    """A :class:`lightning.Trainer` for the recipe: run folder as root, CSV/TensorBoard logger,
+    atomic checkpoint IO, DDP with the configured backend and timeout."""
+    import lightning
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    check_trainer(tcfg, path)
+    kwargs = {k: v for k, v in vars(tcfg).items() if k not in OWN_KEYS}
+    kwargs["strategy"] = _strategy(tcfg)
+    kwargs.update(tcfg.extra)
+    kwargs.update(overrides)
+    if tcfg.logger == "csv":
+        kwargs["logger"] = CSVLogger(run.dir, name="logs", version="")
+    elif tcfg.logger == "tensorboard":
+        kwargs["logger"] = TensorBoardLogger(run.dir, name="logs", version="")
+    else:
+        kwargs["logger"] = False
+    kwargs.setdefault("default_root_dir", str(run.dir))
+    kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
+    kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *(callbacks or [])]
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    start_parent_watchdog()
+    try:
+        return lightning.Trainer(**kwargs)
+    except (ValueError, TypeError, RuntimeError) as err:  # MisconfigurationException is a ValueError
+        raise ConfigError(path, " ".join(str(err).split())) from None
+
+
+def _strategy(tcfg: TrainerConfig):
+    """``ddp*`` strategy names become a DDPStrategy carrying the backend and timeout."""
+    if not tcfg.strategy.startswith("ddp"):
+        return tcfg.strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    name = tcfg.strategy
+    start = next((m for m in ("spawn", "fork", "notebook") if f"_{m}" in name), "popen")
+    find_unused = name.endswith("find_unused_parameters_true")
+    return DDPStrategy(process_group_backend=tcfg.process_group_backend, timeout=timedelta(seconds=tcfg.timeout_s),
+                       start_method=start, find_unused_parameters=find_unused)
+
+
+class AtomicCheckpointIO:
+    """Lightning checkpoint IO that writes ``path`` through a temporary file and a rename."""
+
+    def __new__(cls):
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+        class _Atomic(TorchCheckpointIO):
+            def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+                with atomic_path(Path(path)) as tmp:
+                    torch.save(checkpoint, tmp)
+
+        return _Atomic()
+
+
+_STEP = re.compile(r"step-(\d+)\.ckpt$")
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The ``step-N.ckpt`` with the largest N in ``folder`` that loads (None when there is none).
+
+    Files are written atomically, so a listed file is complete; loading it once more guards
+    against files copied in by hand."""
+    found = sorted(((int(m.group(1)), p) for p in Path(folder).glob("step-*.ckpt") if (m := _STEP.search(p.name))),
+                   reverse=True)
+    for _, path in found:
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+            return path
+        except Exception:
+            continue
+    return None
+
+
+_watchdog_started = False
+
+
+def start_parent_watchdog(period_s: float = 1.0) -> None:
+    """On a rank Lightning launched (``LOCAL_RANK`` > 0), exit with code 1 when the launching
+    process disappears, instead of waiting in a collective for a rank that is gone."""
+    global _watchdog_started
+    if _watchdog_started or int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        return
+    _watchdog_started = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(period_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="omniguide-parent-watchdog").start()

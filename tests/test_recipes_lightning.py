@@ -1,0 +1,142 @@
+"""``kind: train`` on Lightning: DDP equivalence, SIGKILL + ``resume: auto`` bitwise, a dead rank ends the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from omniguide.recipes.cli import main
+from omniguide.zoo.small_denoiser import SmallDenoiser
+
+DATA = Path(__file__).parent / "data"
+TRAIN = str(DATA / "recipes" / "train_tiny.yaml")
+PLUGIN = str(DATA / "plugins" / "slow_steps.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+DELAY = "callbacks=[{name: step-delay, seconds: 0.1}]"
+
+
+def launch(*argv: str, **kwargs) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "omniguide", "--plugin", PLUGIN, "run", TRAIN, *argv]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, **kwargs)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < end, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_state(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None:
+    assert a["global_step"] == b["global_step"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        x, y = a["state_dict"][key], b["state_dict"][key]
+        assert torch.equal(x, y) if exact else torch.allclose(x, y, atol=atol, rtol=0), key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted single-process run of the tiny recipe."""
+    root = tmp_path_factory.mktemp("train")
+    assert main(["run", TRAIN, f"run.root={root}"]) == 0
+    return next(root.iterdir())
+
+
+def test_training_writes_checkpoints_logs_and_a_loadable_model(reference):
+    ckpts = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert ckpts == ["final.ckpt", "step-000020.ckpt", "step-000040.ckpt", "step-000060.ckpt"]
+    metrics = json.loads((reference / "metrics.json").read_text())
+    assert metrics["steps"] == 60 and metrics["final_loss"] < 1.0
+    rows = (reference / "logs" / "metrics.csv").read_text().splitlines()
+    assert rows[0].count("train/loss") == 1 and len(rows) >= 6      # CSV logger, every 10 steps
+    model = SmallDenoiser.load(reference / "model.safetensors")
+    x = torch.randn(5, 2)
+    eps = model(x, torch.tensor([10, 200, 500, 800, 999]), labels=torch.tensor([0, 1, 2, -1, 0]))
+    assert eps.shape == (5, 2) and torch.isfinite(eps).all()
+    final = load(reference / "checkpoints" / "final.ckpt")["state_dict"]
+    assert all(torch.equal(final[f"model.{k}"], v) for k, v in model.state_dict().items())
+
+
+def test_two_process_ddp_training_equals_single_process(reference, tmp_path):
+    """The global batch is split over 2 ranks and gradients averaged: same weights as 1 process."""
+    proc = launch(f"run.root={tmp_path}", "trainer.devices=2", "trainer.strategy=ddp",
+                  "trainer.process_group_backend=gloo")
+    out, err = proc.communicate(timeout=150)
+    assert proc.returncode == 0, err[-3000:]
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert json.loads((run_dir / "metrics.json").read_text())["world_size"] == 2
+    assert_same_state(load(reference / "checkpoints/final.ckpt"), load(run_dir / "checkpoints/final.ckpt"),
+                      exact=False, atol=1e-5)
+
+
+def test_sigkill_then_resume_auto_matches_uninterrupted_bitwise(reference, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = launch(f"run.dir={run_dir}", DELAY)
+    wait_for(run_dir / "checkpoints" / "step-000020.ckpt", proc)
+    time.sleep(0.5)                                         # somewhere between two checkpoints
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    # nothing the killed run left under a final name is half-written
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "model.safetensors").exists()
+    finals = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    for path in finals:
+        if path.suffix == ".ckpt":
+            assert load(path)["global_step"] % 20 == 0
+        elif path.suffix in (".json",):
+            json.loads(path.read_text())
+    killed_at = max(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*.ckpt"))
+    assert 20 <= killed_at < 60
+    # resume in the same folder: continues from the newest complete checkpoint
+    proc = launch(f"run.dir={run_dir}")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith(f"step-{killed_at:06d}.ckpt") and metrics["steps"] == 60
+    a, b = load(reference / "checkpoints/final.ckpt"), load(run_dir / "checkpoints/final.ckpt")
+    assert_same_state(a, b, exact=True)
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _children(pid: int) -> list[int]:
+    psutil = pytest.importorskip("psutil")
+    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+
+@pytest.mark.parametrize("victim", ["child", pytest.param("rank0", marks=pytest.mark.slow)])
+def test_killing_one_rank_ends_the_job_nonzero(victim, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    run_dir = tmp_path / "run"
+    proc = launch(f"run.dir={run_dir}", DELAY, "trainer.max_steps=100000", "trainer.devices=2",
+                  "trainer.strategy=ddp", "trainer.timeout_s=60")
+    wait_for(run_dir / "checkpoints" / "step-000020.ckpt", proc, timeout=120)   # both ranks are training
+    children = _children(proc.pid)
+    assert children, "no rank-1 process found"
+    start = time.monotonic()
+    os.kill(children[0] if victim == "child" else proc.pid, signal.SIGKILL)
+    if victim == "child":
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0
+    else:
+        proc.communicate(timeout=10)
+    # every process of the job is gone within a bounded time (no rank left waiting in a collective)
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(c) and psutil.Process(c).status() != psutil.STATUS_ZOMBIE for c in children):
+        assert time.monotonic() < deadline, "a rank outlived the killed one"
+        time.sleep(0.2)
+    assert time.monotonic() - start < 60
