@@ -157,7 +157,10 @@ def test_branches_with_other_models_or_perturbations_run_separately():
 
 def test_per_sample_timesteps_batch():
     x = torch.randn(3, 2)
-    table = {"cond": {"emb": torch.ones(3, 1)}, "uncond": {"emb": torch.zeros(3, 1), "timestep": torch.tensor([1, 2, 3])}}
+    table = {
+        "cond": {"emb": torch.ones(3, 1)},
+        "uncond": {"emb": torch.zeros(3, 1), "timestep": torch.tensor([1, 2, 3])},
+    }
     ex_b, ex_s = BranchExecutor(CountingModel(), table), BranchExecutor(CountingModel(), table, batch=False)
     a = ex_b(["cond", "uncond"], x, torch.tensor(7), _step(x))
     b = ex_s(["cond", "uncond"], x, torch.tensor(7), _step(x))

@@ -154,18 +154,27 @@ def test_cfg_zero_star(original):
 
 
 @pytest.mark.parametrize(
-    "scales,parallel", [((10.0, 5.0), None), ((8.0, 6.0, 3.0), None), ((10.0, 5.0), 0.5)]
+    "scales,parallel,original",
+    [
+        ((10.0, 5.0), None, False),
+        ((8.0, 6.0, 3.0), None, False),
+        ((10.0, 5.0), 0.5, False),
+        ((9.0, 4.0), None, True),
+    ],
 )
-def test_fdg_against_kornia_pyramid(scales, parallel):
+def test_fdg_against_kornia_pyramid(scales, parallel, original):
+    """diffusers' guidance_scales run from the finest band to the coarsest: [w_high, ..., w_low]."""
     pytest.importorskip("kornia")
     step, preds, c, u = inputs(shape=(2, 4, 32, 32))
-    dg = guiders.FrequencyDecoupledGuidance(guidance_scales=list(scales), parallel_weights=parallel)
-    high = scales[:-1] if len(scales) > 2 else scales[0]
+    dg = guiders.FrequencyDecoupledGuidance(
+        guidance_scales=list(scales), parallel_weights=parallel, use_original_formulation=original
+    )
     ours = FDG(
         scales[-1],
-        tuple(high) if len(scales) > 2 else high,
+        tuple(scales[:-1]) if len(scales) > 2 else scales[0],
         levels=len(scales),
         parallel_weight=parallel if parallel is not None else 1.0,
+        form="c+w(c-u)" if original else "u+w(c-u)",
     )
     torch.testing.assert_close(ours.combine(preds, step).eps, run_diffusers(dg, c, u), **TOL)
 

@@ -269,17 +269,25 @@ def blur_matrix(n):
     return m
 
 
-def pyramid_lowpass(n):
-    """Down (blur, then mean of pairs) then up (linear x2, then blur) along one axis, as a matrix."""
-    down = 0.5 * (blur_matrix(n)[0::2] + blur_matrix(n)[1::2])
-    h = n // 2
-    up = torch.zeros(n, h, dtype=torch.float64)
+def down_matrix(n):
+    """Blur, then the mean of each pair (bilinear halving with align_corners=False): n/2 x n."""
+    return 0.5 * (blur_matrix(n)[0::2] + blur_matrix(n)[1::2])
+
+
+def up_matrix(h):
+    """Linear doubling (weights 3/4, 1/4; edges clamped), then blur: 2h x h."""
+    up = torch.zeros(2 * h, h, dtype=torch.float64)
     for k in range(h):
         up[2 * k, k] += 0.75
         up[2 * k, max(k - 1, 0)] += 0.25
         up[2 * k + 1, k] += 0.75
         up[2 * k + 1, min(k + 1, h - 1)] += 0.25
-    return blur_matrix(n) @ up @ down
+    return blur_matrix(2 * h) @ up
+
+
+def pyramid_lowpass(n):
+    """One level down and back up along one axis, as a matrix."""
+    return up_matrix(n // 2) @ down_matrix(n)
 
 
 def apply_along(a, dims, mat_of):
@@ -334,14 +342,23 @@ def test_fdg_fft_bands_and_parallel_weight(layout):
 
 
 def test_fdg_three_levels_and_padding():
-    """A 3-level pyramid rebuilds exactly, and an odd length is padded and cropped back."""
+    """Three levels (bands: d - U0 D0 d, U0 (D0 d - U1 D1 D0 d), U0 U1 D1 D0 d); an odd length is
+    reflect-padded to even, guided, and cropped back."""
     step, preds, c, u = setup("BCT")
-    check(FDG(5.0, (5.0, 5.0), levels=3).combine(preds, step), u + 5.0 * (c - u), step)
+    d = c - u
+    n = d.shape[-1]
+    d0, d1, u0, u1 = down_matrix(n), down_matrix(n // 2), up_matrix(n // 2), up_matrix(n // 4)
+    low = d @ (u0 @ u1 @ d1 @ d0).T
+    mid = d @ (u0 @ d0).T - low
+    ref = u + 2.0 * low + 4.0 * mid + 8.0 * (d - mid - low)
+    check(FDG(2.0, (8.0, 4.0), levels=3).combine(preds, step), ref, step)
+
     odd = GuidanceStep(step.x[..., :13], step.noise, None, 1, 10, step.axes)
     p = {k: Prediction(v.value[..., :13], "eps", odd.x, odd.noise) for k, v in preds.items()}
-    out = FDG(5.0, 5.0).combine(p, odd)
-    assert out.eps.shape == odd.x.shape
-    check(out, u[..., :13] + 5.0 * (c - u)[..., :13], odd)
+    dd = d[..., :13]
+    padded = torch.cat([dd, dd[..., 11:12]], -1)  # reflect about the last sample: x[13] = x[11]
+    low = (padded @ pyramid_lowpass(14).T)[..., :13]
+    check(FDG(3.0, 9.0).combine(p, odd), u[..., :13] + 3.0 * low + 9.0 * (dd - low), odd)
 
 
 # -- adaptive -----------------------------------------------------------------------------------

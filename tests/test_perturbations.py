@@ -377,6 +377,11 @@ def test_executor_perturbs_only_the_named_branch(unet):
 def test_selectors_and_errors(unet, dit):
     f = unet_fn(unet)
     assert find_module(f) is unet
+    global _GLOBAL_UNET
+    _GLOBAL_UNET = unet
+    assert find_module(lambda s, t, **k: _GLOBAL_UNET(s, t, **k)) is unet  # a module-level model
+    encoder = nn.Linear(2, 2)
+    assert find_module(lambda s, t, e: unet(s, t, encoder(e))) is unet  # the denoiser, not the encoder
     with pytest.raises(GuidanceError, match="'nope' matches no self-attention"):
         with IdentityAttention(("nope",))(unet):
             pass
@@ -473,3 +478,28 @@ def test_composes_with_interval_schedule_and_tensor_scales(unet):
         plain = omniguide.sample(f, ddim(), omniguide.CFG(scale=1.0), noise, **kw)
     assert (tensor.sample[0] - plain.sample[0]).abs().max() > 1e-4
     torch.testing.assert_close(tensor.sample[1], plain.sample[1], rtol=1e-4, atol=1e-5)
+
+
+def test_several_perturbations_through_terms(unet):
+    """Two perturbed branches at once: each runs in its own pass with its own perturbation."""
+    f = unet_fn(unet)
+    x, ec, eu = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 8), torch.randn(1, 5, 8)
+    branches = {
+        "cond": {"encoder_hidden_states": ec},
+        "uncond": {"encoder_hidden_states": eu},
+        "pag": omniguide.Branch("pag", base="cond", perturbation=IdentityAttention()),
+        "seg": omniguide.Branch("seg", base="cond", perturbation=BlurredQueries()),
+    }
+    guider = omniguide.Terms(terms={"uncond": 4.0, "pag": 3.0, "seg": 2.0})
+    step = GuidanceStep(x, NoiseLevel.vp(torch.tensor(0.5)), 10, 0, 4)
+    executor = BranchExecutor(f, branches)
+    with torch.no_grad():
+        preds = executor(guider.branches(step), x, 10, step)
+        c, u = f(x, 10, ec), f(x, 10, eu)
+        with IdentityAttention()(f):
+            p1 = f(x, 10, ec)
+        with BlurredQueries()(f):
+            p2 = f(x, 10, ec)
+    assert executor.passes_per_step == [3] and executor.nfe_per_step == [4]
+    out = guider.combine(preds, step).eps
+    torch.testing.assert_close(out, c + 4 * (c - u) + 3 * (c - p1) + 2 * (c - p2), rtol=1e-5, atol=1e-5)

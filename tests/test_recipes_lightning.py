@@ -1,4 +1,5 @@
-"""``kind: train`` on Lightning: DDP equivalence, SIGKILL + ``resume: auto`` bitwise, a dead rank ends the job."""
+"""``kind: train`` on Lightning: DDP equivalence, SIGKILL + ``resume: auto`` bitwise, and a dead rank
+ending the job."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ The caller -- a modality adapter, the sampler, or the user -- declares them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -42,6 +42,12 @@ class Axes:
         frequency = tuple(i for i, c in enumerate(layout) if c in _FREQUENCY_LETTERS)
         return Axes(reduce=reduce, frequency=frequency or reduce, layout=layout)
 
+    def config(self) -> str | dict:
+        """A plain value that :func:`as_axes` turns back into these axes."""
+        if self.layout and Axes.from_layout(self.layout) == self:
+            return self.layout
+        return {"reduce": list(self.reduce), "frequency": list(self.frequency), "layout": self.layout}
+
     def check(self, x: Tensor, who: str = "axes") -> None:
         for d in (*self.reduce, *self.frequency):
             if not -x.ndim <= d < x.ndim or d % x.ndim == 0:
@@ -51,12 +57,17 @@ class Axes:
                 )
 
 
-def as_axes(value: Axes | str | Sequence[int] | None) -> Axes | None:
-    """Accept an :class:`Axes`, a layout string ("BCT") or a tuple of reduce dims."""
+def as_axes(value: Axes | str | Sequence[int] | Mapping | None) -> Axes | None:
+    """Accept an :class:`Axes`, a layout string ("BCT"), a tuple of reduce dims, or a mapping
+    ``{reduce: [...], frequency: [...]}`` (what :meth:`Axes.config` writes)."""
     if value is None or isinstance(value, Axes):
         return value
     if isinstance(value, str):
         return Axes.from_layout(value)
+    if isinstance(value, Mapping):
+        reduce = tuple(int(d) for d in value["reduce"])
+        frequency = tuple(int(d) for d in value.get("frequency", reduce))
+        return Axes(reduce, frequency, str(value.get("layout", "")))
     dims = tuple(int(d) for d in value)
     return Axes(reduce=dims, frequency=dims)
 

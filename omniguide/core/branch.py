@@ -156,7 +156,9 @@ class BranchExecutor:
         return _Job([name], model, perturbation, kind, sample, timestep, inputs)
 
     # -- execution --------------------------------------------------------------------------
-    def __call__(self, names: Sequence[str], sample: Tensor, timestep: Any, step: GuidanceStep) -> dict[str, Prediction]:
+    def __call__(
+        self, names: Sequence[str], sample: Tensor, timestep: Any, step: GuidanceStep
+    ) -> dict[str, Prediction]:
         jobs: dict[tuple, _Job] = {}
         for name in dict.fromkeys(names):
             job = self.resolve(name, sample, timestep, step)

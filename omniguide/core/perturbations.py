@@ -28,6 +28,7 @@ import fnmatch
 import functools
 import inspect
 import math
+import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,8 @@ def find_module(model: Any, depth: int = 3) -> nn.Module:
     frontier = [model]
     for _ in range(depth + 1):
         found = [m for m in frontier if isinstance(m, nn.Module)]
-        if found:
-            return found[0]
+        if found:  # prefer a module with attention or blocks (a denoiser over, say, a text encoder)
+            return next((m for m in found if main_blocks(m) or any(map(is_attention, m.modules()))), found[0])
         frontier = [child for obj in frontier for child in _referents(obj)]
     raise GuidanceError(
         f"cannot find a torch module inside the model callable {model!r}; give the perturbation module=..."
@@ -72,7 +73,8 @@ def _referents(obj: Any) -> list[Any]:
         out += [obj.__globals__.get(name) for name in obj.__code__.co_names]
     if not inspect.isfunction(obj) and not isinstance(obj, nn.Module) and hasattr(obj, "__dict__"):
         out += list(vars(obj).values())
-    return [o for o in out if o is not None and not isinstance(o, (str, bytes, int, float, Tensor))]
+    skip = (str, bytes, int, float, Tensor, type, types.ModuleType)  # never crawl packages or classes
+    return [o for o in out if o is not None and not isinstance(o, skip)]
 
 
 def is_attention(module: nn.Module) -> bool:
@@ -460,10 +462,14 @@ class SkipBlocks(_LayerPerturbation):
 
             def skipped_forward(*args, **kwargs):
                 fired[name] += 1
-                bound = signature.bind(*args, **kwargs).arguments
-                first = next(iter(bound.values()))
-                hidden = bound.get("hidden_states", first)
-                context = bound.get("encoder_hidden_states")
+                try:
+                    bound = signature.bind(*args, **kwargs).arguments
+                except TypeError:
+                    bound = {}
+                hidden = bound.get("hidden_states", kwargs.get("hidden_states", args[0] if args else None))
+                context = bound.get("encoder_hidden_states", kwargs.get("encoder_hidden_states"))
+                if not isinstance(hidden, Tensor):
+                    raise GuidanceError(f"skip-layer: cannot find the input hidden states of block {name}")
                 # the block still runs once so its output structure is known exactly
                 out = forward(*args, **kwargs)
                 return _inputs_as_outputs(out, hidden, context, name, type(module).__name__)

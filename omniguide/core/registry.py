@@ -6,7 +6,8 @@
         scale: float = 3.0
 
     build_guider({"name": "my-method", "scale": 5})        # -> MyMethod(scale=5)
-    build_guider({"name": "my-method", "scle": 5})         # ConfigError: guider.scle: unknown key ... did you mean 'scale'?
+    build_guider({"name": "my-method", "scle": 5})
+    # ConfigError: guider.scle: unknown key for guider 'my-method'; did you mean 'scale'?
 
 A guider field that holds another guider is built recursively (``interval``, ``schedule``); a
 scale given as ``{shape: linear, scale: 7}`` becomes a :class:`~omniguide.core.scale.ScaleSchedule`.
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .axes import Axes
 from .errors import ConfigError, did_you_mean
 from .scale import ScaleSchedule
 
@@ -126,6 +128,8 @@ def guider_config(guider) -> dict:
             return guider_config(value)
         if isinstance(value, ScaleSchedule):
             return dataclasses.asdict(value)
+        if isinstance(value, Axes):
+            return value.config()
         if isinstance(value, torch.Tensor):
             return value.tolist()
         if isinstance(value, tuple):

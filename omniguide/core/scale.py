@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -68,7 +67,7 @@ def shape_factor(shape: str, x: Tensor) -> Tensor:
     raise ConfigError("shape", f"unknown schedule shape '{shape}'; valid: {', '.join(SHAPES)}")
 
 
-Scale = Union[float, int, Tensor, ScaleSchedule]
+Scale = float | int | Tensor | ScaleSchedule
 
 
 def resolve(scale: Scale, step) -> float | Tensor:

@@ -94,7 +94,8 @@ class SchedulerView:
         t = torch.as_tensor(float(timestep) / self.num_train_timesteps, dtype=dtype)
         if self.family == "dpm":
             alpha, sigma = self.scheduler._sigma_to_alpha_sigma_t(s)
-            noise = NoiseLevel(alpha.to(dtype), sigma.to(dtype), s if self.scheduler.config.get("use_flow_sigmas") else t)
+            model_time = s if self.scheduler.config.get("use_flow_sigmas") else t
+            noise = NoiseLevel(alpha.to(dtype), sigma.to(dtype), model_time)
             return StepPoint(sample, timestep, noise, noise)
         # ve: the sample is x0 + s eps; the model sees it scaled to unit variance
         model_input = self.scheduler.scale_model_input(sample, timestep)

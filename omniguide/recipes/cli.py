@@ -112,7 +112,10 @@ def _run(resolved) -> int:
 
 def _list(kind: str | None) -> int:
     from .registry import COMPONENTS, component_kind
+    from .runners import FAILED
 
+    for module, why in FAILED.items():
+        print(f"warning: runner module '{module}' could not be imported: {why}", file=sys.stderr)
     if kind:
         registry = component_kind(kind)
         names = registry.names()

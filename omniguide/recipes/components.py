@@ -42,7 +42,8 @@ def make_scheduler(cfg: Mapping[str, Any], path: str = "scheduler"):
         if key == "name":
             continue
         if key not in known:
-            raise ConfigError(f"{path}.{key}", f"unknown key for scheduler '{cfg['name']}'{did_you_mean(key, known)}")
+            hint = did_you_mean(key, known)
+            raise ConfigError(f"{path}.{key}", f"unknown key for scheduler '{cfg['name']}'{hint}")
         kwargs[key] = value
     return build_scheduler(cfg["name"], path, **kwargs)
 
@@ -118,13 +119,15 @@ class SmallDenoiserModel:
 
     def build(self, scheduler, path: str = "model") -> SampleModel:
         if type(scheduler).__name__.startswith("FlowMatch"):
-            raise ConfigError("scheduler.name", "small-denoiser predicts eps on a VP schedule; use ddim, euler, dpm++")
+            raise ConfigError("scheduler.name",
+                              "small-denoiser predicts eps on a VP schedule; use ddim, euler, dpm++")
         weights = find_file(self.weights, f"{path}.weights")
         spec = build_dataclass(MixtureSpec, self.data, f"{path}.data", skip=())
         model = SmallDenoiser.load(weights)
         if model.config.dim != spec.dim or model.config.num_classes != spec.classes:
-            raise ConfigError(f"{path}.data", f"model has dim {model.config.dim} and {model.config.num_classes} "
-                              f"classes; data has dim {spec.dim} and {spec.classes}")
+            c = model.config
+            raise ConfigError(f"{path}.data", f"model has dim {c.dim} and {c.num_classes} classes; "
+                              f"data has dim {spec.dim} and {spec.classes}")
 
         @torch.no_grad()
         def denoiser(sample: Tensor, timestep, labels: Tensor | int = UNCOND) -> Tensor:

@@ -239,7 +239,8 @@ def check_structure(schema: Any, data: Any, path: str, extra_keys: Sequence[str]
         known = [f.name for f in dataclasses.fields(schema)]
         for key, value in data.items():
             if key not in known:
-                raise ConfigError(_join(path, str(key)), f"unknown key{did_you_mean(key, [*known, *extra_keys])}")
+                hint = did_you_mean(key, [*known, *extra_keys])
+                raise ConfigError(_join(path, str(key)), f"unknown key{hint}")
             check_structure(hints[key], value, _join(path, key))
     elif origin in (list, tuple, Sequence) or schema in (list, tuple):
         if not isinstance(data, list):

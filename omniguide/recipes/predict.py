@@ -141,6 +141,7 @@ class ItemWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.store = store
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx=0):
         item, value, meta = prediction
         self.store.write(item.index, value, meta)

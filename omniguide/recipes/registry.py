@@ -78,8 +78,13 @@ def _same_function(a: Callable, b: Callable) -> bool:
 
 def get_recipe(kind: Any, path: str = "kind") -> Recipe:
     """The recipe registered as ``kind`` (ConfigError naming ``path`` with the nearest kind otherwise)."""
+    from .runners import FAILED
+
+    broken = f" (runner modules that failed to import: {'; '.join(f'{k}: {v}' for k, v in FAILED.items())})"
     if not isinstance(kind, str) or not kind:
         raise ConfigError(path, f"missing or not a string; one of: {', '.join(RECIPES.names())}")
+    if kind not in RECIPES and FAILED:
+        raise ConfigError(path, f"unknown recipe '{kind}'{did_you_mean(kind, RECIPES.names())}{broken}")
     return RECIPES.get(kind, path)
 
 

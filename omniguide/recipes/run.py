@@ -66,6 +66,7 @@ class RunContext:
             run = RunContext(new_run_dir(Path(section.root), section.name or prefix), recipe)
         if run.is_main:
             if (run.dir / "config.yaml").exists():
+                _check_same_kind(run.dir / "config.yaml", config_yaml)
                 run.write_text(f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml", config_yaml)
             else:
                 run.write_text("config.yaml", config_yaml)
@@ -123,6 +124,18 @@ def atomic_path(final: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _check_same_kind(existing: Path, config_yaml: str) -> None:
+    """Continuing a folder is for the same kind of recipe (a sample run cannot resume a train run)."""
+    import yaml
+
+    from ..core.errors import ConfigError
+
+    old = (yaml.safe_load(existing.read_text()) or {}).get("kind")
+    new = (yaml.safe_load(config_yaml) or {}).get("kind")
+    if old != new:
+        raise ConfigError("run.dir", f"{existing.parent} holds a '{old}' run; this recipe is '{new}'")
 
 
 def new_run_dir(root: Path, prefix: str) -> Path:

@@ -19,6 +19,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ def check_trainer(tcfg: TrainerConfig, path: str = "trainer") -> None:
     params = inspect.signature(lightning.Trainer.__init__).parameters
     for key in tcfg.extra:
         if key not in params or key == "self":
-            raise ConfigError(f"{path}.extra.{key}", f"not a lightning.Trainer argument{did_you_mean(key, params)}")
+            hint = did_you_mean(key, params)
+            raise ConfigError(f"{path}.extra.{key}", f"not a lightning.Trainer argument{hint}")
     if tcfg.logger == "tensorboard":
         try:
             import tensorboard  # noqa: F401
@@ -81,6 +83,9 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *(callbacks or [])]
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
+    # Our dataloaders yield whole items or step numbers: worker processes and batch indices do not apply.
+    warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     start_parent_watchdog()
     try:
         return lightning.Trainer(**kwargs)
@@ -97,8 +102,9 @@ def _strategy(tcfg: TrainerConfig):
     name = tcfg.strategy
     start = next((m for m in ("spawn", "fork", "notebook") if f"_{m}" in name), "popen")
     find_unused = name.endswith("find_unused_parameters_true")
-    return DDPStrategy(process_group_backend=tcfg.process_group_backend, timeout=timedelta(seconds=tcfg.timeout_s),
-                       start_method=start, find_unused_parameters=find_unused)
+    return DDPStrategy(process_group_backend=tcfg.process_group_backend,
+                       timeout=timedelta(seconds=tcfg.timeout_s), start_method=start,
+                       find_unused_parameters=find_unused)
 
 
 class AtomicCheckpointIO:
@@ -123,8 +129,8 @@ def newest_checkpoint(folder: Path) -> Path | None:
 
     Files are written atomically, so a listed file is complete; loading it once more guards
     against files copied in by hand."""
-    found = sorted(((int(m.group(1)), p) for p in Path(folder).glob("step-*.ckpt") if (m := _STEP.search(p.name))),
-                   reverse=True)
+    found = sorted(((int(m.group(1)), p) for p in Path(folder).glob("step-*.ckpt")
+                    if (m := _STEP.search(p.name))), reverse=True)
     for _, path in found:
         try:
             torch.load(path, map_location="cpu", weights_only=False)

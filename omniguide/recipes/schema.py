@@ -17,11 +17,12 @@ from typing import Any
 from ..core.errors import ConfigError, did_you_mean
 
 
-def option(default: Any = MISSING, *, factory: Any = MISSING, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None, choices: tuple | list | None = None,
-           file: bool = False) -> Any:
+def option(default: Any = MISSING, *, factory: Any = MISSING, ge: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None,
+           choices: tuple | list | None = None, file: bool = False) -> Any:
     """A dataclass field with a range, a set of choices or "must be an existing file" (``file``)."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None, "file": file}
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "file": file,
+            "choices": tuple(choices) if choices else None}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

@@ -143,11 +143,13 @@ class DenoiserModule(lightning.LightningModule):
 
     def __init__(self, model: SmallDenoiserConfig, data: MixtureSpec, settings: TrainSettings):
         super().__init__()
-        self.save_hyperparameters({"model": asdict(model), "data": asdict(data), "settings": asdict(settings)})
+        self.save_hyperparameters({"model": asdict(model), "data": asdict(data),
+                                   "settings": asdict(settings)})
         self.model = SmallDenoiser(model)
         self.spec, self.settings = data, settings
         self.mixture = data.build()
-        self.register_buffer("alphas_cumprod", linear_alphas_cumprod(model.num_train_timesteps), persistent=False)
+        abar = linear_alphas_cumprod(model.num_train_timesteps)
+        self.register_buffer("alphas_cumprod", abar, persistent=False)
 
     def forward(self, sample: Tensor, timestep, labels: Tensor | int = UNCOND) -> Tensor:
         return self.model(sample, timestep, labels)
@@ -158,7 +160,8 @@ class DenoiserModule(lightning.LightningModule):
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         gm, n = self.mixture, s.batch_size
         k = torch.multinomial(gm.weights, n, replacement=True, generator=gen)
-        x0 = (gm.means[k] + gm.stds[k].unsqueeze(1) * torch.randn(n, gm.dim, generator=gen, dtype=torch.float64))
+        z = torch.randn(n, gm.dim, generator=gen, dtype=torch.float64)
+        x0 = gm.means[k] + gm.stds[k].unsqueeze(1) * z
         labels = gm.labels[k].clone()
         labels[torch.rand(n, generator=gen) < s.cond_dropout] = UNCOND
         t = torch.randint(0, self.model.config.num_train_timesteps, (n,), generator=gen)
@@ -179,7 +182,8 @@ class DenoiserModule(lightning.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.model.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        s = self.settings
+        return torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(_Steps(), batch_size=None)

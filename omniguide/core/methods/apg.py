@@ -1,5 +1,6 @@
 """Adaptive projected guidance (Sadat, Hilliges & Weber 2024, "Eliminating Oversaturation and Artifacts
-of High Guidance Scales in Diffusion Models", arXiv:2410.02416, Algorithm 1).
+of High Guidance Scales in Diffusion Models", arXiv:2410.02416, Algorithm 1). This module also holds
+the small helpers the other methods share (spaces, projection, two-branch plans, finite results).
 
 With ``c``, ``u`` the conditional and unconditional predictions in ``space`` (the paper: the denoised
 prediction ``x0``) and norms / inner products over the declared axes, per sample:
@@ -33,6 +34,11 @@ from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
 
 APG_FORMS = {"paper": 1.0, "diffusers": 1.0, "comfyui": 0.0}  # form -> neutral scale
+
+
+def cfg_branches(guider: Guider, step: GuidanceStep, other: str = "uncond") -> tuple[str, ...]:
+    """``("cond",)`` at the guider's neutral scale (one pass), else ``("cond", other)``."""
+    return ("cond",) if is_neutral(resolve(guider.scale, step), guider.neutral) else ("cond", other)
 
 
 def check_space(space: str | None) -> str | None:
@@ -113,9 +119,7 @@ class APG(Guider):
         self._buffer = None
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        if is_neutral(resolve(self.scale, step), self.neutral):
-            return ("cond",)
-        return ("cond", "uncond")
+        return cfg_branches(self, step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

@@ -22,7 +22,8 @@ from ..branch import Branch
 from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, is_neutral, resolve
+from ..scale import Scale, resolve
+from .apg import cfg_branches
 from .cfg import cfg
 
 
@@ -48,9 +49,7 @@ class AutoGuidance(Guider):
         return out
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        if is_neutral(resolve(self.scale, step), self.neutral):
-            return ("cond",)
-        return ("cond", self.branch)
+        return cfg_branches(self, step, self.branch)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if self.branch not in preds:

@@ -30,7 +30,7 @@ from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, guided_in, in_space
+from .apg import cfg_branches, check_space, guided_in, in_space
 from .cfg import cfg, check_form, form_neutral
 from .fdg import merge_bands, split_bands
 
@@ -73,9 +73,8 @@ class CFGCache(Guider):
         return step.index == 0 or self._cache is None or step.index - self._cache[0] >= int(self.every)
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        if is_neutral(resolve(self.scale, step), self.neutral):
-            return ("cond",)
-        return ("cond", "uncond") if self.fresh(step) else ("cond",)
+        needed = cfg_branches(self, step)
+        return needed if len(needed) == 1 or self.fresh(step) else ("cond",)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         w = resolve(self.scale, step)

@@ -30,8 +30,8 @@ from ..errors import ConfigError
 from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, guided_in, in_space
+from ..scale import Scale, resolve
+from .apg import cfg_branches, check_space, guided_in, in_space
 from .cfg import cfg, check_form, form_neutral
 
 
@@ -75,9 +75,7 @@ class CFGZeroStar(Guider):
             # the output is zero whatever the model says: no pass at all -- except that with
             # space=None one cond pass tells which parameterization "zero" is in
             return () if self.space else ("cond",)
-        if is_neutral(resolve(self.scale, step), self.neutral):
-            return ("cond",)
-        return ("cond", "uncond")
+        return cfg_branches(self, step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if self.zeroed(step):

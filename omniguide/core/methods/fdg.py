@@ -163,8 +163,13 @@ class FDG(Guider):
         size = [c.shape[d] for d in dims]
         if self.transform == "pyramid":
             c, u = (pad_for_pyramid(v, dims, self.levels) for v in (c, u))
+        scales = self.band_scales(step)
+        if self.transform == "pyramid" and any(isinstance(w, Tensor) and w.ndim == c.ndim and
+                                               any(w.shape[d] != 1 for d in dims) for w in scales):
+            raise GuidanceError("fdg: a tensor scale must be constant along the frequency axes "
+                                "(the coarser pyramid bands have fewer entries); use transform='fft'")
         bands = []
-        for w, ck, uk in zip(self.band_scales(step), *(split_bands(v, dims, self.levels, self.transform,
+        for w, ck, uk in zip(scales, *(split_bands(v, dims, self.levels, self.transform,
                                                                    self.cutoff) for v in (c, u))):
             dk = ck - uk
             if self.parallel_weight != 1.0:

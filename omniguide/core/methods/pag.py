@@ -9,11 +9,12 @@ from it, optionally on top of CFG:
     pred = c + s (c - p)                   when w is neutral: only ``cond`` and ``perturbed`` run
 
 ``w`` is ``scale`` in the named CFG ``form`` (``"u+w(c-u)"``; ``"c+w(c-u)"`` gives
-``c + w (c - u) + s (c - p)``), ``s`` is ``perturbed_scale`` (neutral 0). Conventions: the paper's
-Eq. for PAG alone and diffusers' PAG *pipelines* use ``c + s (c - p)``; the official ADM code and
-diffusers' modular ``PerturbedAttentionGuidance`` (native form) use ``p + s (c - p)``, which is
-ours with ``s - 1``. The perturbation applies whenever the perturbed branch runs, CFG or not
-(diffusers' guiders skip it when CFG is off). Linear, so it runs in the model's parameterization.
+``c + w (c - u) + s (c - p)``), ``s`` is ``perturbed_scale`` (neutral 0). Conventions: diffusers'
+PAG *pipelines*, ComfyUI's PAG node, SEG-SDXL and (as we read it) the paper's equation use
+``c + s (c - p)`` for PAG alone; the official ADM code and diffusers' modular
+``PerturbedAttentionGuidance`` (native form) use ``p + s (c - p)``, which is ours with ``s - 1``.
+The perturbation applies whenever the perturbed branch runs, CFG or not (diffusers' guiders skip
+it when CFG is off). Linear, so it runs in the model's parameterization.
 """
 
 from __future__ import annotations

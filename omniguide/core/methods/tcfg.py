@@ -25,8 +25,8 @@ from ..axes import Axes, as_axes, dot
 from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, guided_in, in_space
+from ..scale import Scale, resolve
+from .apg import cfg_branches, check_space, guided_in, in_space
 from .cfg import cfg, check_form, form_neutral
 
 
@@ -66,9 +66,7 @@ class TCFG(Guider):
         return form_neutral(self.form)
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        if is_neutral(resolve(self.scale, step), self.neutral):
-            return ("cond",)
-        return ("cond", "uncond")
+        return cfg_branches(self, step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

@@ -6,11 +6,23 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+FAILED: dict[str, str] = {}   # module -> why it could not be imported
+
 
 def load_all() -> list[str]:
-    """Import every module of this package (each registers its recipe kinds); returns their names."""
+    """Import every module of this package (each registers its recipe kinds); returns their names.
+
+    A module that fails to import is recorded in :data:`FAILED` and skipped, so one broken runner
+    does not take down the recipes of the others; an unknown ``kind`` names the failures."""
     names = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        importlib.import_module(f"{__name__}.{info.name}")
+        name = f"{__name__}.{info.name}"
+        if info.name in FAILED:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as err:
+            FAILED[info.name] = f"{type(err).__name__}: {err}".splitlines()[0]
+            continue
         names.append(info.name)
     return names

@@ -18,8 +18,10 @@ recipe run on a GPU (``torch.cuda.synchronize`` brackets every timing).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import os
 import pkgutil
 import platform
 import statistics
@@ -57,15 +59,15 @@ class UNetConfig:
     norm_num_groups: int = 32
     channels: int = 4
     sample_size: int = 32
-    tokens: int = 8          # condition tokens per prompt
+    tokens: int = 8  # condition tokens per prompt
     seed: int = 0
 
 
 @dataclass
 class TimingConfig:
-    warmup: int = 3          # untimed rounds first
-    repeats: int = 20        # timed rounds (interleaved)
-    inner: int = 50          # combine calls per timing of the (fast) guidance math
+    warmup: int = 3  # untimed rounds first
+    repeats: int = 20  # timed rounds (interleaved)
+    inner: int = 50  # combine calls per timing of the (fast) guidance math
 
 
 def load_guider_modules() -> dict[str, str]:
@@ -80,6 +82,18 @@ def load_guider_modules() -> dict[str, str]:
         except Exception as err:  # another engineer's half-written method must not stop a benchmark
             failed[info.name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return failed
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Use ``n`` torch CPU threads inside the block (0: leave them), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def pick_device(name: str, path: str = "device") -> torch.device:
@@ -103,10 +117,14 @@ def check_unet(cfg: UNetConfig, path: str = "model") -> None:
         raise ConfigError(f"{path}.block_out_channels", "empty; give one width per level, e.g. [32, 64]")
     for i, width in enumerate(cfg.block_out_channels):
         if width <= 0 or width % cfg.norm_num_groups:
-            raise ConfigError(f"{path}.block_out_channels.{i}",
-                              f"{width} must be a positive multiple of norm_num_groups={cfg.norm_num_groups}")
+            raise ConfigError(
+                f"{path}.block_out_channels.{i}",
+                f"{width} must be a positive multiple of norm_num_groups={cfg.norm_num_groups}",
+            )
     if cfg.sample_size % (2 ** (len(cfg.block_out_channels) - 1)):
-        raise ConfigError(f"{path}.sample_size", f"{cfg.sample_size} is not divisible by the UNet's downsampling")
+        raise ConfigError(
+            f"{path}.sample_size", f"{cfg.sample_size} is not divisible by the UNet's downsampling"
+        )
     for key in ("layers_per_block", "cross_attention_dim", "attention_head_dim", "channels", "tokens"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{path}.{key}", f"must be >= 1, got {getattr(cfg, key)}")
@@ -119,11 +137,15 @@ def build_unet(cfg: UNetConfig, device: torch.device, dtype: torch.dtype):
     levels = len(cfg.block_out_channels)
     torch.manual_seed(cfg.seed)
     unet = UNet2DConditionModel(
-        sample_size=cfg.sample_size, in_channels=cfg.channels, out_channels=cfg.channels,
-        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
+        sample_size=cfg.sample_size,
+        in_channels=cfg.channels,
+        out_channels=cfg.channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
+        cross_attention_dim=cfg.cross_attention_dim,
+        attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
     )
     return unet.eval().to(device=device, dtype=dtype)
@@ -144,8 +166,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int,
-                inner: Mapping[str, int] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    fns: Mapping[str, Callable[[], Any]],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    inner: Mapping[str, int] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per call of each function, timed round-robin (order rotated every round) after
     ``warmup`` untimed rounds. ``inner[name]`` calls are timed together and averaged."""
     names = list(fns)
@@ -181,18 +208,25 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     import diffusers
 
     env = {
-        "device": device.type, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
-        "diffusers": diffusers.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "device": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):  # other work on the machine makes CPU timings noisy: say how busy it was
+        env["load_average_1min"] = os.getloadavg()[0]
     return env
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -203,13 +237,13 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 class BenchCoreConfig:
     model: UNetConfig = field(default_factory=UNetConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
-    batch: int = 1                       # samples per branch
-    device: str = "auto"                 # auto | cpu | cuda
-    dtype: str = "float32"               # float32 | float16 | bfloat16
-    threads: int = 0                     # torch CPU threads; 0 keeps torch's default
+    batch: int = 1  # samples per branch
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
     scheduler: str = "ddim"
-    steps: int = 30                      # the schedule the measured step belongs to
-    step_index: int = -1                 # which step is measured; -1 = the middle one
+    steps: int = 30  # the schedule the measured step belongs to
+    step_index: int = -1  # which step is measured; -1 = the middle one
     axes: str = "BCHW"
     # every registered guider is measured with its defaults; these override per name (wrappers need
     # an inner guider), 'extra' adds named variants, 'spectral' names the FFT / SVD group
@@ -231,7 +265,9 @@ def check_bench_core(cfg: BenchCoreConfig) -> None:
         if getattr(cfg, key) < 1:
             raise ConfigError(key, f"must be >= 1, got {getattr(cfg, key)}")
     if not -1 <= cfg.step_index < cfg.steps:
-        raise ConfigError("step_index", f"must be in [0, {cfg.steps - 1}] (or -1 for the middle), got {cfg.step_index}")
+        raise ConfigError(
+            "step_index", f"must be in [0, {cfg.steps - 1}] (or -1 for the middle), got {cfg.step_index}"
+        )
     if cfg.timing.repeats < 1 or cfg.timing.warmup < 0 or cfg.timing.inner < 1:
         raise ConfigError("timing", "repeats >= 1, warmup >= 0 and inner >= 1 are required")
     if cfg.threads < 0:
@@ -270,7 +306,9 @@ def make_guider(spec: Mapping[str, Any], label: str, section: str = "guiders") -
         return build_guider({**spec, "guider": {"name": "cfg"}}, f"{section}.{label}")
 
 
-def synthetic_preds(names: tuple[str, ...], real: Mapping[str, Prediction], seed: int = 1) -> dict[str, Prediction]:
+def synthetic_preds(
+    names: tuple[str, ...], real: Mapping[str, Prediction], seed: int = 1
+) -> dict[str, Prediction]:
     """The real UNet predictions where they exist; other branches (perturbed, weak) as the conditional
     prediction plus a little noise, which is all the guidance math needs to be timed."""
     gen = torch.Generator().manual_seed(seed)
@@ -295,7 +333,7 @@ def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Predicti
             guider.combine(synthetic_preds(tuple(guider.branches(before)), real), before)
     preds = synthetic_preds(tuple(guider.branches(step)), real)
     with torch.inference_mode():
-        guider.combine(preds, step)      # fail here, not in the timing loop
+        guider.combine(preds, step)  # fail here, not in the timing loop
     return preds
 
 
@@ -303,9 +341,12 @@ def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Predicti
 def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     """Benchmark: guidance math as a share of a guided UNet step; batched vs sequential branches."""
     check_bench_core(cfg)
+    with torch_threads(cfg.threads):
+        return _bench_core(cfg, run)
+
+
+def _bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     failed_imports = load_guider_modules()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device, dtype = pick_device(cfg.device), pick_dtype(cfg.dtype)
     unet = build_unet(cfg.model, device, dtype)
     noise, cond_emb, uncond_emb = unet_inputs(cfg.model, cfg.batch, device, dtype, cfg.model.seed)
@@ -315,8 +356,9 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     index = cfg.steps // 2 if cfg.step_index < 0 else cfg.step_index
     x = noise * view.init_noise_sigma
     point = view.point(x, index)
-    step = GuidanceStep(point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps,
-                        _axes(cfg.axes))
+    step = GuidanceStep(
+        point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps, _axes(cfg.axes)
+    )
     batched = BranchExecutor(unet, branches, view.parameterization, batch=True, check_finite=False)
     sequential = BranchExecutor(unet, branches, view.parameterization, batch=False, check_finite=False)
     with torch.inference_mode():
@@ -327,7 +369,7 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
         preds = batched(("cond", "uncond"), point.model_input, point.timestep, step)
         result = cfg_guider.combine(preds, step)
         if hasattr(scheduler, "_step_index"):
-            scheduler._step_index = index   # stateful schedulers: step the same index again
+            scheduler._step_index = index  # stateful schedulers: step the same index again
         return view.step(result, point, x)
 
     fns: dict[str, Callable] = {
@@ -350,8 +392,10 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
         inner[f"combine:{label}"] = cfg.timing.inner
         group = "spectral" if spec.get("name") in cfg.spectral or label in cfg.spectral else "elementwise"
         info[label] = {"group": group, "branches": sorted(preds), "config": guider.config()}
-    run.log(f"bench-core on {device.type} ({dtype}), batch {cfg.batch}, {len(info)} guiders, "
-            f"{cfg.timing.repeats} interleaved rounds after {cfg.timing.warmup} warm-up")
+    run.log(
+        f"bench-core on {device.type} ({dtype}), batch {cfg.batch}, {len(info)} guiders, "
+        f"{cfg.timing.repeats} interleaved rounds after {cfg.timing.warmup} warm-up"
+    )
     times = interleaved(fns, device, cfg.timing.warmup, cfg.timing.repeats, inner)
     metrics = _metrics(cfg, device, dtype, unet, times, info, skipped, failed_imports, index)
     run.write_text("report.md", _report(metrics))
@@ -369,6 +413,7 @@ def _axes(layout: str):
 def _combine_fn(guider: Guider, preds: Mapping[str, Prediction], step: GuidanceStep) -> Callable[[], Any]:
     def call():
         return guider.combine(preds, step)
+
     return call
 
 
@@ -378,8 +423,12 @@ def _metrics(cfg, device, dtype, unet, times, info, skipped, failed_imports, ind
     combine = {}
     for label, meta in info.items():
         share = med[f"combine:{label}"] / med["step"]
-        combine[label] = {**meta, **summary(times[f"combine:{label}"]), "share_of_step": share,
-                          "meets_target": share < cfg.share_target}
+        combine[label] = {
+            **meta,
+            **summary(times[f"combine:{label}"]),
+            "share_of_step": share,
+            "meets_target": share < cfg.share_target,
+        }
     target = cfg.gpu_batched_target if device.type == "cuda" else cfg.cpu_batched_target
     ratio = med["batched"] / med["sequential"]
     elementwise = [v["share_of_step"] for v in combine.values() if v["group"] == "elementwise"]
@@ -388,8 +437,13 @@ def _metrics(cfg, device, dtype, unet, times, info, skipped, failed_imports, ind
         "environment": environment(device, dtype),
         "setup": {
             "model": {**cfg.model.__dict__, "parameters": sum(p.numel() for p in unet.parameters())},
-            "batch": cfg.batch, "scheduler": cfg.scheduler, "steps": cfg.steps, "step_index": index,
-            "warmup": cfg.timing.warmup, "repeats": cfg.timing.repeats, "inner": cfg.timing.inner,
+            "batch": cfg.batch,
+            "scheduler": cfg.scheduler,
+            "steps": cfg.steps,
+            "step_index": index,
+            "warmup": cfg.timing.warmup,
+            "repeats": cfg.timing.repeats,
+            "inner": cfg.timing.inner,
         },
         "step": step,
         "combine": combine,
@@ -400,12 +454,14 @@ def _metrics(cfg, device, dtype, unet, times, info, skipped, failed_imports, ind
             "elementwise_meet_target": all(s < cfg.share_target for s in elementwise),
         },
         "branches": {
-            "batched": summary(times["batched"]), "sequential": summary(times["sequential"]),
+            "batched": summary(times["batched"]),
+            "sequential": summary(times["sequential"]),
             "single": summary(times["single"]),
             "batched_over_sequential": ratio,
             "batched_over_single": med["batched"] / med["single"],
             "sequential_over_single": med["sequential"] / med["single"],
-            "target": target, "meets_target": ratio <= target,
+            "target": target,
+            "meets_target": ratio <= target,
         },
         "skipped": skipped,
         "failed_imports": failed_imports,
@@ -417,51 +473,84 @@ def _report(m: dict[str, Any]) -> str:
     model = setup["model"]
     where = env.get("gpu", env["cpu"]) + (f", {env['threads']} threads" if env["device"] == "cpu" else "")
     lines = [
-        "# bench-core: the cost of guidance on a small diffusers UNet", "",
+        "# bench-core: the cost of guidance on a small diffusers UNet",
+        "",
         f"{env['device']} ({where}), {env['dtype']}, torch {env['torch']}, diffusers {env['diffusers']}. "
         f"UNet2DConditionModel {model['block_out_channels']} ({model['parameters']:,} parameters), sample "
-        f"{model['channels']}x{model['sample_size']}x{model['sample_size']}, batch {setup['batch']} per branch, "
+        f"{model['channels']}x{model['sample_size']}x{model['sample_size']}, "
+        f"batch {setup['batch']} per branch, "
         f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}. Medians of {setup['repeats']} "
-        f"interleaved rounds after {setup['warmup']} warm-up; combine timed over {setup['inner']} calls per round.",
+        f"interleaved rounds after {setup['warmup']} warm-up; combine timed over {setup['inner']} "
+        "calls per round.",
         "",
-        "## Batched two-branch evaluation", "",
-        markdown_table(["call", "median ms", "p25 ms", "p75 ms"], [
-            [name, br[name]["median_ms"], br[name]["p25_ms"], br[name]["p75_ms"]]
-            for name in ("batched", "sequential", "single")]),
+        "## Batched two-branch evaluation",
+        "",
+        markdown_table(
+            ["call", "median ms", "p25 ms", "p75 ms"],
+            [
+                [name, br[name]["median_ms"], br[name]["p25_ms"], br[name]["p75_ms"]]
+                for name in ("batched", "sequential", "single")
+            ],
+        ),
         "",
         f"batched / sequential = **{br['batched_over_sequential']:.3f}** (target <= {br['target']}: "
         f"{'met' if br['meets_target'] else 'NOT met'}); batched / single = {br['batched_over_single']:.3f}; "
         f"sequential / single = {br['sequential_over_single']:.3f}.",
         "",
-        "## Guidance math as a share of a guided step", "",
+        "## Guidance math as a share of a guided step",
+        "",
         f"Guided step (batched cond+uncond forward + CFG combine + scheduler step): "
-        f"**{m['step']['median_ms']:.3f} ms** median (p25 {m['step']['p25_ms']:.3f}, p75 {m['step']['p75_ms']:.3f}).",
+        f"**{m['step']['median_ms']:.3f} ms** median (p25 {m['step']['p25_ms']:.3f}, "
+        f"p75 {m['step']['p75_ms']:.3f}).",
         "",
     ]
     target = m["combine_summary"]["share_target"]
-    for group, title in (("elementwise", "Element-wise and reduction methods"),
-                         ("spectral", "FFT / pyramid / SVD methods (reported separately)")):
-        rows = [[label, ", ".join(v["branches"]), v["median_ms"] * 1e3, 100 * v["share_of_step"],
-                 "yes" if v["meets_target"] else "no"]
-                for label, v in sorted(m["combine"].items()) if v["group"] == group]
+    for group, title in (
+        ("elementwise", "Element-wise and reduction methods"),
+        ("spectral", "FFT / pyramid / SVD methods (reported separately)"),
+    ):
+        rows = [
+            [
+                label,
+                ", ".join(v["branches"]),
+                v["median_ms"] * 1e3,
+                100 * v["share_of_step"],
+                "yes" if v["meets_target"] else "no",
+            ]
+            for label, v in sorted(m["combine"].items())
+            if v["group"] == group
+        ]
         if rows:
-            lines += [f"### {title}", "",
-                      markdown_table(["guider", "branches", "combine median µs", "% of step",
-                                      f"< {100 * target:g}%"], rows), ""]
+            lines += [
+                f"### {title}",
+                "",
+                markdown_table(
+                    ["guider", "branches", "combine median µs", "% of step", f"< {100 * target:g}%"], rows
+                ),
+                "",
+            ]
     if m["skipped"]:
         lines += ["Not measured: " + "; ".join(f"{k} ({v})" for k, v in sorted(m["skipped"].items())), ""]
     if m["failed_imports"]:
-        lines += ["Method modules that failed to import: " +
-                  "; ".join(f"{k} ({v})" for k, v in sorted(m["failed_imports"].items())), ""]
+        lines += [
+            "Method modules that failed to import: "
+            + "; ".join(f"{k} ({v})" for k, v in sorted(m["failed_imports"].items())),
+            "",
+        ]
     return "\n".join(lines)
 
 
 def _print_summary(m: dict[str, Any], run: RunContext) -> None:
     br = m["branches"]
-    run.log(f"guided step {m['step']['median_ms']:.3f} ms; batched/sequential {br['batched_over_sequential']:.3f} "
-            f"(target <= {br['target']}), batched/single {br['batched_over_single']:.3f}")
+    run.log(
+        f"guided step {m['step']['median_ms']:.3f} ms; "
+        f"batched/sequential {br['batched_over_sequential']:.3f} "
+        f"(target <= {br['target']}), batched/single {br['batched_over_single']:.3f}"
+    )
     for label, v in sorted(m["combine"].items(), key=lambda kv: (kv[1]["group"], kv[0])):
-        run.log(f"  {v['group']:<11} {label:<16} combine {v['median_ms'] * 1e3:8.1f} µs = "
-                f"{100 * v['share_of_step']:.3f}% of a step")
+        run.log(
+            f"  {v['group']:<11} {label:<16} combine {v['median_ms'] * 1e3:8.1f} µs = "
+            f"{100 * v['share_of_step']:.3f}% of a step"
+        )
     for label, why in sorted(m["skipped"].items()):
         run.log(f"  not measured: {label}: {why}")

@@ -52,6 +52,7 @@ from .bench_core import (
     pick_dtype,
     summary,
     sync,
+    torch_threads,
     unet_inputs,
 )
 
@@ -60,7 +61,7 @@ NOTES = {
     "apg": "omniguide form='paper' (c + (w-1) upd) = diffusers use_original_formulation=True with w-1",
     "pag": "with CFG on both compute u + w(c-u) + s(c-p) (without CFG diffusers' native PAG is p + s(c-p))",
     "seg": "diffusers 0.42.1 never registers its SEG hook (its perturbed pass is a plain conditional pass), "
-           "so its time does not include blurring the queries",
+    "so its time does not include blurring the queries",
     "fdg": "diffusers uses kornia's Laplacian pyramid; omniguide its own pyramid",
 }
 
@@ -75,10 +76,10 @@ class BenchDiffusersConfig:
     threads: int = 0
     scheduler: str = "ddim"
     steps: int = 30
-    step_index: int = -1                 # -1: the middle step
+    step_index: int = -1  # -1: the middle step
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    scale: float = 5.0                   # CFG scale w (u + w (c - u)) on both sides
-    perturbed_scale: float = 2.8         # PAG / SEG / skip-layer scale s
+    scale: float = 5.0  # CFG scale w (u + w (c - u)) on both sides
+    perturbed_scale: float = 2.8  # PAG / SEG / skip-layer scale s
     # where perturbations act: omniguide selector and the diffusers LayerSkipConfig fqn / indices
     layers: str = "mid"
     diffusers_fqn: str = "mid_block.attentions.0.transformer_blocks"
@@ -93,7 +94,9 @@ def check_bench_diffusers(cfg: BenchDiffusersConfig) -> None:
     build_scheduler(cfg.scheduler, "scheduler")
     for i, name in enumerate(cfg.methods):
         if name not in METHODS:
-            raise ConfigError(f"methods.{i}", f"'{name}' has no diffusers counterpart here; valid: {', '.join(METHODS)}")
+            raise ConfigError(
+                f"methods.{i}", f"'{name}' has no diffusers counterpart here; valid: {', '.join(METHODS)}"
+            )
     if cfg.batch < 1 or cfg.steps < 1:
         raise ConfigError("batch" if cfg.batch < 1 else "steps", "must be >= 1")
     if not -1 <= cfg.step_index < cfg.steps:
@@ -107,7 +110,14 @@ def ours_config(name: str, cfg: BenchDiffusersConfig) -> dict[str, Any]:
     w, s = cfg.scale, cfg.perturbed_scale
     return {
         "cfg": {"name": "cfg", "scale": w},
-        "apg": {"name": "apg", "scale": w, "eta": 0.0, "norm_threshold": 15.0, "momentum": -0.5, "space": "eps"},
+        "apg": {
+            "name": "apg",
+            "scale": w,
+            "eta": 0.0,
+            "norm_threshold": 15.0,
+            "momentum": -0.5,
+            "space": "eps",
+        },
         "tcfg": {"name": "tcfg", "scale": w},
         "cfg-zero-star": {"name": "cfg-zero-star", "scale": w, "zero_init_steps": 1, "space": None},
         "fdg": {"name": "fdg", "scale": w, "scale_high": 2 * w, "levels": 2},
@@ -127,8 +137,13 @@ def diffusers_guider(name: str, cfg: BenchDiffusersConfig):
     if name == "cfg":
         return g.ClassifierFreeGuidance(guidance_scale=w)
     if name == "apg":
-        return g.AdaptiveProjectedGuidance(guidance_scale=w - 1, eta=0.0, adaptive_projected_guidance_rescale=15.0,
-                                           adaptive_projected_guidance_momentum=-0.5, use_original_formulation=True)
+        return g.AdaptiveProjectedGuidance(
+            guidance_scale=w - 1,
+            eta=0.0,
+            adaptive_projected_guidance_rescale=15.0,
+            adaptive_projected_guidance_momentum=-0.5,
+            use_original_formulation=True,
+        )
     if name == "tcfg":
         return g.TangentialClassifierFreeGuidance(guidance_scale=w)
     if name == "cfg-zero-star":
@@ -137,18 +152,35 @@ def diffusers_guider(name: str, cfg: BenchDiffusersConfig):
         return g.FrequencyDecoupledGuidance(guidance_scales=[2 * w, w])
     if name == "pag":
         layer = LayerSkipConfig(idx, fqn=fqn, skip_attention=False, skip_attention_scores=True, skip_ff=False)
-        return g.PerturbedAttentionGuidance(guidance_scale=w, perturbed_guidance_scale=s, perturbed_guidance_start=0.0,
-                                            perturbed_guidance_stop=1.0, perturbed_guidance_config=layer, **window)
+        return g.PerturbedAttentionGuidance(
+            guidance_scale=w,
+            perturbed_guidance_scale=s,
+            perturbed_guidance_start=0.0,
+            perturbed_guidance_stop=1.0,
+            perturbed_guidance_config=layer,
+            **window,
+        )
     if name == "skip-layer":
         layer = LayerSkipConfig(idx, fqn=fqn, skip_attention=True, skip_ff=True)
-        return g.SkipLayerGuidance(guidance_scale=w, skip_layer_guidance_scale=s, skip_layer_guidance_start=0.0,
-                                   skip_layer_guidance_stop=1.0, skip_layer_config=layer, **window)
+        return g.SkipLayerGuidance(
+            guidance_scale=w,
+            skip_layer_guidance_scale=s,
+            skip_layer_guidance_start=0.0,
+            skip_layer_guidance_stop=1.0,
+            skip_layer_config=layer,
+            **window,
+        )
     if name == "seg":
         from diffusers.hooks.smoothed_energy_guidance_utils import SmoothedEnergyGuidanceConfig
 
-        return g.SmoothedEnergyGuidance(guidance_scale=w, seg_guidance_scale=s, seg_guidance_start=0.0,
-                                        seg_guidance_stop=1.0,
-                                        seg_guidance_config=SmoothedEnergyGuidanceConfig(idx, fqn=fqn), **window)
+        return g.SmoothedEnergyGuidance(
+            guidance_scale=w,
+            seg_guidance_scale=s,
+            seg_guidance_start=0.0,
+            seg_guidance_stop=1.0,
+            seg_guidance_config=SmoothedEnergyGuidanceConfig(idx, fqn=fqn),
+            **window,
+        )
     raise ConfigError("methods", f"unknown method '{name}'")
 
 
@@ -165,23 +197,30 @@ def quiet_diffusers():
         logging.set_verbosity(level)
 
 
-def diffusers_step(guider, unet, sample: Tensor, timestep, cond: Tensor, uncond: Tensor, index: int,
-                   steps: int) -> Callable[[], Tensor]:
+def diffusers_step(
+    guider, unet, sample: Tensor, timestep, cond: Tensor, uncond: Tensor, index: int, steps: int
+) -> Callable[[], Tensor]:
     def call() -> Tensor:
         guider.set_state(step=index, num_inference_steps=steps, timestep=timestep)
         batches = guider.prepare_inputs({"encoder_hidden_states": (cond, uncond)})
         for b in batches:
             guider.prepare_models(unet)
-            b.noise_pred = unet(sample, timestep, encoder_hidden_states=b.encoder_hidden_states, return_dict=False)[0]
+            b.noise_pred = unet(
+                sample, timestep, encoder_hidden_states=b.encoder_hidden_states, return_dict=False
+            )[0]
             guider.cleanup_models(unet)
         return guider(batches).pred
+
     return call
 
 
-def ours_step(guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind: str) -> Callable[[], Tensor]:
+def ours_step(
+    guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind: str
+) -> Callable[[], Tensor]:
     def call() -> Tensor:
         preds = executor(guider.branches(step), step.x, step.timestep, step)
         return guider.combine(preds, step).to(kind)
+
     return call
 
 
@@ -190,9 +229,12 @@ def ours_step(guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind
 def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
     """Benchmark: omniguide vs diffusers guiders, step time on the same small UNet (ratio per method)."""
     check_bench_diffusers(cfg)
+    with torch_threads(cfg.threads):
+        return _bench_diffusers(cfg, run)
+
+
+def _bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
     failed_imports = load_guider_modules()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device, dtype = pick_device(cfg.device), pick_dtype(cfg.dtype)
     unet = build_unet(cfg.model, device, dtype)
     noise, cond, uncond = unet_inputs(cfg.model, cfg.batch, device, dtype, cfg.model.seed)
@@ -201,8 +243,9 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
     index = cfg.steps // 2 if cfg.step_index < 0 else cfg.step_index
     x = noise * view.init_noise_sigma
     point = view.point(x, index)
-    step = GuidanceStep(point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps,
-                        as_axes("BCHW"))
+    step = GuidanceStep(
+        point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps, as_axes("BCHW")
+    )
     fns: dict[str, Callable[[], Tensor]] = {}
     status: dict[str, dict[str, Any]] = {}
     for name in cfg.methods:
@@ -215,14 +258,18 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
             with quiet_diffusers():
                 theirs = diffusers_guider(name, cfg)
         except Exception as err:  # e.g. FDG without kornia
-            entry["status"] = f"diffusers guider unavailable: {type(err).__name__}: {str(err).splitlines()[0]}"
+            entry["status"] = (
+                f"diffusers guider unavailable: {type(err).__name__}: {str(err).splitlines()[0]}"
+            )
             continue
         ours = build_guider(ours_config(name, cfg), f"methods.{name}")
         ours.reset()
         executor = BranchExecutor(unet, branches, view.parameterization)
         executor.with_defaults(ours.branch_defaults())
         mine = ours_step(ours, executor, step, view.parameterization)
-        other = diffusers_step(theirs, unet, point.model_input, point.timestep, cond, uncond, index, cfg.steps)
+        other = diffusers_step(
+            theirs, unet, point.model_input, point.timestep, cond, uncond, index, cfg.steps
+        )
         try:
             with torch.inference_mode():
                 a, b = mine(), other()
@@ -231,12 +278,19 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
         except Exception as err:
             entry["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0]}"
             continue
-        entry.update(status="ok", max_abs_diff=float((a.float() - b.float()).abs().max()),
-                     output_scale=float(b.float().abs().max()), omniguide_forward_passes=executor.forward_passes,
-                     diffusers_forward_passes=theirs.num_conditions, omniguide=ours.config())
+        entry.update(
+            status="ok",
+            max_abs_diff=float((a.float() - b.float()).abs().max()),
+            output_scale=float(b.float().abs().max()),
+            omniguide_forward_passes=executor.forward_passes,
+            diffusers_forward_passes=theirs.num_conditions,
+            omniguide=ours.config(),
+        )
         fns[f"omniguide:{name}"], fns[f"diffusers:{name}"] = mine, other
-    run.log(f"bench-diffusers on {device.type}: {sum(s['status'] == 'ok' for s in status.values())} methods, "
-            f"{cfg.timing.repeats} interleaved rounds after {cfg.timing.warmup} warm-up")
+    run.log(
+        f"bench-diffusers on {device.type}: {sum(s['status'] == 'ok' for s in status.values())} methods, "
+        f"{cfg.timing.repeats} interleaved rounds after {cfg.timing.warmup} warm-up"
+    )
     sync(device)
     times = interleaved(fns, device, cfg.timing.warmup, cfg.timing.repeats)
     for name, entry in status.items():
@@ -244,14 +298,26 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
             continue
         ours_t, theirs_t = times[f"omniguide:{name}"], times[f"diffusers:{name}"]
         ratio = statistics.median(ours_t) / statistics.median(theirs_t)
-        entry.update(omniguide=summary(ours_t) | {"config": entry["omniguide"]}, diffusers=summary(theirs_t),
-                     ratio=ratio, meets_target=ratio <= cfg.target)
+        entry.update(
+            omniguide=summary(ours_t) | {"config": entry["omniguide"]},
+            diffusers=summary(theirs_t),
+            ratio=ratio,
+            meets_target=ratio <= cfg.target,
+        )
     ok = [e["ratio"] for e in status.values() if e["status"] == "ok"]
     metrics = {
         "environment": environment(device, dtype),
-        "setup": {"model": dict(cfg.model.__dict__), "batch": cfg.batch, "scheduler": cfg.scheduler,
-                  "steps": cfg.steps, "step_index": index, "scale": cfg.scale, "perturbed_scale": cfg.perturbed_scale,
-                  "warmup": cfg.timing.warmup, "repeats": cfg.timing.repeats},
+        "setup": {
+            "model": dict(cfg.model.__dict__),
+            "batch": cfg.batch,
+            "scheduler": cfg.scheduler,
+            "steps": cfg.steps,
+            "step_index": index,
+            "scale": cfg.scale,
+            "perturbed_scale": cfg.perturbed_scale,
+            "warmup": cfg.timing.warmup,
+            "repeats": cfg.timing.repeats,
+        },
         "methods": status,
         "target": cfg.target,
         "max_ratio": max(ok, default=float("nan")),
@@ -262,9 +328,11 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
     run.write_json("metrics.json", metrics)
     for name, e in status.items():
         if e["status"] == "ok":
-            run.log(f"  {name:<14} omniguide {e['omniguide']['median_ms']:8.2f} ms  diffusers "
-                    f"{e['diffusers']['median_ms']:8.2f} ms  ratio {e['ratio']:.3f}  "
-                    f"passes {e['omniguide_forward_passes']} vs {e['diffusers_forward_passes']}")
+            run.log(
+                f"  {name:<14} omniguide {e['omniguide']['median_ms']:8.2f} ms  diffusers "
+                f"{e['diffusers']['median_ms']:8.2f} ms  ratio {e['ratio']:.3f}  "
+                f"passes {e['omniguide_forward_passes']} vs {e['diffusers_forward_passes']}"
+            )
         else:
             run.log(f"  {name:<14} {e['status']}")
     return metrics
@@ -278,20 +346,45 @@ def _report(m: dict[str, Any]) -> str:
         if e["status"] != "ok":
             rows.append([name, "-", "-", e["status"], "-", "-"])
             continue
-        rows.append([name, e["omniguide"]["median_ms"], e["diffusers"]["median_ms"], f"**{e['ratio']:.3f}**",
-                     f"{e['omniguide_forward_passes']} / {e['diffusers_forward_passes']}",
-                     f"{e['max_abs_diff']:.2g} (of {e['output_scale']:.2g})"])
+        rows.append(
+            [
+                name,
+                e["omniguide"]["median_ms"],
+                e["diffusers"]["median_ms"],
+                f"**{e['ratio']:.3f}**",
+                f"{e['omniguide_forward_passes']} / {e['diffusers_forward_passes']}",
+                f"{e['max_abs_diff']:.2g} (of {e['output_scale']:.2g})",
+            ]
+        )
     notes = [f"- {name}: {e['note']}" for name, e in m["methods"].items() if e.get("note")]
-    return "\n".join([
-        "# bench-diffusers: omniguide vs diffusers guiders on one small UNet", "",
-        f"{env['device']} ({where}), {env['dtype']}, torch {env['torch']}, diffusers {env['diffusers']}. "
-        f"UNet2DConditionModel {setup['model']['block_out_channels']}, sample {setup['model']['channels']}x"
-        f"{setup['model']['sample_size']}x{setup['model']['sample_size']}, batch {setup['batch']}, "
-        f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}, w = {setup['scale']}, "
-        f"s = {setup['perturbed_scale']}. One guided step without the scheduler step; medians of "
-        f"{setup['repeats']} interleaved rounds after {setup['warmup']} warm-up.", "",
-        markdown_table(["method", "omniguide ms", "diffusers ms", "ratio", "forward passes (ours / theirs)",
-                        "max |difference| of outputs"], rows), "",
-        f"Target: ratio <= {m['target']} for every method; largest ratio {m['max_ratio']:.3f}.", "",
-        "Notes:", *notes, "",
-    ])
+    return "\n".join(
+        [
+            "# bench-diffusers: omniguide vs diffusers guiders on one small UNet",
+            "",
+            f"{env['device']} ({where}), {env['dtype']}, torch {env['torch']}, diffusers {env['diffusers']}. "
+            f"UNet2DConditionModel {setup['model']['block_out_channels']}, "
+            f"sample {setup['model']['channels']}x"
+            f"{setup['model']['sample_size']}x{setup['model']['sample_size']}, batch {setup['batch']}, "
+            f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}, w = {setup['scale']}, "
+            f"s = {setup['perturbed_scale']}. One guided step without the scheduler step; medians of "
+            f"{setup['repeats']} interleaved rounds after {setup['warmup']} warm-up.",
+            "",
+            markdown_table(
+                [
+                    "method",
+                    "omniguide ms",
+                    "diffusers ms",
+                    "ratio",
+                    "forward passes (ours / theirs)",
+                    "max |difference| of outputs",
+                ],
+                rows,
+            ),
+            "",
+            f"Target: ratio <= {m['target']} for every method; largest ratio {m['max_ratio']:.3f}.",
+            "",
+            "Notes:",
+            *notes,
+            "",
+        ]
+    )

@@ -24,7 +24,6 @@ Writes ``metrics.json``, ``table.md`` and ``plot.png``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from ...core.branch import Branch
-from ...core.errors import ConfigError
+from ...core.errors import ConfigError, OmniguideError
 from ...core.registry import GUIDERS, build_guider
 from ...core.sampler import sample
 from ...core.schedulers import build_scheduler
@@ -68,20 +67,22 @@ class SamplerSection:
     scheduler: str = "ddim"
     steps: int = 30
     samples: int = 1000
-    label: int = 0           # the class asked for
-    chunk: int = 0           # samples per sampler batch (0: all at once); NFE is reported per batch
+    label: int = 0  # the class asked for
+    chunk: int = 0  # samples per sampler batch (0: all at once); NFE is reported per batch
 
 
 @dataclass
 class MethodSweep:
     """One table row group: a guider config, the dotted field ``key`` swept over ``scales``.
-    ``family`` groups pass-saving variants compared with the baseline at matched quality."""
+    ``family`` groups pass-saving variants compared with the baseline at matched quality; ``tied``
+    moves other fields with the sweep (FDG: ``{scale_high: 2}`` keeps the high band at twice the low)."""
 
     guider: dict[str, Any] = field(default_factory=lambda: {"name": "cfg"})
     key: str = "scale"
     scales: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0, 8.0])
     label: str | None = None
     family: str | None = None
+    tied: dict[str, float] = field(default_factory=dict)  # other fields set to factor x the swept value
 
 
 @dataclass
@@ -89,15 +90,15 @@ class BenchGuidersConfig:
     testbeds: list[Testbed] = field(default_factory=lambda: [Testbed(), Testbed(name="8d", dim=8)])
     sampler: SamplerSection = field(default_factory=SamplerSection)
     methods: list[MethodSweep] = field(default_factory=list)
-    baseline: str = "cfg"                    # the label the claims compare against
+    baseline: str = "cfg"  # the label the claims compare against
     axes: str = "BD"
     seed: int = 0
-    weak_std_factor: float = 1.5            # autoguidance's weak model: component stds x this
+    weak_std_factor: float = 1.5  # autoguidance's weak model: component stds x this
     auto_scales: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0, 8.0])  # unlisted guiders
-    high_scales: float = 5.0                # 'high scale' for the overshoot claims: scale >= this
+    high_scales: float = 5.0  # 'high scale' for the overshoot claims: scale >= this
     overshoot_methods: list[str] = field(default_factory=lambda: ["apg", "cfg-rescale"])
-    swd_tolerance: float = 0.03             # matched quality: swd <= baseline swd + this
-    min_saving: float = 0.25                # the claimed saving of evaluations
+    swd_tolerance: float = 0.03  # matched quality: swd <= baseline swd + this
+    min_saving: float = 0.25  # the claimed saving of evaluations
 
 
 def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
@@ -108,7 +109,9 @@ def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
         if tb.dim < 2 or tb.classes < 1 or tb.per_class < 1 or tb.std <= 0:
             raise ConfigError(f"testbeds.{i}", "needs dim >= 2, classes >= 1, per_class >= 1 and std > 0")
         if not 0 <= cfg.sampler.label < tb.classes:
-            raise ConfigError("sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})")
+            raise ConfigError(
+                "sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})"
+            )
     if len({tb.name for tb in cfg.testbeds}) != len(cfg.testbeds):
         raise ConfigError("testbeds", "testbed names must be unique")
     build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
@@ -131,6 +134,8 @@ def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
 def guider_config(sweep: MethodSweep, value: float) -> dict:
     cfg = OmegaConf.create(dict(sweep.guider))
     OmegaConf.update(cfg, sweep.key, value, merge=True)
+    for key, factor in sweep.tied.items():
+        OmegaConf.update(cfg, key, factor * value, merge=True)
     return OmegaConf.to_container(cfg)
 
 
@@ -175,24 +180,42 @@ def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], di
 
 def weak_mixture(mixture: GaussianMixture, factor: float) -> GaussianMixture:
     """The same mixture with wider components: a 'bad version' of the exact model."""
-    return GaussianMixture(mixture.means.clone(), mixture.stds * factor, mixture.weights.clone(),
-                           mixture.labels.clone())
+    return GaussianMixture(
+        mixture.means.clone(), mixture.stds * factor, mixture.weights.clone(), mixture.labels.clone()
+    )
 
 
-def run_one(guider_cfg: dict, path: str, mixture: GaussianMixture, weak: GaussianMixture, noise: Tensor,
-            cfg: BenchGuidersConfig) -> tuple[Tensor, float, float]:
+def run_one(
+    guider_cfg: dict,
+    path: str,
+    mixture: GaussianMixture,
+    weak: GaussianMixture,
+    noise: Tensor,
+    cfg: BenchGuidersConfig,
+) -> tuple[Tensor, float, float]:
     """Samples of one guider, and its NFE and forward passes per sampler batch."""
     chunk = cfg.sampler.chunk or len(noise)
     xs, nfe, passes, batches = [], 0, 0, 0
     for start in range(0, len(noise), chunk):
-        part = noise[start:start + chunk]
+        part = noise[start : start + chunk]
         labels = torch.full((len(part),), cfg.sampler.label, dtype=torch.long)
         scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
         model = denoiser_for(mixture, scheduler)
-        branches = {"cond": {"labels": labels}, "uncond": {"labels": torch.full_like(labels, UNCOND)},
-                    "weak": Branch("weak", base="cond", model=denoiser_for(weak, scheduler))}
-        out = sample(model, scheduler, build_guider(guider_cfg, path), part, branches,
-                     num_steps=cfg.sampler.steps, axes=cfg.axes, progress=False)
+        branches = {
+            "cond": {"labels": labels},
+            "uncond": {"labels": torch.full_like(labels, UNCOND)},
+            "weak": Branch("weak", base="cond", model=denoiser_for(weak, scheduler)),
+        }
+        out = sample(
+            model,
+            scheduler,
+            build_guider(guider_cfg, path),
+            part,
+            branches,
+            num_steps=cfg.sampler.steps,
+            axes=cfg.axes,
+            progress=False,
+        )
         xs.append(out.sample)
         nfe, passes, batches = nfe + out.nfe, passes + out.forward_passes, batches + 1
     return torch.cat(xs), nfe / batches, passes / batches
@@ -209,14 +232,21 @@ def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
     for tb in cfg.testbeds:
         results[tb.name] = run_testbed(tb, rows, cfg, run)
         results[tb.name].update(not_applicable=not_applicable, not_run=not_run)
-    baseline = cfg.baseline if cfg.methods else "cfg"
+    baseline = cfg.baseline
     matched = {name: matched_quality(res["methods"], rows, baseline, cfg) for name, res in results.items()}
     claims = check_claims(results, matched, rows, baseline, cfg)
     metrics = {
-        "setup": {"sampler": dict(cfg.sampler.__dict__), "axes": cfg.axes, "seed": cfg.seed,
-                  "weak_std_factor": cfg.weak_std_factor, "swd_tolerance": cfg.swd_tolerance,
-                  "min_saving": cfg.min_saving, "high_scales": cfg.high_scales, "baseline": baseline,
-                  "testbeds": {tb.name: dict(tb.__dict__) for tb in cfg.testbeds}},
+        "setup": {
+            "sampler": dict(cfg.sampler.__dict__),
+            "axes": cfg.axes,
+            "seed": cfg.seed,
+            "weak_std_factor": cfg.weak_std_factor,
+            "swd_tolerance": cfg.swd_tolerance,
+            "min_saving": cfg.min_saving,
+            "high_scales": cfg.high_scales,
+            "baseline": baseline,
+            "testbeds": {tb.name: dict(tb.__dict__) for tb in cfg.testbeds},
+        },
         "testbeds": results,
         "matched_quality": matched,
         "claims": claims,
@@ -228,7 +258,10 @@ def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
         plot(tmp, metrics, rows, baseline)
     run.write_json("metrics.json", metrics)
     for claim in claims:
-        run.log(f"{'HOLDS ' if claim['holds'] else 'FAILS '} [{claim['testbed']}] {claim['claim']}: {claim['detail']}")
+        run.log(
+            f"{'HOLDS ' if claim['holds'] else 'FAILS '} [{claim['testbed']}] {claim['claim']}: "
+            f"{claim['detail']}"
+        )
     run.log(f"bench-guiders done in {metrics['seconds']:.0f} s")
     return metrics
 
@@ -244,23 +277,42 @@ def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, r
     samples: dict[tuple[str, float], Tensor] = {}
     for i, sweep in enumerate(rows):
         label_i = row_label(sweep)
-        entry = out["methods"][label_i] = {"guider": sweep.guider, "key": sweep.key, "family": sweep.family,
-                                          "scales": {}}
+        entry = out["methods"][label_i] = {
+            "guider": sweep.guider,
+            "key": sweep.key,
+            "family": sweep.family,
+            "scales": {},
+        }
         for value in sweep.scales:
             t0 = time.perf_counter()
-            x, nfe, passes = run_one(guider_config(sweep, value), f"methods.{i}.guider", mixture, weak, noise, cfg)
+            try:
+                x, nfe, passes = run_one(
+                    guider_config(sweep, value), f"methods.{i}.guider", mixture, weak, noise, cfg
+                )
+            except OmniguideError as err:  # a method that cannot run on this testbed (e.g. FDG on 2 entries)
+                entry["error"] = str(err).splitlines()[0]
+                break
             m = all_metrics(x, mixture, label, reference)
             m.update(nfe=nfe, forward_passes=passes, seconds=time.perf_counter() - t0)
             samples[(label_i, value)] = x
             entry["scales"][f"{value:g}"] = m
-        run.log(f"[{tb.name}] {label_i}: " + ", ".join(
-            f"{k}: swd {v['swd']:.3f} ov {v['overshoot']:+.2f} nfe {v['nfe']:g}" for k, v in entry["scales"].items()))
+        if "error" in entry:
+            run.log(f"[{tb.name}] {label_i}: cannot run here: {entry['error']}")
+            continue
+        run.log(
+            f"[{tb.name}] {label_i}: "
+            + ", ".join(
+                f"{k}: swd {v['swd']:.3f} ov {v['overshoot']:+.2f} nfe {v['nfe']:g}"
+                for k, v in entry["scales"].items()
+            )
+        )
     # distance of every run to the baseline's samples at the same scale (how closely it reproduces CFG)
-    base = row_label(rows[0]) if not cfg.methods else cfg.baseline
+    base = cfg.baseline
     for (label_i, value), x in samples.items():
         if (base, value) in samples:
             out["methods"][label_i]["scales"][f"{value:g}"]["swd_to_baseline"] = sliced_wasserstein(
-                x, samples[(base, value)])
+                x, samples[(base, value)]
+            )
     return out
 
 
@@ -283,16 +335,22 @@ def matched_quality(methods: dict, rows: list[MethodSweep], baseline: str, cfg: 
             saving = 1.0 - m["nfe"] / b["nfe"]
             matched = m["swd"] <= b["swd"] + cfg.swd_tolerance
             per_scale = fam.setdefault(key, {"settings": {}, "best_saving": None, "best_setting": None})
-            per_scale["settings"][label] = {"saving": saving, "swd": m["swd"], "baseline_swd": b["swd"],
-                                            "swd_change": m["swd"] - b["swd"], "matched": matched,
-                                            "swd_to_baseline": m.get("swd_to_baseline")}
+            per_scale["settings"][label] = {
+                "saving": saving,
+                "swd": m["swd"],
+                "baseline_swd": b["swd"],
+                "swd_change": m["swd"] - b["swd"],
+                "matched": matched,
+                "swd_to_baseline": m.get("swd_to_baseline"),
+            }
             if matched and (per_scale["best_saving"] is None or saving > per_scale["best_saving"]):
                 per_scale["best_saving"], per_scale["best_setting"] = saving, label
     return families
 
 
-def check_claims(results: dict, matched: dict, rows: list[MethodSweep], baseline: str,
-                 cfg: BenchGuidersConfig) -> list[dict]:
+def check_claims(
+    results: dict, matched: dict, rows: list[MethodSweep], baseline: str, cfg: BenchGuidersConfig
+) -> list[dict]:
     claims = []
     for tb, res in results.items():
         methods = res["methods"]
@@ -302,27 +360,48 @@ def check_claims(results: dict, matched: dict, rows: list[MethodSweep], baseline
         for name in cfg.overshoot_methods:
             if name not in methods:
                 continue
-            pairs = [(k, methods[name]["scales"][k]["overshoot"], base[k]["overshoot"])
-                     for k in methods[name]["scales"] if k in base and float(k) >= cfg.high_scales]
+            pairs = [
+                (k, methods[name]["scales"][k]["overshoot"], base[k]["overshoot"])
+                for k in methods[name]["scales"]
+                if k in base and float(k) >= cfg.high_scales
+            ]
             if not pairs:
                 continue
-            claims.append({
-                "testbed": tb, "claim": f"{name} cuts overshoot compared with {baseline} at scale >= {cfg.high_scales:g}",
-                "holds": all(a < b for _, a, b in pairs),
-                "detail": ", ".join(f"w={k}: {a:+.2f} vs {b:+.2f}" for k, a, b in pairs)})
+            claims.append(
+                {
+                    "testbed": tb,
+                    "claim": f"{name} cuts overshoot compared with {baseline} "
+                    f"at scale >= {cfg.high_scales:g}",
+                    "holds": all(a < b for _, a, b in pairs),
+                    "detail": ", ".join(f"w={k}: {a:+.2f} vs {b:+.2f}" for k, a, b in pairs),
+                }
+            )
         for family, per_scale in matched.get(tb, {}).items():
             guided = {k: v for k, v in per_scale.items() if float(k) > 1}
             if not guided:
                 continue
-            holds = all(v["best_saving"] is not None and v["best_saving"] >= cfg.min_saving - 1e-9
-                        for v in guided.values())
+            holds = all(
+                v["best_saving"] is not None and v["best_saving"] >= cfg.min_saving - 1e-9
+                for v in guided.values()
+            )
             detail = ", ".join(
-                f"w={k}: " + (f"{100 * v['best_saving']:.0f}% ({v['best_setting']})" if v["best_setting"]
-                              else "no setting within tolerance")
-                for k, v in guided.items())
-            claims.append({"testbed": tb, "holds": holds, "detail": detail,
-                           "claim": f"{family} saves >= {100 * cfg.min_saving:.0f}% of evaluations at swd within "
-                                    f"{cfg.swd_tolerance} of {baseline}"})
+                f"w={k}: "
+                + (
+                    f"{100 * v['best_saving']:.0f}% ({v['best_setting']})"
+                    if v["best_setting"]
+                    else "no setting within tolerance"
+                )
+                for k, v in guided.items()
+            )
+            claims.append(
+                {
+                    "testbed": tb,
+                    "holds": holds,
+                    "detail": detail,
+                    "claim": f"{family} saves >= {100 * cfg.min_saving:.0f}% of evaluations at swd within "
+                    f"{cfg.swd_tolerance} of {baseline}",
+                }
+            )
     return claims
 
 
@@ -330,41 +409,63 @@ def check_claims(results: dict, matched: dict, rows: list[MethodSweep], baseline
 def report(m: dict, rows: list[MethodSweep]) -> str:
     setup = m["setup"]
     s = setup["sampler"]
+    batching = "one batch" if not s["chunk"] else f"batches of {s['chunk']}"
     lines = [
-        "# bench-guiders: every guider on the Gaussian-mixture testbed", "",
+        "# bench-guiders: every guider on the Gaussian-mixture testbed",
+        "",
         f"{s['scheduler']}, {s['steps']} steps, {s['samples']} samples asked for class {s['label']} "
-        f"({'one batch' if not s['chunk'] else f'batches of {s['chunk']}'}). swd: sliced Wasserstein distance "
+        f"({batching}). swd: sliced Wasserstein distance "
         "to exact samples of the true conditional (lower is better); precision and coverage in [0, 1]; "
         "overshoot: mean distance past the class mode in component stds (0 for the truth); NFE: model "
         "evaluations per sample (CFG = 2 x steps). Autoguidance's weak model: the mixture with component "
-        f"stds x {setup['weak_std_factor']}.", "",
+        f"stds x {setup['weak_std_factor']}.",
+        "",
     ]
     for tb, res in m["testbeds"].items():
         ref = res["reference"]
         info = setup["testbeds"][tb]
-        lines += [f"## Testbed {tb} ({info['dim']}-D, {info['classes']} classes x {info['per_class']} components)", "",
-                  f"Exact samples vs the reference (the noise floor): swd {ref['swd']:.3f}, precision "
-                  f"{ref['precision']:.3f}, coverage {ref['coverage']:.2f}, overshoot {ref['overshoot']:+.3f}.", ""]
+        lines += [
+            f"## Testbed {tb} ({info['dim']}-D, {info['classes']} classes x {info['per_class']} components)",
+            "",
+            f"Exact samples vs the reference (the noise floor): swd {ref['swd']:.3f}, precision "
+            f"{ref['precision']:.3f}, coverage {ref['coverage']:.2f}, overshoot {ref['overshoot']:+.3f}.",
+            "",
+        ]
         table = []
         for label, entry in res["methods"].items():
+            if "error" in entry:
+                table.append([label, "-", "cannot run here: " + entry["error"], "", "", "", ""])
             for key, v in entry["scales"].items():
-                table.append([label, key, v["swd"], v["precision"], v["coverage"], f"{v['overshoot']:+.3f}",
-                              f"{v['nfe']:g}"])
-        lines += [markdown_table(["method", entry_key_name(), "swd", "precision", "coverage", "overshoot", "NFE"],
-                                 table), ""]
+                table.append(
+                    [
+                        label,
+                        key,
+                        v["swd"],
+                        v["precision"],
+                        v["coverage"],
+                        f"{v['overshoot']:+.3f}",
+                        f"{v['nfe']:g}",
+                    ]
+                )
+        lines += [
+            markdown_table(["method", "scale", "swd", "precision", "coverage", "overshoot", "NFE"], table),
+            "",
+        ]
         if res["not_applicable"]:
-            lines += ["Not applicable here: " + "; ".join(f"{k}: {v}" for k, v in res["not_applicable"].items()), ""]
+            lines += [
+                "Not applicable here: " + "; ".join(f"{k}: {v}" for k, v in res["not_applicable"].items()),
+                "",
+            ]
         if res["not_run"]:
             lines += ["Not run: " + "; ".join(f"{k}: {v}" for k, v in res["not_run"].items()), ""]
         lines += matched_table(m["matched_quality"].get(tb, {}), setup)
     lines += ["## Claims", ""]
     for c in m["claims"]:
-        lines.append(f"- [{c['testbed']}] **{'holds' if c['holds'] else 'does not hold'}**: {c['claim']} ({c['detail']})")
+        lines.append(
+            f"- [{c['testbed']}] **{'holds' if c['holds'] else 'does not hold'}**: "
+            f"{c['claim']} ({c['detail']})"
+        )
     return "\n".join(lines) + "\n"
-
-
-def entry_key_name() -> str:
-    return "scale"
 
 
 def matched_table(families: dict, setup: dict) -> list[str]:
@@ -374,12 +475,36 @@ def matched_table(families: dict, setup: dict) -> list[str]:
     for family, per_scale in families.items():
         for key, v in per_scale.items():
             for label, s in v["settings"].items():
-                rows.append([family, key, label, f"{100 * s['saving']:.0f}%", s["swd"], s["baseline_swd"],
-                             "yes" if s["matched"] else "no",
-                             "-" if s["swd_to_baseline"] is None else f"{s['swd_to_baseline']:.3f}"])
-    return [f"Matched quality (swd within {setup['swd_tolerance']} of {setup['baseline']} at the same scale):", "",
-            markdown_table(["family", "scale", "setting", "NFE saved", "swd", f"{setup['baseline']} swd", "matched",
-                            f"swd to {setup['baseline']} samples"], rows), ""]
+                rows.append(
+                    [
+                        family,
+                        key,
+                        label,
+                        f"{100 * s['saving']:.0f}%",
+                        s["swd"],
+                        s["baseline_swd"],
+                        "yes" if s["matched"] else "no",
+                        "-" if s["swd_to_baseline"] is None else f"{s['swd_to_baseline']:.3f}",
+                    ]
+                )
+    return [
+        f"Matched quality (swd within {setup['swd_tolerance']} of {setup['baseline']} at the same scale):",
+        "",
+        markdown_table(
+            [
+                "family",
+                "scale",
+                "setting",
+                "NFE saved",
+                "swd",
+                f"{setup['baseline']} swd",
+                "matched",
+                f"swd to {setup['baseline']} samples",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def plot(path, m: dict, rows: list[MethodSweep], baseline: str) -> None:
@@ -407,21 +532,24 @@ def plot(path, m: dict, rows: list[MethodSweep], baseline: str) -> None:
             ax_over.plot([x * scale_of for x in xs], [v["overshoot"] for v in scales.values()], **style)
             family = next((rw.family for rw in rows if row_label(rw) == label), None)
             if family or label == baseline:
-                ax_nfe.scatter([v["nfe"] for v in scales.values()], [v["swd"] for v in scales.values()],
-                               color=style["color"], s=14, label=label)
+                ax_nfe.scatter(
+                    [v["nfe"] for v in scales.values()],
+                    [v["swd"] for v in scales.values()],
+                    color=style["color"],
+                    s=14,
+                    label=label,
+                )
         ref = m["testbeds"][tb]["reference"]
         ax_swd.axhline(ref["swd"], color="grey", ls=":", lw=1)
         ax_over.axhline(0.0, color="grey", ls=":", lw=1)
         ax_swd.set(title=f"{tb}: swd to the true conditional", xlabel="scale", ylabel="swd")
         ax_over.set(title=f"{tb}: overshoot (component stds)", xlabel="scale", ylabel="overshoot")
-        ax_nfe.set(title=f"{tb}: quality vs cost (pass-saving methods)", xlabel="NFE per sample", ylabel="swd")
+        ax_nfe.set(
+            title=f"{tb}: quality vs cost (pass-saving methods)", xlabel="NFE per sample", ylabel="swd"
+        )
         ax_nfe.legend(fontsize=6)
         if r == 0:
             ax_swd.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)

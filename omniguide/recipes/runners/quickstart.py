@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from ...core.branch import Branch
 from ...core.errors import ConfigError
 from ...core.registry import build_guider
 from ...core.sampler import sample
@@ -33,6 +34,7 @@ class TestbedConfig:
     radius: float = 3.0
     std: float = 0.35
     seed: int = 0
+    weak_std_factor: float = 1.5   # autoguidance's "bad version": the same mixture, blurrier
 
 
 @dataclass
@@ -80,6 +82,8 @@ def _row_label(sweep: GuiderSweep) -> str:
 
 
 def check_quickstart(cfg: QuickstartConfig) -> None:
+    if cfg.testbed.weak_std_factor <= 0:
+        raise ConfigError("testbed.weak_std_factor", f"must be > 0, got {cfg.testbed.weak_std_factor}")
     if cfg.sampler.steps < 1:
         raise ConfigError("sampler.steps", f"must be >= 1, got {cfg.sampler.steps}")
     if cfg.sampler.samples < 2:
@@ -103,7 +107,7 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
     mixture = GaussianMixture.ring(tb.dim, tb.classes, tb.per_class, tb.radius, tb.std, tb.seed)
     n, label = cfg.sampler.samples, cfg.sampler.label
     labels = torch.full((n,), label, dtype=torch.long)
-    branches = {"cond": {"labels": labels}, "uncond": {"labels": torch.full_like(labels, UNCOND)}}
+    weak = GaussianMixture(mixture.means, mixture.stds * tb.weak_std_factor, mixture.weights, mixture.labels)
     reference = mixture.sample(n, label, torch.Generator().manual_seed(cfg.seed + 1))
     noise = torch.randn(n, tb.dim, generator=torch.Generator().manual_seed(cfg.seed), dtype=torch.float64)
 
@@ -117,6 +121,12 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
             guider = build_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
             scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
             model = denoiser_for(mixture, scheduler)
+            branches = {
+                "cond": {"labels": labels},
+                "uncond": {"labels": torch.full_like(labels, UNCOND)},
+                # only runs for guiders that ask for it (autoguidance)
+                "weak": Branch("weak", base="cond", model=denoiser_for(weak, scheduler)),
+            }
             start = time.perf_counter()
             out = sample(model, scheduler, guider, noise, branches, num_steps=cfg.sampler.steps, axes=cfg.axes,
                          batch=cfg.sampler.batch, progress=False)

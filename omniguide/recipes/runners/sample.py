@@ -85,8 +85,8 @@ def generate_item(cfg: SampleConfig, item: Item) -> tuple[torch.Tensor, dict]:
     start = time.perf_counter()
     out = sample(model.denoiser, scheduler, guider, noise, model.branches(label, n), num_steps=steps,
                  parameterization=model.parameterization, progress=cfg.progress, generator=gen)
-    meta = {"index": item.index, "prompt": item.prompt, "seed": item.seed, "guider": guider_cfg, "steps": steps,
-            "num_samples": n, "nfe": out.nfe, "seconds": time.perf_counter() - start,
+    meta = {"index": item.index, "prompt": item.prompt, "seed": item.seed, "guider": guider_cfg,
+            "steps": steps, "num_samples": n, "nfe": out.nfe, "seconds": time.perf_counter() - start,
             **model.evaluate(out.sample, label)}
     return out.sample.float(), meta
 
@@ -101,8 +101,8 @@ def run_sample(cfg: SampleConfig, run: RunContext) -> dict | None:
     run.rank = trainer.global_rank
     done_before = sum(store.done(item.index) for item in items)
     start = time.perf_counter()
-    trainer.predict(Generator(lambda item, device: generate_item(cfg, item)), datamodule=ItemData(items, store),
-                    return_predictions=False)
+    generator = Generator(lambda item, device: generate_item(cfg, item))
+    trainer.predict(generator, datamodule=ItemData(items, store), return_predictions=False)
     trainer.strategy.barrier("omniguide-sample-done")
     if not trainer.is_global_zero:
         return None

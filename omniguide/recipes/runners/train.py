@@ -28,7 +28,8 @@ from ..run import RunContext
 from ..runtime import build_trainer, check_trainer, newest_checkpoint
 from ..schema import TrainerConfig, build_dataclass, find_file, option
 
-TRAINABLES = Registry("trainable model")   # name -> (model config dataclass, factory(model_cfg, cfg) -> module)
+# name -> (model config dataclass, factory(model_cfg, recipe cfg) -> LightningModule)
+TRAINABLES = Registry("trainable model")
 COMPONENTS.setdefault("trainables", TRAINABLES)
 TRAINABLES.register("small-denoiser")((SmallDenoiserConfig, lambda model, cfg: DenoiserModule(
     model, build_dataclass(MixtureSpec, cfg.data, "data", skip=()),
@@ -71,7 +72,8 @@ def check_train(cfg: TrainConfig) -> None:
     make_callbacks(cfg.callbacks)
     check_trainer(cfg.trainer)
     if cfg.trainer.max_steps < 1:
-        raise ConfigError("trainer.max_steps", f"a train recipe needs max_steps >= 1, got {cfg.trainer.max_steps}")
+        raise ConfigError("trainer.max_steps",
+                          f"a train recipe needs max_steps >= 1, got {cfg.trainer.max_steps}")
     if cfg.resume not in ("auto", "never"):
         find_file(cfg.resume, "resume")
 
