@@ -36,11 +36,8 @@ from .core.sampler import sample
 __version__ = "0.1.0"
 
 __all__ = [
-    "Axes", "Branch", "CFG", "CFGPlusPlus", "CFGRescale", "ConfigError", "GuidanceError", "Guided", "Guider",
-    "Interval", "NoiseLevel", "Prediction", "Schedule", "ScaleSchedule", "build_guider", "register_guider",
-    "sample",
+    "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "build_guider", "CFG", "CFGCache", "CFGPlusPlus",
+    "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "GuidanceError", "Guided", "Guider", "Interval", "NoiseLevel",
+    "PAG", "Prediction", "register_guider", "sample", "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term",
+    "Terms",
 ]
-__all__ += [
-    "APG", "TCFG", "CFGZeroStar", "FDG", "Adaptive", "CFGCache", "BetaCFG", "AutoGuidance", "Terms", "Term",
-]
-__all__ += ["PAG", "SEG", "SkipLayer"]

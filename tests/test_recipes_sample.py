@@ -81,11 +81,15 @@ def test_rerun_skips_complete_items_and_redoes_missing_ones(capsys, tmp_path):
 def test_two_process_ddp_shards_union_equals_single_process(single, tmp_path):
     """2 ranks (DDP over gloo on CPU), each a disjoint shard; the union equals the 1-process run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "omniguide", "run", CHILD, f"run.root={tmp_path}",
-                           "trainer.devices=2", "trainer.strategy=ddp", "trainer.process_group_backend=gloo"],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    ddp = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.process_group_backend=gloo"]
+
+    def launch(*argv: str) -> Path:
+        proc = subprocess.run([sys.executable, "-m", "omniguide", "run", CHILD, *argv, *ddp],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return Path(proc.stdout.strip().splitlines()[-1])
+
+    run_dir = launch(f"run.root={tmp_path}")
     assert json.loads((run_dir / "metrics.json").read_text())["world_size"] == 2
     a, b = items(single), items(run_dir)
     assert sorted(a) == sorted(b)
@@ -93,3 +97,8 @@ def test_two_process_ddp_shards_union_equals_single_process(single, tmp_path):
         assert torch.equal(a[i][0], b[i][0]), i
         assert a[i][1] == b[i][1], i
     assert not list(run_dir.rglob(".*.tmp*"))             # no temporary files left behind
+    # fewer pending items than ranks: one rank's shard is empty (padded), the other redoes item 4
+    (run_dir / "items" / "000004.json").unlink()
+    assert launch(f"run.dir={run_dir}") == run_dir
+    assert json.loads((run_dir / "metrics.json").read_text())["skipped"] == 4
+    assert torch.equal(items(run_dir)[4][0], a[4][0])

@@ -32,11 +32,8 @@ from .registry import GUIDERS, build_guider, register_guider
 from .scale import ScaleSchedule
 
 __all__ = [
-    "Axes", "Branch", "BranchExecutor", "CFG", "CFGPlusPlus", "CFGRescale", "ConfigError", "GUIDERS",
-    "GuidanceError", "GuidanceStep", "Guided", "Guider", "Interval", "NoiseLevel", "OmniguideError",
-    "Perturbation", "Prediction", "Schedule", "ScaleSchedule", "build_guider", "convert", "register_guider",
+    "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "BranchExecutor", "build_guider", "CFG",
+    "CFGCache", "CFGPlusPlus", "CFGRescale", "CFGZeroStar", "ConfigError", "convert", "FDG", "GuidanceError",
+    "GuidanceStep", "Guided", "Guider", "GUIDERS", "Interval", "NoiseLevel", "OmniguideError", "PAG", "Perturbation",
+    "Prediction", "register_guider", "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]
-__all__ += [
-    "APG", "TCFG", "CFGZeroStar", "FDG", "Adaptive", "CFGCache", "BetaCFG", "AutoGuidance", "Terms", "Term",
-]
-__all__ += ["PAG", "SEG", "SkipLayer"]

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..core.errors import ConfigError, did_you_mean
 from .registry import Recipe, get_recipe
 from .run import RunSection
+from . import schema
 from .schema import check_constraints
 
 FRAMEWORK_KEYS = ("kind", "extends", "run", "plugins")
@@ -192,7 +193,8 @@ def resolve(raw: DictConfig, source: Path | None = None) -> Resolved:
     if data.get("run") is not None:
         check_structure(RunSection, data["run"], "run")
     run = typed(RunSection, data.get("run") or {}, "run")
-    base_dirs = (source.parent,) if source is not None else ()
+    base_dirs = (source.parent.resolve(),) if source is not None else ()
+    schema.RECIPE_DIRS[:] = base_dirs
     check_constraints(cfg, "", base_dirs)
     full = {"kind": recipe.name, **({"plugins": plugins} if plugins else {}),
             "run": dataclasses.asdict(run), **OmegaConf.to_container(OmegaConf.structured(cfg))}

@@ -106,7 +106,11 @@ class ItemStore:
 
 
 class ItemData(lightning.LightningDataModule):
-    """This rank's disjoint shard (``pending[rank::world]``) of the items not yet complete."""
+    """This rank's disjoint shard (``pending[rank::world]``) of the items not yet complete.
+
+    Shards are padded with ``None`` (no work) to equal length: Lightning refuses an empty loader
+    on one rank while others have batches, and its own distributed sampler would pad with
+    duplicated items instead."""
 
     def __init__(self, items: list[Item], store: ItemStore):
         super().__init__()
@@ -115,7 +119,9 @@ class ItemData(lightning.LightningDataModule):
     def predict_dataloader(self):
         pending = [item for item in self.items if not self.store.done(item.index)]
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        return torch.utils.data.DataLoader(pending[rank::world], batch_size=None, collate_fn=_identity)
+        shard: list[Item | None] = list(pending[rank::world])
+        shard += [None] * (-(-len(pending) // world) - len(shard))
+        return torch.utils.data.DataLoader(shard, batch_size=None, collate_fn=_identity)
 
 
 def _identity(x: Any) -> Any:
@@ -129,7 +135,9 @@ class Generator(lightning.LightningModule):
         super().__init__()
         self.generate = generate
 
-    def predict_step(self, item: Item, batch_idx: int = 0):
+    def predict_step(self, item: Item | None, batch_idx: int = 0):
+        if item is None:   # padding of a short shard
+            return None
         value, meta = self.generate(item, self.device)
         return item, value, meta
 
@@ -143,5 +151,7 @@ class ItemWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0):
+        if prediction is None:
+            return
         item, value, meta = prediction
         self.store.write(item.index, value, meta)

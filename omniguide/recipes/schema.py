@@ -56,11 +56,17 @@ def _check_bounds(value: Any, meta: Mapping, where: str) -> None:
             raise ConfigError(where, f"must be {sign} {bound}, got {value}")
 
 
+# Folders of the recipe being loaded (set by the loader): relative paths inside component configs
+# (``model.weights``) are looked up there after the current folder, like schema fields are.
+RECIPE_DIRS: list[Path] = []
+
+
 def find_file(value: str, where: str, base_dirs: tuple[Path, ...] = ()) -> Path:
     """An existing file: ``value`` as given (absolute or relative to the current folder), else
-    relative to one of ``base_dirs`` (the recipe file's folder)."""
+    relative to one of ``base_dirs`` or :data:`RECIPE_DIRS` (the recipe file's folder)."""
     path = Path(value).expanduser()
-    candidates = [path] + ([] if path.is_absolute() else [Path(b) / path for b in base_dirs])
+    dirs = [*base_dirs, *RECIPE_DIRS]
+    candidates = [path] + ([] if path.is_absolute() else [Path(b) / path for b in dirs])
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()

@@ -18,8 +18,7 @@ from .skip_layer import SkipLayer
 from .tcfg import TCFG
 from .terms import Term, Terms
 
-__all__ = ["CFG", "CFGPlusPlus", "CFGRescale", "Interval", "Schedule"]
-__all__ += [
-    "APG", "TCFG", "CFGZeroStar", "FDG", "Adaptive", "CFGCache", "BetaCFG", "AutoGuidance", "Terms", "Term",
+__all__ = [
+    "APG", "CFG", "FDG", "PAG", "SEG", "TCFG", "Adaptive", "AutoGuidance", "BetaCFG", "CFGCache", "CFGPlusPlus",
+    "CFGRescale", "CFGZeroStar", "Interval", "Schedule", "SkipLayer", "Term", "Terms",
 ]
-__all__ += ["PAG", "SEG", "SkipLayer"]

@@ -33,8 +33,8 @@ from ..errors import ConfigError, GuidanceError
 from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from .apg import check_space, in_space
 from .cfg import CFG
+from .common import check_space, in_space
 
 
 def cosine(a: Tensor, b: Tensor, axes: Axes) -> Tensor:

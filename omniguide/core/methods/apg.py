@@ -1,6 +1,5 @@
 """Adaptive projected guidance (Sadat, Hilliges & Weber 2024, "Eliminating Oversaturation and Artifacts
-of High Guidance Scales in Diffusion Models", arXiv:2410.02416, Algorithm 1). This module also holds
-the small helpers the other methods share (spaces, projection, two-branch plans, finite results).
+of High Guidance Scales in Diffusion Models", arXiv:2410.02416, Algorithm 1).
 
 With ``c``, ``u`` the conditional and unconditional predictions in ``space`` (the paper: the denoised
 prediction ``x0``) and norms / inner products over the declared axes, per sample:
@@ -26,58 +25,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..axes import Axes, as_axes, dot, norm
+from ..axes import Axes, as_axes
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, guided, passthrough
-from ..prediction import PARAMETERIZATIONS, Guided, Prediction
+from ..guider import GuidanceStep, Guider, passthrough
+from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, is_neutral, resolve
+from ..scale import Scale, resolve
+from .common import cfg_branches, check_space, clip_norm, guided_in, in_space, project
 
 APG_FORMS = {"paper": 1.0, "diffusers": 1.0, "comfyui": 0.0}  # form -> neutral scale
-
-
-def cfg_branches(guider: Guider, step: GuidanceStep, other: str = "uncond") -> tuple[str, ...]:
-    """``("cond",)`` at the guider's neutral scale (one pass), else ``("cond", other)``."""
-    return ("cond",) if is_neutral(resolve(guider.scale, step), guider.neutral) else ("cond", other)
-
-
-def check_space(space: str | None) -> str | None:
-    """``None`` (the model's own parameterization) or one of eps, x0, v, flow."""
-    if space is not None and space not in PARAMETERIZATIONS:
-        raise ConfigError("space", f"unknown space '{space}'; valid: None, {', '.join(PARAMETERIZATIONS)}")
-    return space
-
-
-def in_space(preds: Mapping[str, Prediction], space: str | None, *names: str) -> tuple[str, list[Tensor]]:
-    """The named predictions as tensors in ``space`` (None: the first one's own parameterization)."""
-    kind = space or preds[names[0]].kind
-    return kind, [preds[n].to(kind) for n in names]
-
-
-def guided_in(value: Tensor, step: GuidanceStep, kind: str, who: str) -> Guided:
-    """:func:`guided`, refusing a non-finite result with the likely cause (eps space at ``alpha = 0``)."""
-    result = guided(value, step, kind)
-    if not (torch.isfinite(result.x0).all() and torch.isfinite(result.eps).all()):
-        raise GuidanceError(
-            f"{who}: the guided result in space '{kind}' is not finite at {step.where} (eps space has no x0 "
-            "at pure noise, alpha = 0, as for flow models at t = 1); use space=None or 'x0'"
-        )
-    return result
-
-
-def project(v: Tensor, onto: Tensor, axes: Axes) -> tuple[Tensor, Tensor]:
-    """``(v_par, v_orth)`` with ``v_par = <v, o_hat> o_hat`` over ``axes.reduce``, in float64 (paper)."""
-    v64, o64 = v.double(), onto.double()
-    o_hat = o64 / norm(o64, axes).clamp_min(1e-12)
-    par = dot(v64, o_hat, axes) * o_hat
-    return par.to(v.dtype), (v64 - par).to(v.dtype)
-
-
-def clip_norm(d: Tensor, threshold: float, axes: Axes) -> Tensor:
-    """``d * min(1, r / ||d||)``; ``r <= 0`` leaves ``d`` unchanged."""
-    if threshold <= 0:
-        return d
-    return d * torch.clamp(threshold / norm(d, axes), max=1.0)
 
 
 @register_guider("apg")

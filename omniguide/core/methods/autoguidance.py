@@ -23,8 +23,7 @@ from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .apg import cfg_branches
-from .cfg import cfg
+from .common import cfg, cfg_branches
 
 
 @register_guider("autoguidance")

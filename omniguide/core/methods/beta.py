@@ -33,7 +33,7 @@ from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, guided_in, in_space
+from .common import check_space, guided_in, in_space
 
 
 def beta_pdf(x: Tensor, a: float, b: float) -> Tensor:

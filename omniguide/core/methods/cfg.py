@@ -15,30 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from ..errors import ConfigError
 from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, is_neutral, resolve
-
-FORMS = ("u+w(c-u)", "c+w(c-u)")
-
-
-def check_form(form: str) -> None:
-    if form not in FORMS:
-        raise ConfigError("form", f"unknown form '{form}'; valid: {', '.join(FORMS)}")
-
-
-def cfg(cond: Tensor, uncond: Tensor, scale, form: str = "u+w(c-u)") -> Tensor:
-    """``u + w (c - u)`` or ``c + w (c - u)``."""
-    base = uncond if form == "u+w(c-u)" else cond
-    return base + scale * (cond - uncond)
-
-
-def form_neutral(form: str) -> float:
-    return 1.0 if form == "u+w(c-u)" else 0.0
+from ..scale import Scale, resolve
+from .common import cfg, cfg_branches, check_form, form_neutral
 
 
 @register_guider("cfg")
@@ -60,9 +41,7 @@ class CFG(Guider):
         return form_neutral(self.form)
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        if is_neutral(resolve(self.scale, step), self.neutral):
-            return ("cond",)
-        return ("cond", "uncond")
+        return cfg_branches(self, step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

@@ -22,8 +22,8 @@ from ..errors import ConfigError
 from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import PARAMETERIZATIONS, Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, is_neutral, resolve
-from .cfg import cfg, check_form, form_neutral
+from ..scale import Scale, resolve
+from .common import cfg, cfg_branches, check_form, form_neutral
 
 
 def rescale(pred: Tensor, cond: Tensor, phi: float, axes: Axes) -> Tensor:
@@ -56,9 +56,7 @@ class CFGRescale(Guider):
         return form_neutral(self.form)
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        if is_neutral(resolve(self.scale, step), self.neutral):
-            return ("cond",)
-        return ("cond", "uncond")
+        return cfg_branches(self, step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

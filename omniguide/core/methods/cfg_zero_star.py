@@ -31,8 +31,7 @@ from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .apg import cfg_branches, check_space, guided_in, in_space
-from .cfg import cfg, check_form, form_neutral
+from .common import cfg, cfg_branches, check_form, check_space, form_neutral, guided_in, in_space
 
 
 def optimized_scale(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:

@@ -36,8 +36,7 @@ from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .apg import check_space, guided_in, in_space, project
-from .cfg import check_form, form_neutral
+from .common import check_form, check_space, form_neutral, guided_in, in_space, project
 
 TRANSFORMS = ("pyramid", "fft")
 _BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)

@@ -31,7 +31,7 @@ from ..perturbations import IdentityAttention, as_selectors
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .cfg import cfg, check_form, form_neutral
+from .common import cfg, check_form, form_neutral
 from .terms import Term
 
 

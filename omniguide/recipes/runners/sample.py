@@ -68,7 +68,7 @@ def check_sample(cfg: SampleConfig) -> None:
     for item in load_items(cfg.prompts, cfg.prompts_file, cfg.seed):
         guider, _, _ = item_settings(cfg, item)
         build_guider(guider, f"{item.where}.guider")
-        model.label(item.prompt, item.where if not isinstance(item.prompt, dict) else f"{item.where}.prompt")
+        model.label(item.prompt, item.where)
     make_callbacks(cfg.callbacks)
     check_trainer(cfg.trainer)
 

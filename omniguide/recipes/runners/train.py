@@ -99,6 +99,8 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
                                   every_n_train_steps=cfg.checkpoint_every, save_top_k=-1)
     trainer = build_trainer(cfg.trainer, run, callbacks=[checkpoints, *make_callbacks(cfg.callbacks)])
     run.rank = trainer.global_rank
+    if cfg.batch_size % trainer.world_size:
+        raise ConfigError("batch_size", f"{cfg.batch_size} is not divisible by the {trainer.world_size} processes")
     ckpt = resume_from(cfg, folder)
     if ckpt and run.is_main:
         run.log(f"resuming from {ckpt}")

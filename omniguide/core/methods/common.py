@@ -1,0 +1,76 @@
+"""Small pure helpers the guidance methods share: the CFG formula and its two named forms, the
+two-branch plan, prediction spaces, projection and norm clipping over declared axes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ..axes import Axes, dot, norm
+from ..errors import ConfigError, GuidanceError
+from ..guider import GuidanceStep, Guider, guided
+from ..prediction import PARAMETERIZATIONS, Guided, Prediction
+from ..scale import is_neutral, resolve
+
+FORMS = ("u+w(c-u)", "c+w(c-u)")
+
+
+def check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ConfigError("form", f"unknown form '{form}'; valid: {', '.join(FORMS)}")
+
+
+def cfg(cond: Tensor, uncond: Tensor, scale, form: str = "u+w(c-u)") -> Tensor:
+    """``u + w (c - u)`` or ``c + w (c - u)``."""
+    base = uncond if form == "u+w(c-u)" else cond
+    return base + scale * (cond - uncond)
+
+
+def form_neutral(form: str) -> float:
+    return 1.0 if form == "u+w(c-u)" else 0.0
+
+
+def cfg_branches(guider: Guider, step: GuidanceStep, other: str = "uncond") -> tuple[str, ...]:
+    """``("cond",)`` at the guider's neutral scale (one pass), else ``("cond", other)``."""
+    return ("cond",) if is_neutral(resolve(guider.scale, step), guider.neutral) else ("cond", other)
+
+
+def check_space(space: str | None) -> str | None:
+    """``None`` (the model's own parameterization) or one of eps, x0, v, flow."""
+    if space is not None and space not in PARAMETERIZATIONS:
+        raise ConfigError("space", f"unknown space '{space}'; valid: None, {', '.join(PARAMETERIZATIONS)}")
+    return space
+
+
+def in_space(preds: Mapping[str, Prediction], space: str | None, *names: str) -> tuple[str, list[Tensor]]:
+    """The named predictions as tensors in ``space`` (None: the first one's own parameterization)."""
+    kind = space or preds[names[0]].kind
+    return kind, [preds[n].to(kind) for n in names]
+
+
+def guided_in(value: Tensor, step: GuidanceStep, kind: str, who: str) -> Guided:
+    """:func:`guided`, refusing a non-finite result with the likely cause (eps space at ``alpha = 0``)."""
+    result = guided(value, step, kind)
+    if not (torch.isfinite(result.x0).all() and torch.isfinite(result.eps).all()):
+        raise GuidanceError(
+            f"{who}: the guided result in space '{kind}' is not finite at {step.where} (eps space has no x0 "
+            "at pure noise, alpha = 0, as for flow models at t = 1); use space=None or 'x0'"
+        )
+    return result
+
+
+def project(v: Tensor, onto: Tensor, axes: Axes) -> tuple[Tensor, Tensor]:
+    """``(v_par, v_orth)`` with ``v_par = <v, o_hat> o_hat`` over ``axes.reduce``, in float64 (paper)."""
+    v64, o64 = v.double(), onto.double()
+    o_hat = o64 / norm(o64, axes).clamp_min(1e-12)
+    par = dot(v64, o_hat, axes) * o_hat
+    return par.to(v.dtype), (v64 - par).to(v.dtype)
+
+
+def clip_norm(d: Tensor, threshold: float, axes: Axes) -> Tensor:
+    """``d * min(1, r / ||d||)``; ``r <= 0`` leaves ``d`` unchanged."""
+    if threshold <= 0:
+        return d
+    return d * torch.clamp(threshold / norm(d, axes), max=1.0)
