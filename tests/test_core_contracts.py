@@ -188,3 +188,18 @@ def test_errors_name_branch_and_step():
     ex = BranchExecutor(boom, {"cond": {"emb": torch.ones(2, 5)}})
     with pytest.raises(GuidanceError, match=r"branch 'cond' at step 0: model call failed"):
         ex(["cond"], x, 1, step)
+
+
+def test_half_precision_reductions_do_not_overflow():
+    """A 4x128x128 fp16 latent has 65k entries: an fp16 sum of squares overflows at 65504."""
+    from omniguide.core import CFGZeroStar
+    from omniguide.core.axes import dot, norm
+
+    axes = Axes.from_layout("BCHW")
+    c = torch.full((1, 4, 128, 128), 1.5, dtype=torch.float16)
+    assert torch.isfinite(norm(c, axes)).all() and torch.isfinite(dot(c, c, axes)).all()
+    x = torch.randn(1, 4, 128, 128).half()
+    step = GuidanceStep(x, NoiseLevel.vp(torch.tensor(0.5, dtype=torch.float16)), 500, 5, 10, axes)
+    preds = {"cond": Prediction(c, "eps", x, step.noise), "uncond": Prediction(c * 0.9, "eps", x, step.noise)}
+    out = CFGZeroStar(scale=5.0, space=None).combine(preds, step)
+    assert torch.isfinite(out.eps).all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .errors import GuidanceError
@@ -72,14 +73,22 @@ def as_axes(value: Axes | str | Sequence[int] | Mapping | None) -> Axes | None:
     return Axes(reduce=dims, frequency=dims)
 
 
+def _accumulate(a: Tensor) -> Tensor:
+    """Half-precision sums over a whole latent overflow (65k entries of order 1 exceed fp16's
+    65504), so reductions accumulate in float32; the result stays float32 and promotes."""
+    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
+
+
 def dot(a: Tensor, b: Tensor, axes: Axes) -> Tensor:
     """Inner product over ``axes.reduce``, keeping dims for broadcasting."""
-    return (a * b).sum(dim=axes.reduce, keepdim=True)
+    return (_accumulate(a) * _accumulate(b)).sum(dim=axes.reduce, keepdim=True)
 
 
 def norm(a: Tensor, axes: Axes) -> Tensor:
-    return a.pow(2).sum(dim=axes.reduce, keepdim=True).sqrt()
+    """Euclidean norm over ``axes.reduce``, keeping dims."""
+    return _accumulate(a).pow(2).sum(dim=axes.reduce, keepdim=True).sqrt()
 
 
 def std(a: Tensor, axes: Axes) -> Tensor:
-    return a.std(dim=axes.reduce, keepdim=True)
+    """Standard deviation over ``axes.reduce`` (unbiased, as torch and diffusers), keeping dims."""
+    return _accumulate(a).std(dim=axes.reduce, keepdim=True)

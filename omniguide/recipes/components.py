@@ -29,7 +29,7 @@ for _name in SCHEDULER_NAMES:
     SCHEDULERS.register(_name)(_BY_NAME[_name][0])
 
 
-def make_scheduler(cfg: Mapping[str, Any], path: str = "scheduler"):
+def make_scheduler(cfg: Mapping[str, Any], path: str = "scheduler") -> Any:
     """A fresh diffusers scheduler from ``{name: ddim, **config}``; unknown config keys are errors
     (diffusers itself would only warn)."""
     import diffusers
@@ -101,6 +101,7 @@ class MixtureModel(MixtureSpec):
     """The analytic Gaussian-mixture testbed (:meth:`GaussianMixture.ring` arguments)."""
 
     def build(self, scheduler, path: str = "model") -> SampleModel:
+        """The exact denoiser on the scheduler's noise path (VP, or flow for flow-matching schedulers)."""
         gm = GaussianMixture.ring(**asdict(self))
         flow = type(scheduler).__name__.startswith("FlowMatch")
         denoiser = MixtureDenoiser(gm, "flow" if flow else "vp", "flow" if flow else "eps",
@@ -118,6 +119,7 @@ class SmallDenoiserModel:
     data: dict[str, Any] = field(default_factory=dict)    # the mixture it learned (for evaluation)
 
     def build(self, scheduler, path: str = "model") -> SampleModel:
+        """Load the weights (CPU, eval mode) and check they match the data's dimension and classes."""
         if type(scheduler).__name__.startswith("FlowMatch"):
             raise ConfigError("scheduler.name",
                               "small-denoiser predicts eps on a VP schedule; use ddim, euler, dpm++")

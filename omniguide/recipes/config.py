@@ -24,9 +24,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..core.errors import ConfigError, did_you_mean
+from . import schema
 from .registry import Recipe, get_recipe
 from .run import RunSection
-from . import schema
 from .schema import check_constraints
 
 FRAMEWORK_KEYS = ("kind", "extends", "run", "plugins")

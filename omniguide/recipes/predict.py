@@ -88,13 +88,16 @@ class ItemStore:
         self.folder = Path(folder) / "items"
 
     def paths(self, index: int) -> tuple[Path, Path]:
+        """The tensor and metadata files of item ``index``."""
         return self.folder / f"{index:06d}.pt", self.folder / f"{index:06d}.json"
 
     def done(self, index: int) -> bool:
+        """True when item ``index`` was written completely (its JSON is written last)."""
         tensor, meta = self.paths(index)
         return meta.is_file() and tensor.is_file()
 
     def write(self, index: int, value: torch.Tensor, meta: dict) -> None:
+        """Write the tensor, then the metadata, each atomically."""
         tensor_path, meta_path = self.paths(index)
         with atomic_path(tensor_path) as tmp:
             torch.save(value.detach().cpu(), tmp)
@@ -102,6 +105,7 @@ class ItemStore:
             tmp.write_text(json.dumps(meta, indent=1) + "\n")
 
     def read_all(self) -> list[dict]:
+        """The metadata of every complete item, by index."""
         return [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
 
 
@@ -116,7 +120,8 @@ class ItemData(lightning.LightningDataModule):
         super().__init__()
         self.items, self.store = items, store
 
-    def predict_dataloader(self):
+    def predict_dataloader(self) -> torch.utils.data.DataLoader:
+        """One item (or padding) per batch."""
         pending = [item for item in self.items if not self.store.done(item.index)]
         rank, world = self.trainer.global_rank, self.trainer.world_size
         shard: list[Item | None] = list(pending[rank::world])
@@ -135,7 +140,8 @@ class Generator(lightning.LightningModule):
         super().__init__()
         self.generate = generate
 
-    def predict_step(self, item: Item | None, batch_idx: int = 0):
+    def predict_step(self, item: Item | None, batch_idx: int = 0) -> tuple[Item, torch.Tensor, dict] | None:
+        """Generate one item."""
         if item is None:   # padding of a short shard
             return None
         value, meta = self.generate(item, self.device)
@@ -150,7 +156,8 @@ class ItemWriter(BasePredictionWriter):
         self.store = store
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx=0):
+                           dataloader_idx=0) -> None:
+        """Store a finished item under its global index."""
         if prediction is None:
             return
         item, value, meta = prediction

@@ -61,7 +61,7 @@ def check_trainer(tcfg: TrainerConfig, path: str = "trainer") -> None:
 
 
 def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None = None, path: str = "trainer",
-                  **overrides: Any):
+                  **overrides: Any) -> Any:
     """A :class:`lightning.Trainer` for the recipe: run folder as root, CSV/TensorBoard logger,
     atomic checkpoint IO, DDP with the configured backend and timeout."""
     import lightning
@@ -115,6 +115,7 @@ class AtomicCheckpointIO:
 
         class _Atomic(TorchCheckpointIO):
             def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+                """``torch.save`` to a temporary file, renamed onto ``path``."""
                 with atomic_path(Path(path)) as tmp:
                     torch.save(checkpoint, tmp)
 

@@ -55,6 +55,7 @@ class SmallDenoiser(nn.Module):
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(c.hidden, c.dim))
 
     def time_embedding(self, timestep: Tensor, batch: int, device) -> Tensor:
+        """Sinusoidal features of the (continuous) training timestep, ``[batch, time_features]``."""
         t = torch.as_tensor(timestep, dtype=torch.float32, device=device).reshape(-1)
         t = t.expand(batch) if t.numel() == 1 else t
         half = self.config.time_features // 2
@@ -114,6 +115,7 @@ class MixtureSpec:
     seed: int = 0
 
     def build(self) -> GaussianMixture:
+        """The mixture these arguments describe."""
         return GaussianMixture.ring(**asdict(self))
 
 
@@ -152,6 +154,7 @@ class DenoiserModule(lightning.LightningModule):
         self.register_buffer("alphas_cumprod", abar, persistent=False)
 
     def forward(self, sample: Tensor, timestep, labels: Tensor | int = UNCOND) -> Tensor:
+        """The wrapped model's ``eps`` prediction."""
         return self.model(sample, timestep, labels)
 
     def global_batch(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -171,6 +174,7 @@ class DenoiserModule(lightning.LightningModule):
         return xt, t, labels, eps
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """eps-MSE on this rank's rows of the step's global batch (``batch`` is only a step number)."""
         xt, t, labels, eps = self.global_batch(self.global_step)
         rank, world = self.global_rank, self.trainer.world_size
         if xt.shape[0] % world:
@@ -181,9 +185,11 @@ class DenoiserModule(lightning.LightningModule):
         self.log("train/loss", loss, prog_bar=True, sync_dist=False)
         return loss
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam."""
         s = self.settings
         return torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        """An endless stream of step numbers (the data is drawn in ``training_step``)."""
         return torch.utils.data.DataLoader(_Steps(), batch_size=None)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...core.axes import as_axes
 from ...core.branch import BranchExecutor
 from ...core.errors import ConfigError
 from ...core.guider import GuidanceStep, Guider
@@ -357,10 +358,10 @@ def _bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     x = noise * view.init_noise_sigma
     point = view.point(x, index)
     step = GuidanceStep(
-        point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps, _axes(cfg.axes)
+        point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps, as_axes(cfg.axes)
     )
-    batched = BranchExecutor(unet, branches, view.parameterization, batch=True, check_finite=False)
-    sequential = BranchExecutor(unet, branches, view.parameterization, batch=False, check_finite=False)
+    batched = BranchExecutor(unet, branches, view.parameterization, batch=True)
+    sequential = BranchExecutor(unet, branches, view.parameterization, batch=False)
     with torch.inference_mode():
         real = batched(("cond", "uncond"), point.model_input, point.timestep, step)
     cfg_guider = build_guider({"name": "cfg", "scale": 7.5})
@@ -402,12 +403,6 @@ def _bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     run.write_json("metrics.json", metrics)
     _print_summary(metrics, run)
     return metrics
-
-
-def _axes(layout: str):
-    from ...core.axes import as_axes
-
-    return as_axes(layout)
 
 
 def _combine_fn(guider: Guider, preds: Mapping[str, Prediction], step: GuidanceStep) -> Callable[[], Any]:

@@ -507,6 +507,17 @@ def matched_table(families: dict, setup: dict) -> list[str]:
     ]
 
 
+def _clip_to_baseline(ax_swd, ax_over, base: dict | None) -> None:
+    """Keep the axes on the range that matters: up to 1.6x the baseline's worst value (a method far
+    off, such as beta at a mismatched scale, leaves the chart rather than squashing every other line)."""
+    if not base or not base["scales"]:
+        return
+    values = list(base["scales"].values())
+    ax_swd.set_ylim(0.0, 1.6 * max(v["swd"] for v in values))
+    top = max(v["overshoot"] for v in values)
+    ax_over.set_ylim(-0.6 * abs(top) - 0.2, 1.6 * abs(top) + 0.2)
+
+
 def plot(path, m: dict, rows: list[MethodSweep], baseline: str) -> None:
     import matplotlib
 
@@ -540,6 +551,7 @@ def plot(path, m: dict, rows: list[MethodSweep], baseline: str) -> None:
                     label=label,
                 )
         ref = m["testbeds"][tb]["reference"]
+        _clip_to_baseline(ax_swd, ax_over, res.get(baseline))
         ax_swd.axhline(ref["swd"], color="grey", ls=":", lw=1)
         ax_over.axhline(0.0, color="grey", ls=":", lw=1)
         ax_swd.set(title=f"{tb}: swd to the true conditional", xlabel="scale", ylabel="swd")
