@@ -222,3 +222,24 @@ def test_bad_configs_name_the_culprit():
             for k in ("cond", "uncond")
         }
         TCFG(3.0, space="eps").combine(preds, GuidanceStep(x, flow, None, 0, 10, Axes((1,))))
+
+
+def test_adaptive_batch_agreement_skips_no_later_than_per_sample():
+    """With one cosine over the whole batch, the unconditional branch stops no later (and here
+    earlier) than when every single sample has to agree."""
+    import torch
+
+    from omniguide import CFG, Adaptive, sample
+    from omniguide.core.schedulers import build_scheduler
+    from omniguide.zoo import GaussianMixture, denoiser_for
+
+    mixture = GaussianMixture.ring()
+    y = torch.zeros(500, dtype=torch.long)
+    nfe = {}
+    for agreement in ("per-sample", "batch"):
+        sched = build_scheduler("ddim")
+        out = sample(denoiser_for(mixture, sched), sched, Adaptive(CFG(4.0), agreement=agreement),
+                     torch.randn(500, 2, generator=torch.Generator().manual_seed(0)),
+                     {"cond": {"labels": y}, "uncond": {"labels": y - 1}}, num_steps=30, axes="BD", progress=False)
+        nfe[agreement] = out.nfe
+    assert nfe["batch"] < nfe["per-sample"] <= 60

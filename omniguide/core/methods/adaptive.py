@@ -15,6 +15,10 @@ branches are ``~ x / sigma`` at high noise (cosine ~ 1 from the first step, iden
 model's ``t = 1``), so an eps-space threshold trips at once; in x0 the cosine rises from ~0.65 to 1
 as sampling proceeds, which is the signal the method needs.
 
+``agreement="batch"`` measures one cosine over the whole flattened batch instead (as
+ComfyUI-Adaptive-Guidance does): all samples leave guidance together, so the saving starts as soon
+as the batch as a whole agrees rather than when its slowest sample does.
+
 The agreement mask is state: reset per run (``reset()``, and at step 0), and refused for score
 distillation (no step index). ``threshold = 0.99`` is ComfyUI-Adaptive-Guidance's default; the paper
 searches thresholds near 1 (the exact value it uses is not verified here).
@@ -37,6 +41,9 @@ from .cfg import CFG
 from .common import check_space, in_space
 
 
+AGREEMENTS = ("per-sample", "batch")
+
+
 def cosine(a: Tensor, b: Tensor, axes: Axes) -> Tensor:
     """``<a, b> / (||a|| ||b||)`` over ``axes.reduce``, kept dims for broadcasting."""
     return dot(a, b, axes) / (norm(a, axes) * norm(b, axes)).clamp_min(1e-12)
@@ -52,6 +59,7 @@ class Adaptive(Guider):
     threshold: float = 0.99
     space: str | None = "x0"
     axes: Axes | str | tuple | None = None
+    agreement: str = "per-sample"
     _agreed: Tensor | None = field(default=None, init=False, repr=False, compare=False)
     stateful = True
 
@@ -62,6 +70,8 @@ class Adaptive(Guider):
             raise ConfigError(
                 "guider", f"adaptive needs a guider that falls back to 'cond', not '{self.guider.fallback}'"
             )
+        if self.agreement not in AGREEMENTS:
+            raise ConfigError("agreement", f"unknown '{self.agreement}'; valid: {', '.join(AGREEMENTS)}")
         check_space(self.space)
         self.axes = as_axes(self.axes)
 
@@ -94,7 +104,11 @@ class Adaptive(Guider):
         result = self.guider.combine(preds, step)
         axes = step.require_axes("adaptive", self.axes)
         _, (c, u) = in_space(preds, self.space, "cond", "uncond")
-        now = cosine(c, u, axes) >= self.threshold
+        if self.agreement == "batch":
+            now = cosine(c.reshape(1, -1), u.reshape(1, -1), Axes((1,))) >= self.threshold
+            now = now.reshape([1] * c.ndim).expand_as(cosine(c, u, axes))
+        else:
+            now = cosine(c, u, axes) >= self.threshold
         if agreed is not None:  # samples that agreed earlier already left guidance
             off = passthrough(preds, step)
             mask = agreed.to(result.x0.device)
