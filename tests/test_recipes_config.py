@@ -205,3 +205,17 @@ def test_random_key_paths_fail_cleanly(path, value, capsys):
         assert len(lines) == 1 and lines[0].startswith("error: "), err
         culprit = lines[0][len("error: "):].split(": ")[0]
         assert key.startswith(culprit), (key, err)
+
+
+def test_multi_node_needs_an_explicit_run_dir_and_creates_nothing(tmp_path, capsys):
+    rc, _, err = cli(capsys, "run", str(RECIPES / "sample_base.yaml"), "trainer.num_nodes=2", f"run.root={tmp_path}")
+    assert rc == 2 and err.strip().startswith("error: run.dir: a multi-node job needs an explicit run.dir")
+    assert not list(tmp_path.iterdir())
+
+
+def test_continuing_a_folder_of_another_kind_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("kind: train\n")
+    rc, _, err = cli(capsys, "run", str(RECIPES / "sample_base.yaml"), f"run.dir={run_dir}")
+    assert rc == 2 and err.strip() == f"error: run.dir: {run_dir} holds a 'train' run; this recipe is 'sample'"

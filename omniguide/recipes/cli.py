@@ -87,6 +87,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _run(resolved) -> int:
     from .run import RUN_DIR_ENV, RunContext
 
+    trainer = getattr(resolved.cfg, "trainer", None)
+    if getattr(trainer, "num_nodes", 1) > 1 and not resolved.run.dir:
+        raise ConfigError("run.dir", "a multi-node job needs an explicit run.dir on a shared filesystem "
+                          "(each node would otherwise create its own timestamped folder)")
     prefix = resolved.source.stem if resolved.source is not None else resolved.recipe.name
     run = RunContext.create(resolved.run, prefix, resolved.yaml, resolved.recipe.name)
     # Lightning re-executes this command line for ranks > 0; they must join this folder.

@@ -210,50 +210,51 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Resol
     return resolve(load_raw(path, overrides), source)
 
 
-def typed(schema: type, data: Mapping, path: str) -> Any:
-    """``schema`` instance from plain ``data`` through an omegaconf structured merge."""
+def typed(cls: type, data: Mapping, path: str) -> Any:
+    """A ``cls`` instance from plain ``data`` through an omegaconf structured merge."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+        merged = OmegaConf.merge(OmegaConf.structured(cls), data)
     except Exception as err:
         raise translate_omegaconf_error(err, path) from None
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
-        raise ConfigError(_join(path, missing[0]), "required value is missing")
+        key = str(missing[0]).replace("[", ".").replace("]", "")
+        raise ConfigError(_join(path, key), "required value is missing")
     return OmegaConf.to_object(merged)
 
 
-def check_structure(schema: Any, data: Any, path: str, extra_keys: Sequence[str] = ()) -> None:
+def check_structure(target: Any, data: Any, path: str, extra_keys: Sequence[str] = ()) -> None:
     """Unknown keys and section/list/scalar mismatches, with the nearest valid key.
 
     omegaconf would reject these too, but its messages lose the path inside lists and the
     valid choices; scalar type conversion is left to omegaconf (:func:`typed`)."""
-    origin = typing.get_origin(schema)
-    args = typing.get_args(schema)
+    origin = typing.get_origin(target)
+    args = typing.get_args(target)
     if origin is typing.Union or origin is types.UnionType:
         if data is None:
             return
-        schema = next((a for a in args if a is not type(None)), Any)
-        origin, args = typing.get_origin(schema), typing.get_args(schema)
-    if dataclasses.is_dataclass(schema):
+        target = next((a for a in args if a is not type(None)), Any)
+        origin, args = typing.get_origin(target), typing.get_args(target)
+    if dataclasses.is_dataclass(target):
         if not isinstance(data, Mapping):
             raise ConfigError(path or "<root>", f"expected a section (mapping), got {_kind(data)}")
-        hints = typing.get_type_hints(schema)
-        known = [f.name for f in dataclasses.fields(schema)]
+        hints = typing.get_type_hints(target)
+        known = [f.name for f in dataclasses.fields(target)]
         for key, value in data.items():
             if key not in known:
                 hint = did_you_mean(key, [*known, *extra_keys])
                 raise ConfigError(_join(path, str(key)), f"unknown key{hint}")
             check_structure(hints[key], value, _join(path, key))
-    elif origin in (list, tuple, Sequence) or schema in (list, tuple):
+    elif origin in (list, tuple, Sequence) or target in (list, tuple):
         if not isinstance(data, list):
             raise ConfigError(path, f"expected a list, got {_kind(data)}")
         for i, item in enumerate(data):
             check_structure(args[0] if args else Any, item, _join(path, str(i)))
-    elif origin in (dict, Mapping) or schema in (dict,):
+    elif origin in (dict, Mapping) or target in (dict,):
         if not isinstance(data, Mapping):
             raise ConfigError(path, f"expected a mapping, got {_kind(data)}")
-    elif schema in (int, float, str, bool) and isinstance(data, (Mapping, list)):
-        raise ConfigError(path, f"expected {schema.__name__}, got {_kind(data)}")
+    elif target in (int, float, str, bool) and isinstance(data, (Mapping, list)):
+        raise ConfigError(path, f"expected {target.__name__}, got {_kind(data)}")
 
 
 def translate_omegaconf_error(err: Exception, prefix: str = "") -> ConfigError:

@@ -50,6 +50,7 @@ class RunContext:
     dir: Path
     recipe: str = ""
     rank: int = field(default_factory=env_rank)
+    explicit_dir: bool = False   # the folder was named (run.dir) or inherited, not freshly created
 
     # -- creation ------------------------------------------------------------------------------
     @staticmethod
@@ -57,11 +58,11 @@ class RunContext:
         """Create (rank 0) or join (other ranks) the run folder and write ``config.yaml``."""
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherited:
-            run = RunContext(Path(inherited), recipe)
+            run = RunContext(Path(inherited), recipe, explicit_dir=bool(section.dir))
         elif section.dir:
             path = Path(section.dir)
             path.mkdir(parents=True, exist_ok=True)
-            run = RunContext(path, recipe)
+            run = RunContext(path, recipe, explicit_dir=True)
         else:
             run = RunContext(new_run_dir(Path(section.root), section.name or prefix), recipe)
         if run.is_main:

@@ -68,6 +68,9 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     check_trainer(tcfg, path)
+    if tcfg.num_nodes > 1 and not run.explicit_dir:
+        raise ConfigError("run.dir", "a multi-node job needs an explicit run.dir on a shared filesystem "
+                          "(each node would otherwise create its own timestamped folder)")
     kwargs = {k: v for k, v in vars(tcfg).items() if k not in OWN_KEYS}
     kwargs["strategy"] = _strategy(tcfg)
     kwargs.update(tcfg.extra)
@@ -93,13 +96,24 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
         raise ConfigError(path, " ".join(str(err).split())) from None
 
 
-def _strategy(tcfg: TrainerConfig):
-    """``ddp*`` strategy names become a DDPStrategy carrying the backend and timeout."""
-    if not tcfg.strategy.startswith("ddp"):
-        return tcfg.strategy
+def _device_count(devices: Any) -> int | None:
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return devices
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    return None   # "auto", "-1", "0,1": Lightning decides
+
+
+def _strategy(tcfg: TrainerConfig) -> Any:
+    """``ddp*`` strategy names become a DDPStrategy carrying the backend and timeout; so does
+    ``auto`` with several devices or nodes (where Lightning would pick plain DDP)."""
+    name = tcfg.strategy
+    if name == "auto" and ((_device_count(tcfg.devices) or 1) > 1 or tcfg.num_nodes > 1):
+        name = "ddp"
+    if not name.startswith("ddp"):
+        return name
     from lightning.pytorch.strategies import DDPStrategy
 
-    name = tcfg.strategy
     start = next((m for m in ("spawn", "fork", "notebook") if f"_{m}" in name), "popen")
     find_unused = name.endswith("find_unused_parameters_true")
     return DDPStrategy(process_group_backend=tcfg.process_group_backend,

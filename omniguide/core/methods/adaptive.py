@@ -40,7 +40,6 @@ from ..registry import register_guider
 from .cfg import CFG
 from .common import check_space, in_space
 
-
 AGREEMENTS = ("per-sample", "batch")
 
 

@@ -40,7 +40,7 @@ class SampleConfig:
     steps: int = option(30, ge=1, le=10_000)
     num_samples: int = option(256, ge=1)       # samples per item (points of the prompt's class)
     seed: int = 0                              # item i uses seed + i unless it sets its own
-    progress: bool = False                     # a bar per item over sampling steps (prompts get one anyway)
+    progress: bool | None = None               # a bar per item over sampling steps (None: trainer's setting)
     callbacks: list[dict[str, Any]] = field(default_factory=list)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -84,7 +84,8 @@ def generate_item(cfg: SampleConfig, item: Item) -> tuple[torch.Tensor, dict]:
     noise = torch.randn(n, model.dim, generator=gen)
     start = time.perf_counter()
     out = sample(model.denoiser, scheduler, guider, noise, model.branches(label, n), num_steps=steps,
-                 parameterization=model.parameterization, progress=cfg.progress, generator=gen)
+                 parameterization=model.parameterization, generator=gen,
+                 progress=cfg.trainer.enable_progress_bar if cfg.progress is None else cfg.progress)
     meta = {"index": item.index, "prompt": item.prompt, "seed": item.seed, "guider": guider_cfg,
             "steps": steps, "num_samples": n, "nfe": out.nfe, "seconds": time.perf_counter() - start,
             **model.evaluate(out.sample, label)}
