@@ -118,7 +118,8 @@ class SchedulerView:
 
 
 # -- schedulers by name (recipes) ---------------------------------------------------------------
-_BY_NAME = {
+# short name -> (diffusers class name, config defaults)
+BY_NAME = {
     "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}),
     "ddpm": ("DDPMScheduler", {"clip_sample": False}),
     "euler": ("EulerDiscreteScheduler", {}),
@@ -127,7 +128,7 @@ _BY_NAME = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "flow-euler": ("FlowMatchEulerDiscreteScheduler", {"shift": 1.0}),
 }
-SCHEDULER_NAMES = tuple(_BY_NAME)
+SCHEDULER_NAMES = tuple(BY_NAME)
 
 
 def build_scheduler(name: str, path: str = "scheduler", **overrides):
@@ -138,9 +139,9 @@ def build_scheduler(name: str, path: str = "scheduler", **overrides):
 
     from .errors import ConfigError, did_you_mean
 
-    if name not in _BY_NAME:
-        raise ConfigError(path, f"unknown scheduler '{name}'{did_you_mean(name, _BY_NAME)}")
-    cls_name, defaults = _BY_NAME[name]
+    if name not in BY_NAME:
+        raise ConfigError(path, f"unknown scheduler '{name}'{did_you_mean(name, BY_NAME)}")
+    cls_name, defaults = BY_NAME[name]
     try:
         return getattr(diffusers, cls_name)(**{**defaults, **overrides})
     except TypeError as err:

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError, did_you_mean
-from ..core.schedulers import _BY_NAME, SCHEDULER_NAMES, build_scheduler
-from ..zoo.gaussian_mixture import UNCOND, GaussianMixture, MixtureDenoiser
-from ..zoo.small_denoiser import MixtureSpec, SmallDenoiser
+from ..core.schedulers import BY_NAME, SCHEDULER_NAMES, build_scheduler
+from ..zoo.gaussian_mixture import UNCOND, GaussianMixture, MixtureSpec, denoiser_for
+from ..zoo.small_denoiser import SmallDenoiser
 from .registry import MODELS, SCHEDULERS, register_model
 from .schema import build_dataclass, find_file
 
 for _name in SCHEDULER_NAMES:
-    SCHEDULERS.register(_name)(_BY_NAME[_name][0])
+    SCHEDULERS.register(_name)(BY_NAME[_name][0])
 
 
 def make_scheduler(cfg: Mapping[str, Any], path: str = "scheduler") -> Any:
@@ -102,11 +102,8 @@ class MixtureModel(MixtureSpec):
 
     def build(self, scheduler, path: str = "model") -> SampleModel:
         """The exact denoiser on the scheduler's noise path (VP, or flow for flow-matching schedulers)."""
-        gm = GaussianMixture.ring(**asdict(self))
-        flow = type(scheduler).__name__.startswith("FlowMatch")
-        denoiser = MixtureDenoiser(gm, "flow" if flow else "vp", "flow" if flow else "eps",
-                                   getattr(scheduler, "alphas_cumprod", None),
-                                   scheduler.config.num_train_timesteps)
+        gm = self.mixture()
+        denoiser = denoiser_for(gm, scheduler)
         return SampleModel(denoiser, denoiser.parameterization, gm.dim, gm)
 
 
@@ -135,7 +132,7 @@ class SmallDenoiserModel:
         def denoiser(sample: Tensor, timestep, labels: Tensor | int = UNCOND) -> Tensor:
             return model(sample, timestep, labels)
 
-        return SampleModel(denoiser, "eps", spec.dim, spec.build())
+        return SampleModel(denoiser, "eps", spec.dim, spec.mixture())
 
 
 def make_model(cfg: Mapping[str, Any], scheduler, path: str = "model") -> SampleModel:

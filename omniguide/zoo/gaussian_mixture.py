@@ -107,6 +107,22 @@ class GaussianMixture:
         return self.means[k] + self.stds[k].unsqueeze(1) * z
 
 
+@dataclass
+class MixtureSpec:
+    """The arguments of :meth:`GaussianMixture.ring`, as a config section (recipes, training data)."""
+
+    dim: int = 2
+    classes: int = 3
+    per_class: int = 2
+    radius: float = 3.0
+    std: float = 0.35
+    seed: int = 0
+
+    def mixture(self) -> GaussianMixture:
+        """The mixture these arguments describe."""
+        return GaussianMixture.ring(self.dim, self.classes, self.per_class, self.radius, self.std, self.seed)
+
+
 class MixtureDenoiser:
     """The mixture as a model: ``model(sample, timestep, labels=...)`` like a trained network.
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import ConfigError
-from .gaussian_mixture import UNCOND, GaussianMixture
+from .gaussian_mixture import UNCOND, MixtureSpec
 
 
 @dataclass
@@ -103,22 +103,6 @@ def linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-@dataclass
-class MixtureSpec:
-    """Arguments of :meth:`GaussianMixture.ring` (the data the model is trained on)."""
-
-    dim: int = 2
-    classes: int = 3
-    per_class: int = 2
-    radius: float = 3.0
-    std: float = 0.35
-    seed: int = 0
-
-    def build(self) -> GaussianMixture:
-        """The mixture these arguments describe."""
-        return GaussianMixture.ring(**asdict(self))
-
-
 class _Steps(torch.utils.data.IterableDataset):
     """An endless stream of step numbers: the real batch is drawn in ``training_step``."""
 
@@ -149,7 +133,7 @@ class DenoiserModule(lightning.LightningModule):
                                    "settings": asdict(settings)})
         self.model = SmallDenoiser(model)
         self.spec, self.settings = data, settings
-        self.mixture = data.build()
+        self.mixture = data.mixture()
         abar = linear_alphas_cumprod(model.num_train_timesteps)
         self.register_buffer("alphas_cumprod", abar, persistent=False)
 

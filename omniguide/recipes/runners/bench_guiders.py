@@ -38,7 +38,7 @@ from ...core.errors import ConfigError, OmniguideError
 from ...core.registry import GUIDERS, build_guider
 from ...core.sampler import sample
 from ...core.schedulers import build_scheduler
-from ...zoo import UNCOND, GaussianMixture, denoiser_for
+from ...zoo import UNCOND, GaussianMixture, MixtureSpec, denoiser_for
 from ...zoo.metrics import all_metrics, sliced_wasserstein
 from ..registry import register_recipe
 from ..run import RunContext
@@ -52,14 +52,8 @@ PERTURBED = {
 
 
 @dataclass
-class Testbed:
+class Testbed(MixtureSpec):
     name: str = "2d"
-    dim: int = 2
-    classes: int = 3
-    per_class: int = 2
-    radius: float = 3.0
-    std: float = 0.35
-    seed: int = 0
 
 
 @dataclass
@@ -267,7 +261,7 @@ def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
 
 
 def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, run: RunContext) -> dict:
-    mixture = GaussianMixture.ring(tb.dim, tb.classes, tb.per_class, tb.radius, tb.std, tb.seed)
+    mixture = tb.mixture()
     weak = weak_mixture(mixture, cfg.weak_std_factor)
     n, label = cfg.sampler.samples, cfg.sampler.label
     reference = mixture.sample(n, label, torch.Generator().manual_seed(cfg.seed + 1))

@@ -20,20 +20,14 @@ from ...core.errors import ConfigError
 from ...core.registry import build_guider
 from ...core.sampler import sample
 from ...core.schedulers import build_scheduler
-from ...zoo import UNCOND, GaussianMixture, denoiser_for
+from ...zoo import UNCOND, GaussianMixture, MixtureSpec, denoiser_for
 from ...zoo.metrics import all_metrics
 from ..registry import register_recipe
 from ..run import RunContext
 
 
 @dataclass
-class TestbedConfig:
-    dim: int = 2
-    classes: int = 3
-    per_class: int = 2
-    radius: float = 3.0
-    std: float = 0.35
-    seed: int = 0
+class TestbedConfig(MixtureSpec):
     weak_std_factor: float = 1.5   # autoguidance's "bad version": the same mixture, blurrier
 
 
@@ -104,7 +98,7 @@ def check_quickstart(cfg: QuickstartConfig) -> None:
 def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
     """Sample the 2-D mixture with every guider; write gallery.png and metrics.json."""
     tb = cfg.testbed
-    mixture = GaussianMixture.ring(tb.dim, tb.classes, tb.per_class, tb.radius, tb.std, tb.seed)
+    mixture = tb.mixture()
     n, label = cfg.sampler.samples, cfg.sampler.label
     labels = torch.full((n,), label, dtype=torch.long)
     weak = GaussianMixture(mixture.means, mixture.stds * tb.weak_std_factor, mixture.weights, mixture.labels)

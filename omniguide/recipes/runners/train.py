@@ -21,7 +21,8 @@ from typing import Any
 
 from ...core.errors import ConfigError
 from ...core.registry import Registry
-from ...zoo.small_denoiser import DenoiserModule, MixtureSpec, SmallDenoiserConfig, TrainSettings
+from ...zoo.gaussian_mixture import MixtureSpec
+from ...zoo.small_denoiser import DenoiserModule, SmallDenoiserConfig, TrainSettings
 from ..components import make_callbacks
 from ..registry import COMPONENTS, register_recipe
 from ..run import RunContext
