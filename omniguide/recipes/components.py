@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..core.errors import ConfigError, did_you_mean
 from ..core.schedulers import BY_NAME, SCHEDULER_NAMES, build_scheduler
-from ..zoo.gaussian_mixture import UNCOND, GaussianMixture, MixtureSpec, denoiser_for
+from ..zoo.gaussian_mixture import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
 from ..zoo.small_denoiser import SmallDenoiser
 from .registry import MODELS, SCHEDULERS, register_model
 from .schema import build_dataclass, find_file
@@ -83,7 +83,7 @@ class SampleModel:
     def branches(self, label: int, n: int) -> dict:
         """Branch inputs for ``n`` samples of class ``label`` (and the unconditional branch)."""
         y = torch.full((n,), label, dtype=torch.long, device=self.device)
-        return {"cond": {"labels": y}, "uncond": {"labels": torch.full_like(y, UNCOND)}}
+        return label_branches(y)
 
     def evaluate(self, samples: Tensor, label: int) -> dict:
         """Accuracy (share of samples whose most likely component has ``label``) and moments."""

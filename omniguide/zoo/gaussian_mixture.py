@@ -172,6 +172,18 @@ class MixtureDenoiser:
         return from_x0_eps(x0, eps, self.parameterization, NoiseLevel(a, s)).to(sample.dtype)
 
 
+def label_branches(labels: Tensor, weak_model=None) -> dict:
+    """The testbed's branch table: ``cond`` asks for ``labels``, ``uncond`` for the null label and,
+    with a weak model, ``weak`` is the conditional inputs on that model (autoguidance). A branch
+    only runs when a guider asks for it."""
+    from ..core.branch import Branch
+
+    table = {"cond": {"labels": labels}, "uncond": {"labels": torch.full_like(labels, UNCOND)}}
+    if weak_model is not None:
+        table["weak"] = Branch("weak", base="cond", model=weak_model)
+    return table
+
+
 def denoiser_for(mixture: GaussianMixture, scheduler, parameterization: str | None = None) -> MixtureDenoiser:
     """The mixture as a model trained for ``scheduler``'s path (flow for flow matching, else VP)."""
     from ..core.schedulers import scheduler_family, scheduler_parameterization

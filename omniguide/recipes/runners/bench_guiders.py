@@ -33,12 +33,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from ...core.branch import Branch
 from ...core.errors import ConfigError, OmniguideError
 from ...core.registry import GUIDERS, build_guider
 from ...core.sampler import sample
 from ...core.schedulers import build_scheduler
-from ...zoo import UNCOND, GaussianMixture, MixtureSpec, denoiser_for
+from ...zoo import GaussianMixture, MixtureSpec, denoiser_for, label_branches
 from ...zoo.metrics import all_metrics, sliced_wasserstein
 from ..registry import register_recipe
 from ..run import RunContext
@@ -195,11 +194,7 @@ def run_one(
         labels = torch.full((len(part),), cfg.sampler.label, dtype=torch.long)
         scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
         model = denoiser_for(mixture, scheduler)
-        branches = {
-            "cond": {"labels": labels},
-            "uncond": {"labels": torch.full_like(labels, UNCOND)},
-            "weak": Branch("weak", base="cond", model=denoiser_for(weak, scheduler)),
-        }
+        branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
         out = sample(
             model,
             scheduler,

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from ...core.branch import Branch
 from ...core.errors import ConfigError
 from ...core.registry import build_guider
 from ...core.sampler import sample
 from ...core.schedulers import build_scheduler
-from ...zoo import UNCOND, GaussianMixture, MixtureSpec, denoiser_for
+from ...zoo import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
 from ...zoo.metrics import all_metrics
 from ..registry import register_recipe
 from ..run import RunContext
@@ -115,12 +114,7 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
             guider = build_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
             scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
             model = denoiser_for(mixture, scheduler)
-            branches = {
-                "cond": {"labels": labels},
-                "uncond": {"labels": torch.full_like(labels, UNCOND)},
-                # only runs for guiders that ask for it (autoguidance)
-                "weak": Branch("weak", base="cond", model=denoiser_for(weak, scheduler)),
-            }
+            branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
             start = time.perf_counter()
             out = sample(model, scheduler, guider, noise, branches, num_steps=cfg.sampler.steps, axes=cfg.axes,
                          batch=cfg.sampler.batch, progress=False)
