@@ -203,3 +203,16 @@ def test_half_precision_reductions_do_not_overflow():
     preds = {"cond": Prediction(c, "eps", x, step.noise), "uncond": Prediction(c * 0.9, "eps", x, step.noise)}
     out = CFGZeroStar(scale=5.0, space=None).combine(preds, step)
     assert torch.isfinite(out.eps).all()
+
+
+def test_interval_outside_its_coordinate_range_is_named():
+    from omniguide.core import CFG, ConfigError, Interval, build_guider
+
+    with pytest.raises(ConfigError, match=r"^t: interval \[0.2, 1.5\] is outside the coordinate's range"):
+        Interval(CFG(3.0), t=(0.2, 1.5))
+    with pytest.raises(ConfigError, match=r"^guider\.sigma: interval \[5.0, 1.0\] .* reversed"):
+        build_guider({"name": "interval", "guider": {"name": "cfg"}, "sigma": [5, 1]})
+    with pytest.raises(ConfigError, match="exactly one of sigma=, t=, step="):
+        Interval(CFG(3.0), sigma=(0.1, 1), t=(0.1, 0.5))
+    with pytest.raises(ConfigError, match=r"^guider\.guider\.name: unknown guider 'cfgg'; did you mean 'cfg'"):
+        build_guider({"name": "interval", "guider": {"name": "cfgg"}, "step": [0, 0.5]})
