@@ -36,39 +36,10 @@ from diffusers.hooks.smoothed_energy_guidance_utils import (  # noqa: E402
     SmoothedEnergyGuidanceConfig,
     _gaussian_blur_2d,
 )
+from tiny_models import tiny_dit, tiny_unet  # noqa: E402
 
 STEP, STEPS, T = 3, 10, 500
 MID = "mid_block.attentions.0.transformer_blocks"
-
-
-def tiny_unet():
-    torch.manual_seed(0)
-    return diffusers.UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=2,
-        attention_head_dim=2,
-    ).eval()
-
-
-def tiny_dit():
-    torch.manual_seed(0)
-    return diffusers.DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=4,
-        in_channels=4,
-        num_layers=3,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-        norm_num_groups=1,
-    ).eval()
 
 
 @pytest.fixture(scope="module")

@@ -29,87 +29,10 @@ from omniguide.core.perturbations import (
 )
 
 diffusers = pytest.importorskip("diffusers")
+from tiny_models import ToyDiT, tiny_dit, tiny_sd3, tiny_unet  # noqa: E402
 
 
-# -- tiny models -------------------------------------------------------------------------------------
-def tiny_unet() -> nn.Module:
-    torch.manual_seed(0)
-    return diffusers.UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=2,
-        attention_head_dim=2,
-    ).eval()
-
-
-def tiny_dit() -> nn.Module:
-    torch.manual_seed(0)
-    return diffusers.DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=4,
-        in_channels=4,
-        num_layers=3,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-        norm_num_groups=1,
-    ).eval()
-
-
-def tiny_sd3() -> nn.Module:
-    torch.manual_seed(0)
-    return diffusers.SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=4,
-        num_layers=3,
-        attention_head_dim=4,
-        num_attention_heads=2,
-        joint_attention_dim=8,
-        caption_projection_dim=8,
-        pooled_projection_dim=8,
-        out_channels=4,
-    ).eval()
-
-
-class ToyBlock(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.attn1 = diffusers.models.attention_processor.Attention(query_dim=dim, heads=2, dim_head=4)
-
-    def forward(self, hidden_states):
-        return hidden_states + self.attn1(self.norm(hidden_states))
-
-
-class ToyDiT(nn.Module):
-    """Tokens = every non-(B, C) position of a 3-, 4- or 5-D sample; ``per_frame`` folds the frames
-    of a 5-D sample into the batch (spatial attention) instead of one joint sequence."""
-
-    def __init__(self, channels: int = 3, dim: int = 8, depth: int = 3, per_frame: bool = False):
-        super().__init__()
-        torch.manual_seed(1)
-        self.per_frame = per_frame
-        self.proj_in, self.proj_out = nn.Linear(channels, dim), nn.Linear(dim, channels)
-        self.transformer_blocks = nn.ModuleList(ToyBlock(dim) for _ in range(depth))
-
-    def forward(self, sample, timestep=None):
-        b, c, *rest = sample.shape
-        x = sample.movedim(1, -1)
-        if self.per_frame:
-            x = x.reshape(b * rest[0], -1, c)
-        h = self.proj_in(x.reshape(x.shape[0], -1, c))
-        for block in self.transformer_blocks:
-            h = block(h)
-        return self.proj_out(h).reshape(b, *rest, c).movedim(-1, 1)
-
-
+# -- tiny models (tests/tiny_models.py) -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def unet():
     return tiny_unet()

@@ -18,14 +18,7 @@ recipe run on a GPU (``torch.cuda.synchronize`` brackets every timing).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
-import os
-import pkgutil
-import platform
-import statistics
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,218 +26,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...core.axes import as_axes
 from ...core.branch import BranchExecutor
 from ...core.errors import ConfigError
 from ...core.guider import GuidanceStep, Guider
 from ...core.prediction import Prediction
 from ...core.registry import GUIDERS, build_guider
-from ...core.schedulers import SchedulerView, build_scheduler
+from .. import benchkit
 from ..registry import register_recipe
 from ..run import RunContext
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEVICES = ("auto", "cpu", "cuda")
-
-
-# -- shared with the other bench recipes ------------------------------------------------------------
-@dataclass
-class UNetConfig:
-    """A small ``UNet2DConditionModel`` built in code (random weights): one level per entry of
-    ``block_out_channels``; every level but the first has cross-attention (diffusers' test layout)."""
-
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
-    layers_per_block: int = 1
-    cross_attention_dim: int = 32
-    attention_head_dim: int = 8
-    norm_num_groups: int = 32
-    channels: int = 4
-    sample_size: int = 32
-    tokens: int = 8  # condition tokens per prompt
-    seed: int = 0
+BRANCH_CALLS = ("batched", "sequential", "single")  # the executor calls compared side by side
 
 
 @dataclass
-class TimingConfig:
-    warmup: int = 3  # untimed rounds first
-    repeats: int = 20  # timed rounds (interleaved)
-    inner: int = 50  # combine calls per timing of the (fast) guidance math
+class BenchCoreConfig(benchkit.UNetBenchConfig):
+    """The UNet benchmark fields (:class:`~omniguide.recipes.benchkit.UNetBenchConfig`), then these."""
 
-
-def load_guider_modules() -> dict[str, str]:
-    """Import every module under :mod:`omniguide.core.methods` so that every guider present in the tree
-    is registered; returns ``{module: error}`` for those that fail to import (work in progress)."""
-    from ...core import methods
-
-    failed = {}
-    for info in pkgutil.iter_modules(methods.__path__):
-        try:
-            importlib.import_module(f"{methods.__name__}.{info.name}")
-        except Exception as err:  # another engineer's half-written method must not stop a benchmark
-            failed[info.name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    return failed
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Use ``n`` torch CPU threads inside the block (0: leave them), then restore the previous count."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def pick_device(name: str, path: str = "device") -> torch.device:
-    if name not in DEVICES:
-        raise ConfigError(path, f"unknown device '{name}'; valid: {', '.join(DEVICES)}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(path, "cuda was asked for but torch sees no CUDA device; use device=cpu or auto")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, path: str = "dtype") -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(path, f"unknown dtype '{name}'; valid: {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def check_unet(cfg: UNetConfig, path: str = "model") -> None:
-    if not cfg.block_out_channels:
-        raise ConfigError(f"{path}.block_out_channels", "empty; give one width per level, e.g. [32, 64]")
-    for i, width in enumerate(cfg.block_out_channels):
-        if width <= 0 or width % cfg.norm_num_groups:
-            raise ConfigError(
-                f"{path}.block_out_channels.{i}",
-                f"{width} must be a positive multiple of norm_num_groups={cfg.norm_num_groups}",
-            )
-    if cfg.sample_size % (2 ** (len(cfg.block_out_channels) - 1)):
-        raise ConfigError(
-            f"{path}.sample_size", f"{cfg.sample_size} is not divisible by the UNet's downsampling"
-        )
-    for key in ("layers_per_block", "cross_attention_dim", "attention_head_dim", "channels", "tokens"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{path}.{key}", f"must be >= 1, got {getattr(cfg, key)}")
-
-
-def build_unet(cfg: UNetConfig, device: torch.device, dtype: torch.dtype):
-    """The small diffusers UNet of ``cfg`` in eval mode on ``device`` / ``dtype``."""
-    from diffusers import UNet2DConditionModel
-
-    levels = len(cfg.block_out_channels)
-    torch.manual_seed(cfg.seed)
-    unet = UNet2DConditionModel(
-        sample_size=cfg.sample_size,
-        in_channels=cfg.channels,
-        out_channels=cfg.channels,
-        block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-        cross_attention_dim=cfg.cross_attention_dim,
-        attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=cfg.norm_num_groups,
-    )
-    return unet.eval().to(device=device, dtype=dtype)
-
-
-def unet_inputs(cfg: UNetConfig, batch: int, device, dtype, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """``(noise [B, C, H, W], cond embeddings [B, L, D], uncond embeddings [B, L, D])``."""
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, cfg.channels, cfg.sample_size, cfg.sample_size)
-    noise = torch.randn(shape, generator=gen)
-    cond = torch.randn(batch, cfg.tokens, cfg.cross_attention_dim, generator=gen)
-    uncond = torch.zeros_like(cond)
-    return tuple(t.to(device=device, dtype=dtype) for t in (noise, cond, uncond))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(
-    fns: Mapping[str, Callable[[], Any]],
-    device: torch.device,
-    warmup: int,
-    repeats: int,
-    inner: Mapping[str, int] | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, timed round-robin (order rotated every round) after
-    ``warmup`` untimed rounds. ``inner[name]`` calls are timed together and averaged."""
-    names = list(fns)
-    inner = inner or {}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for name in names:
-                for _ in range(inner.get(name, 1)):
-                    fns[name]()
-        sync(device)
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for r in range(repeats):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                k = inner.get(name, 1)
-                sync(device)
-                start = time.perf_counter()
-                for _ in range(k):
-                    fns[name]()
-                sync(device)
-                times[name].append((time.perf_counter() - start) / k)
-    return times
-
-
-def summary(seconds: list[float]) -> dict[str, float]:
-    """Median and quartiles in milliseconds."""
-    ms = sorted(s * 1e3 for s in seconds)
-    q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
-    return {"median_ms": statistics.median(ms), "p25_ms": q[0], "p75_ms": q[2], "n": len(ms)}
-
-
-def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    import diffusers
-
-    env = {
-        "device": device.type,
-        "dtype": str(dtype).replace("torch.", ""),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    if hasattr(os, "getloadavg"):  # other work on the machine makes CPU timings noisy: say how busy it was
-        env["load_average_1min"] = os.getloadavg()[0]
-    return env
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-# -- this recipe -------------------------------------------------------------------------------------
-@dataclass
-class BenchCoreConfig:
-    model: UNetConfig = field(default_factory=UNetConfig)
-    timing: TimingConfig = field(default_factory=TimingConfig)
-    batch: int = 1  # samples per branch
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "float32"  # float32 | float16 | bfloat16
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-    scheduler: str = "ddim"
-    steps: int = 30  # the schedule the measured step belongs to
-    step_index: int = -1  # which step is measured; -1 = the middle one
     axes: str = "BCHW"
     # every registered guider is measured with its defaults; these override per name (wrappers need
     # an inner guider), 'extra' adds named variants, 'spectral' names the FFT / SVD group
@@ -258,10 +55,7 @@ class BenchCoreConfig:
 
 
 def check_bench_core(cfg: BenchCoreConfig) -> None:
-    check_unet(cfg.model)
-    pick_device(cfg.device)
-    pick_dtype(cfg.dtype)
-    build_scheduler(cfg.scheduler, "scheduler")
+    benchkit.check_unet_bench(cfg)
     for key in ("batch", "steps"):
         if getattr(cfg, key) < 1:
             raise ConfigError(key, f"must be >= 1, got {getattr(cfg, key)}")
@@ -273,13 +67,18 @@ def check_bench_core(cfg: BenchCoreConfig) -> None:
         raise ConfigError("timing", "repeats >= 1, warmup >= 0 and inner >= 1 are required")
     if cfg.threads < 0:
         raise ConfigError("threads", f"must be >= 0, got {cfg.threads}")
-    load_guider_modules()
+    benchkit.load_guider_modules()
     for name, spec in cfg.guiders.items():
         if not isinstance(spec, Mapping):
             raise ConfigError(f"guiders.{name}", "expected a mapping of guider fields (the key is the name)")
         make_guider({"name": name, **spec}, name, "guiders")
     for label, spec in cfg.extra.items():
-        make_guider(dict(spec) if isinstance(spec, Mapping) else {"name": spec}, label, "extra")
+        make_guider(extra_spec(spec), label, "extra")
+
+
+def extra_spec(spec: Any) -> dict[str, Any]:
+    """An ``extra`` entry as a guider config: a mapping, or a bare guider name."""
+    return dict(spec) if isinstance(spec, Mapping) else {"name": spec}
 
 
 def guider_specs(cfg: BenchCoreConfig) -> tuple[dict[str, Any], dict[str, str]]:
@@ -288,12 +87,10 @@ def guider_specs(cfg: BenchCoreConfig) -> tuple[dict[str, Any], dict[str, str]]:
     for name in GUIDERS.names():
         if name in cfg.skip:
             skipped[name] = "skipped by the config"
-        elif name in cfg.guiders:
-            specs[name] = {"name": name, **dict(cfg.guiders[name])}
         else:
-            specs[name] = {"name": name}
+            specs[name] = {"name": name, **dict(cfg.guiders.get(name, {}))}
     for label, spec in cfg.extra.items():
-        specs[label] = dict(spec) if isinstance(spec, Mapping) else {"name": spec}
+        specs[label] = extra_spec(spec)
     return specs, skipped
 
 
@@ -307,9 +104,7 @@ def make_guider(spec: Mapping[str, Any], label: str, section: str = "guiders") -
         return build_guider({**spec, "guider": {"name": "cfg"}}, f"{section}.{label}")
 
 
-def synthetic_preds(
-    names: tuple[str, ...], real: Mapping[str, Prediction], seed: int = 1
-) -> dict[str, Prediction]:
+def synthetic_preds(names: tuple[str, ...], real: Mapping[str, Prediction], seed: int = 1) -> dict[str, Prediction]:
     """The real UNet predictions where they exist; other branches (perturbed, weak) as the conditional
     prediction plus a little noise, which is all the guidance math needs to be timed."""
     gen = torch.Generator().manual_seed(seed)
@@ -338,70 +133,65 @@ def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Predicti
     return preds
 
 
+def step_calls(s: benchkit.UNetStep) -> tuple[dict[str, Callable], dict[str, Prediction]]:
+    """The UNet calls timed side by side (the guided step, batched / sequential / single branch
+    evaluation) and the real cond / uncond predictions at the step."""
+    point, step = s.point, s.step
+    batched = BranchExecutor(s.unet, s.branches, s.view.parameterization, batch=True)
+    sequential = BranchExecutor(s.unet, s.branches, s.view.parameterization, batch=False)
+
+    def forward(executor: BranchExecutor, names: tuple[str, ...]) -> Callable[[], dict[str, Prediction]]:
+        return lambda: executor(names, point.model_input, point.timestep, step)
+
+    both = forward(batched, ("cond", "uncond"))
+    with torch.inference_mode():
+        real = both()
+    cfg_guider = build_guider({"name": "cfg", "scale": 7.5})
+
+    def guided_step() -> Tensor:
+        result = cfg_guider.combine(both(), step)
+        if hasattr(s.scheduler, "_step_index"):
+            s.scheduler._step_index = s.index  # stateful schedulers: step the same index again
+        return s.view.step(result, point, s.x)
+
+    fns: dict[str, Callable] = {
+        "step": guided_step,
+        "batched": both,
+        "sequential": forward(sequential, ("cond", "uncond")),
+        "single": forward(batched, ("cond",)),
+    }
+    return fns, real
+
+
 @register_recipe("bench-core", BenchCoreConfig, check=check_bench_core)
 def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     """Benchmark: guidance math as a share of a guided UNet step; batched vs sequential branches."""
     check_bench_core(cfg)
-    with torch_threads(cfg.threads):
-        return _bench_core(cfg, run)
-
-
-def _bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
-    failed_imports = load_guider_modules()
-    device, dtype = pick_device(cfg.device), pick_dtype(cfg.dtype)
-    unet = build_unet(cfg.model, device, dtype)
-    noise, cond_emb, uncond_emb = unet_inputs(cfg.model, cfg.batch, device, dtype, cfg.model.seed)
-    branches = {"cond": {"encoder_hidden_states": cond_emb}, "uncond": {"encoder_hidden_states": uncond_emb}}
-    scheduler = build_scheduler(cfg.scheduler, "scheduler")
-    view = SchedulerView(scheduler, cfg.steps, device=device)
-    index = cfg.steps // 2 if cfg.step_index < 0 else cfg.step_index
-    x = noise * view.init_noise_sigma
-    point = view.point(x, index)
-    step = GuidanceStep(
-        point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps, as_axes(cfg.axes)
-    )
-    batched = BranchExecutor(unet, branches, view.parameterization, batch=True)
-    sequential = BranchExecutor(unet, branches, view.parameterization, batch=False)
-    with torch.inference_mode():
-        real = batched(("cond", "uncond"), point.model_input, point.timestep, step)
-    cfg_guider = build_guider({"name": "cfg", "scale": 7.5})
-
-    def guided_step() -> Tensor:
-        preds = batched(("cond", "uncond"), point.model_input, point.timestep, step)
-        result = cfg_guider.combine(preds, step)
-        if hasattr(scheduler, "_step_index"):
-            scheduler._step_index = index  # stateful schedulers: step the same index again
-        return view.step(result, point, x)
-
-    fns: dict[str, Callable] = {
-        "step": guided_step,
-        "batched": lambda: batched(("cond", "uncond"), point.model_input, point.timestep, step),
-        "sequential": lambda: sequential(("cond", "uncond"), point.model_input, point.timestep, step),
-        "single": lambda: batched(("cond",), point.model_input, point.timestep, step),
-    }
-    inner: dict[str, int] = {}
-    specs, skipped = guider_specs(cfg)
-    info: dict[str, dict[str, Any]] = {}
-    for label, spec in specs.items():
-        try:
-            guider = make_guider(spec, label)
-            preds = steady_state(guider, step, real)
-        except Exception as err:
-            skipped[label] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            continue
-        fns[f"combine:{label}"] = _combine_fn(guider, preds, step)
-        inner[f"combine:{label}"] = cfg.timing.inner
-        group = "spectral" if spec.get("name") in cfg.spectral or label in cfg.spectral else "elementwise"
-        info[label] = {"group": group, "branches": sorted(preds), "config": guider.config()}
-    run.log(
-        f"bench-core on {device.type} ({dtype}), batch {cfg.batch}, {len(info)} guiders, "
-        f"{cfg.timing.repeats} interleaved rounds after {cfg.timing.warmup} warm-up"
-    )
-    times = interleaved(fns, device, cfg.timing.warmup, cfg.timing.repeats, inner)
-    metrics = _metrics(cfg, device, dtype, unet, times, info, skipped, failed_imports, index)
-    run.write_text("report.md", _report(metrics))
-    run.write_json("metrics.json", metrics)
-    _print_summary(metrics, run)
+    with benchkit.unet_bench(cfg, cfg.axes) as (failed_imports, s):
+        fns, real = step_calls(s)
+        inner: dict[str, int] = {}
+        specs, skipped = guider_specs(cfg)
+        info: dict[str, dict[str, Any]] = {}
+        for label, spec in specs.items():
+            try:
+                guider = make_guider(spec, label)
+                preds = steady_state(guider, s.step, real)
+            except Exception as err:
+                skipped[label] = benchkit.describe_error(err)
+                continue
+            fns[f"combine:{label}"] = _combine_fn(guider, preds, s.step)
+            inner[f"combine:{label}"] = cfg.timing.inner
+            group = "spectral" if spec.get("name") in cfg.spectral or label in cfg.spectral else "elementwise"
+            info[label] = {"group": group, "branches": sorted(preds), "config": guider.config()}
+        run.log(
+            f"bench-core on {s.device.type} ({s.dtype}), batch {cfg.batch}, {len(info)} guiders, "
+            + benchkit.rounds_text(cfg.timing)
+        )
+        times = benchkit.interleaved(fns, s.device, cfg.timing.warmup, cfg.timing.repeats, inner)
+        metrics = _metrics(cfg, s, times, info, skipped, failed_imports)
+        run.write_text("report.md", _report(metrics))
+        run.write_json("metrics.json", metrics)
+        _print_summary(metrics, run)
     return metrics
 
 
@@ -412,49 +202,36 @@ def _combine_fn(guider: Guider, preds: Mapping[str, Prediction], step: GuidanceS
     return call
 
 
-def _metrics(cfg, device, dtype, unet, times, info, skipped, failed_imports, index) -> dict[str, Any]:
-    step = summary(times["step"])
-    med = {name: statistics.median(ts) for name, ts in times.items()}
+def _metrics(cfg: BenchCoreConfig, s: benchkit.UNetStep, times, info, skipped, failed_imports) -> dict[str, Any]:
     combine = {}
     for label, meta in info.items():
-        share = med[f"combine:{label}"] / med["step"]
+        share = benchkit.median_ratio(times[f"combine:{label}"], times["step"])
         combine[label] = {
             **meta,
-            **summary(times[f"combine:{label}"]),
+            **benchkit.summary(times[f"combine:{label}"]),
             "share_of_step": share,
             "meets_target": share < cfg.share_target,
         }
-    target = cfg.gpu_batched_target if device.type == "cuda" else cfg.cpu_batched_target
-    ratio = med["batched"] / med["sequential"]
-    elementwise = [v["share_of_step"] for v in combine.values() if v["group"] == "elementwise"]
-    spectral = [v["share_of_step"] for v in combine.values() if v["group"] == "spectral"]
+    target = cfg.gpu_batched_target if s.device.type == "cuda" else cfg.cpu_batched_target
+    ratio = benchkit.median_ratio(times["batched"], times["sequential"])
+    shares = {g: [v["share_of_step"] for v in combine.values() if v["group"] == g] for g in ("elementwise", "spectral")}
+    model = {**cfg.model.__dict__, "parameters": sum(p.numel() for p in s.unet.parameters())}
     return {
-        "environment": environment(device, dtype),
-        "setup": {
-            "model": {**cfg.model.__dict__, "parameters": sum(p.numel() for p in unet.parameters())},
-            "batch": cfg.batch,
-            "scheduler": cfg.scheduler,
-            "steps": cfg.steps,
-            "step_index": index,
-            "warmup": cfg.timing.warmup,
-            "repeats": cfg.timing.repeats,
-            "inner": cfg.timing.inner,
-        },
-        "step": step,
+        "environment": benchkit.environment(s.device, s.dtype),
+        "setup": {**benchkit.unet_setup(cfg, s.index, model), "inner": cfg.timing.inner},
+        "step": benchkit.summary(times["step"]),
         "combine": combine,
         "combine_summary": {
             "share_target": cfg.share_target,
-            "elementwise_max_share": max(elementwise, default=float("nan")),
-            "spectral_max_share": max(spectral, default=float("nan")),
-            "elementwise_meet_target": all(s < cfg.share_target for s in elementwise),
+            "elementwise_max_share": max(shares["elementwise"], default=float("nan")),
+            "spectral_max_share": max(shares["spectral"], default=float("nan")),
+            "elementwise_meet_target": all(x < cfg.share_target for x in shares["elementwise"]),
         },
         "branches": {
-            "batched": summary(times["batched"]),
-            "sequential": summary(times["sequential"]),
-            "single": summary(times["single"]),
+            **{name: benchkit.summary(times[name]) for name in BRANCH_CALLS},
             "batched_over_sequential": ratio,
-            "batched_over_single": med["batched"] / med["single"],
-            "sequential_over_single": med["sequential"] / med["single"],
+            "batched_over_single": benchkit.median_ratio(times["batched"], times["single"]),
+            "sequential_over_single": benchkit.median_ratio(times["sequential"], times["single"]),
             "target": target,
             "meets_target": ratio <= target,
         },
@@ -463,29 +240,26 @@ def _metrics(cfg, device, dtype, unet, times, info, skipped, failed_imports, ind
     }
 
 
+def _listing(title: str, why: Mapping[str, str]) -> list[str]:
+    """``title: a (why); b (why)`` as report lines, or nothing when ``why`` is empty."""
+    return [f"{title}: " + "; ".join(f"{k} ({v})" for k, v in sorted(why.items())), ""] if why else []
+
+
 def _report(m: dict[str, Any]) -> str:
     env, setup, br = m["environment"], m["setup"], m["branches"]
-    model = setup["model"]
-    where = env.get("gpu", env["cpu"]) + (f", {env['threads']} threads" if env["device"] == "cpu" else "")
     lines = [
         "# bench-core: the cost of guidance on a small diffusers UNet",
         "",
-        f"{env['device']} ({where}), {env['dtype']}, torch {env['torch']}, diffusers {env['diffusers']}. "
-        f"UNet2DConditionModel {model['block_out_channels']} ({model['parameters']:,} parameters), sample "
-        f"{model['channels']}x{model['sample_size']}x{model['sample_size']}, "
-        f"batch {setup['batch']} per branch, "
+        f"{benchkit.environment_text(env, setup['model'])}, batch {setup['batch']} per branch, "
         f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}. Medians of {setup['repeats']} "
         f"interleaved rounds after {setup['warmup']} warm-up; combine timed over {setup['inner']} "
         "calls per round.",
         "",
         "## Batched two-branch evaluation",
         "",
-        markdown_table(
+        benchkit.markdown_table(
             ["call", "median ms", "p25 ms", "p75 ms"],
-            [
-                [name, br[name]["median_ms"], br[name]["p25_ms"], br[name]["p75_ms"]]
-                for name in ("batched", "sequential", "single")
-            ],
+            [[name, br[name]["median_ms"], br[name]["p25_ms"], br[name]["p75_ms"]] for name in BRANCH_CALLS],
         ),
         "",
         f"batched / sequential = **{br['batched_over_sequential']:.3f}** (target <= {br['target']}: "
@@ -499,39 +273,21 @@ def _report(m: dict[str, Any]) -> str:
         f"p75 {m['step']['p75_ms']:.3f}).",
         "",
     ]
-    target = m["combine_summary"]["share_target"]
+    target, yes = m["combine_summary"]["share_target"], benchkit.yes_no
+    header = ["guider", "branches", "combine median µs", "% of step", f"< {100 * target:g}%"]
     for group, title in (
         ("elementwise", "Element-wise and reduction methods"),
         ("spectral", "FFT / pyramid / SVD methods (reported separately)"),
     ):
         rows = [
-            [
-                label,
-                ", ".join(v["branches"]),
-                v["median_ms"] * 1e3,
-                100 * v["share_of_step"],
-                "yes" if v["meets_target"] else "no",
-            ]
+            [label, ", ".join(v["branches"]), v["median_ms"] * 1e3, 100 * v["share_of_step"], yes(v["meets_target"])]
             for label, v in sorted(m["combine"].items())
             if v["group"] == group
         ]
         if rows:
-            lines += [
-                f"### {title}",
-                "",
-                markdown_table(
-                    ["guider", "branches", "combine median µs", "% of step", f"< {100 * target:g}%"], rows
-                ),
-                "",
-            ]
-    if m["skipped"]:
-        lines += ["Not measured: " + "; ".join(f"{k} ({v})" for k, v in sorted(m["skipped"].items())), ""]
-    if m["failed_imports"]:
-        lines += [
-            "Method modules that failed to import: "
-            + "; ".join(f"{k} ({v})" for k, v in sorted(m["failed_imports"].items())),
-            "",
-        ]
+            lines += [f"### {title}", "", benchkit.markdown_table(header, rows), ""]
+    lines += _listing("Not measured", m["skipped"])
+    lines += _listing("Method modules that failed to import", m["failed_imports"])
     return "\n".join(lines)
 
 

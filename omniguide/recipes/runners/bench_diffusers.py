@@ -23,7 +23,6 @@ Writes ``metrics.json`` and ``report.md`` (ratio = omniguide / diffusers median;
 from __future__ import annotations
 
 import contextlib
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,30 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...core.axes import as_axes
 from ...core.branch import BranchExecutor
 from ...core.errors import ConfigError
 from ...core.guider import GuidanceStep, Guider
 from ...core.registry import GUIDERS, build_guider
-from ...core.schedulers import SchedulerView, build_scheduler
+from .. import benchkit
 from ..registry import register_recipe
 from ..run import RunContext
-from .bench_core import (
-    TimingConfig,
-    UNetConfig,
-    build_unet,
-    check_unet,
-    environment,
-    interleaved,
-    load_guider_modules,
-    markdown_table,
-    pick_device,
-    pick_dtype,
-    summary,
-    sync,
-    torch_threads,
-    unet_inputs,
-)
 
 METHODS = ("cfg", "apg", "tcfg", "cfg-zero-star", "fdg", "pag", "skip-layer", "seg")
 NOTES = {
@@ -66,17 +48,18 @@ NOTES = {
 }
 
 
+# diffusers' guiders with a perturbed pass: class, prefix of its scale / start / stop keywords, layer keyword
+PERTURBED = {
+    "pag": ("PerturbedAttentionGuidance", "perturbed_guidance", "perturbed_guidance_config"),
+    "skip-layer": ("SkipLayerGuidance", "skip_layer_guidance", "skip_layer_config"),
+    "seg": ("SmoothedEnergyGuidance", "seg_guidance", "seg_guidance_config"),
+}
+
+
 @dataclass
-class BenchDiffusersConfig:
-    model: UNetConfig = field(default_factory=UNetConfig)
-    timing: TimingConfig = field(default_factory=TimingConfig)
-    batch: int = 1
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0
-    scheduler: str = "ddim"
-    steps: int = 30
-    step_index: int = -1  # -1: the middle step
+class BenchDiffusersConfig(benchkit.UNetBenchConfig):
+    """The UNet benchmark fields (:class:`~omniguide.recipes.benchkit.UNetBenchConfig`), then these."""
+
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     scale: float = 5.0  # CFG scale w (u + w (c - u)) on both sides
     perturbed_scale: float = 2.8  # PAG / SEG / skip-layer scale s
@@ -88,10 +71,7 @@ class BenchDiffusersConfig:
 
 
 def check_bench_diffusers(cfg: BenchDiffusersConfig) -> None:
-    check_unet(cfg.model)
-    pick_device(cfg.device)
-    pick_dtype(cfg.dtype)
-    build_scheduler(cfg.scheduler, "scheduler")
+    benchkit.check_unet_bench(cfg)
     for i, name in enumerate(cfg.methods):
         if name not in METHODS:
             raise ConfigError(
@@ -108,23 +88,16 @@ def check_bench_diffusers(cfg: BenchDiffusersConfig) -> None:
 # -- the two sides of one method ---------------------------------------------------------------------
 def ours_config(name: str, cfg: BenchDiffusersConfig) -> dict[str, Any]:
     w, s = cfg.scale, cfg.perturbed_scale
-    return {
+    configs = {
         "cfg": {"name": "cfg", "scale": w},
-        "apg": {
-            "name": "apg",
-            "scale": w,
-            "eta": 0.0,
-            "norm_threshold": 15.0,
-            "momentum": -0.5,
-            "space": "eps",
-        },
+        "apg": {"name": "apg", "scale": w, "eta": 0.0, "norm_threshold": 15.0, "momentum": -0.5, "space": "eps"},
         "tcfg": {"name": "tcfg", "scale": w},
         "cfg-zero-star": {"name": "cfg-zero-star", "scale": w, "zero_init_steps": 1, "space": None},
         "fdg": {"name": "fdg", "scale": w, "scale_high": 2 * w, "levels": 2},
-        "pag": {"name": "pag", "scale": w, "perturbed_scale": s, "layers": cfg.layers},
-        "skip-layer": {"name": "skip-layer", "scale": w, "perturbed_scale": s, "layers": cfg.layers},
-        "seg": {"name": "seg", "scale": w, "perturbed_scale": s, "layers": cfg.layers},
-    }[name]
+    }
+    for perturbed in PERTURBED:
+        configs[perturbed] = {"name": perturbed, "scale": w, "perturbed_scale": s, "layers": cfg.layers}
+    return configs[name]
 
 
 def diffusers_guider(name: str, cfg: BenchDiffusersConfig):
@@ -133,7 +106,6 @@ def diffusers_guider(name: str, cfg: BenchDiffusersConfig):
     from diffusers.hooks import LayerSkipConfig
 
     w, s, idx, fqn = cfg.scale, cfg.perturbed_scale, list(cfg.diffusers_indices), cfg.diffusers_fqn
-    window = {"start": 0.0, "stop": 1.0}
     if name == "cfg":
         return g.ClassifierFreeGuidance(guidance_scale=w)
     if name == "apg":
@@ -150,38 +122,20 @@ def diffusers_guider(name: str, cfg: BenchDiffusersConfig):
         return g.ClassifierFreeZeroStarGuidance(guidance_scale=w, zero_init_steps=1)
     if name == "fdg":
         return g.FrequencyDecoupledGuidance(guidance_scales=[2 * w, w])
+    if name not in PERTURBED:
+        raise ConfigError("methods", f"unknown method '{name}'")
     if name == "pag":
         layer = LayerSkipConfig(idx, fqn=fqn, skip_attention=False, skip_attention_scores=True, skip_ff=False)
-        return g.PerturbedAttentionGuidance(
-            guidance_scale=w,
-            perturbed_guidance_scale=s,
-            perturbed_guidance_start=0.0,
-            perturbed_guidance_stop=1.0,
-            perturbed_guidance_config=layer,
-            **window,
-        )
-    if name == "skip-layer":
+    elif name == "skip-layer":
         layer = LayerSkipConfig(idx, fqn=fqn, skip_attention=True, skip_ff=True)
-        return g.SkipLayerGuidance(
-            guidance_scale=w,
-            skip_layer_guidance_scale=s,
-            skip_layer_guidance_start=0.0,
-            skip_layer_guidance_stop=1.0,
-            skip_layer_config=layer,
-            **window,
-        )
-    if name == "seg":
+    else:
         from diffusers.hooks.smoothed_energy_guidance_utils import SmoothedEnergyGuidanceConfig
 
-        return g.SmoothedEnergyGuidance(
-            guidance_scale=w,
-            seg_guidance_scale=s,
-            seg_guidance_start=0.0,
-            seg_guidance_stop=1.0,
-            seg_guidance_config=SmoothedEnergyGuidanceConfig(idx, fqn=fqn),
-            **window,
-        )
-    raise ConfigError("methods", f"unknown method '{name}'")
+        layer = SmoothedEnergyGuidanceConfig(idx, fqn=fqn)
+    cls, prefix, layer_key = PERTURBED[name]
+    # the perturbed pass and the guidance itself on at every step (start 0, stop 1)
+    window = {f"{prefix}_start": 0.0, f"{prefix}_stop": 1.0, "start": 0.0, "stop": 1.0}
+    return getattr(g, cls)(guidance_scale=w, **{f"{prefix}_scale": s, layer_key: layer}, **window)
 
 
 @contextlib.contextmanager
@@ -205,18 +159,14 @@ def diffusers_step(
         batches = guider.prepare_inputs({"encoder_hidden_states": (cond, uncond)})
         for b in batches:
             guider.prepare_models(unet)
-            b.noise_pred = unet(
-                sample, timestep, encoder_hidden_states=b.encoder_hidden_states, return_dict=False
-            )[0]
+            b.noise_pred = unet(sample, timestep, encoder_hidden_states=b.encoder_hidden_states, return_dict=False)[0]
             guider.cleanup_models(unet)
         return guider(batches).pred
 
     return call
 
 
-def ours_step(
-    guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind: str
-) -> Callable[[], Tensor]:
+def ours_step(guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind: str) -> Callable[[], Tensor]:
     def call() -> Tensor:
         preds = executor(guider.branches(step), step.x, step.timestep, step)
         return guider.combine(preds, step).to(kind)
@@ -224,108 +174,88 @@ def ours_step(
     return call
 
 
+def both_sides(name: str, cfg: BenchDiffusersConfig, s: benchkit.UNetStep, entry: dict[str, Any]) -> dict:
+    """``{'omniguide:name': step, 'diffusers:name': step}``, each run once; ``entry`` gets why not
+    (``status``) or the difference of their outputs and their forward passes."""
+    if name not in GUIDERS:
+        entry["status"] = "missing"
+        return {}
+    try:
+        with quiet_diffusers():
+            theirs = diffusers_guider(name, cfg)
+    except Exception as err:  # e.g. FDG without kornia
+        entry["status"] = f"diffusers guider unavailable: {benchkit.describe_error(err)}"
+        return {}
+    ours = build_guider(ours_config(name, cfg), f"methods.{name}")
+    ours.reset()
+    executor = BranchExecutor(s.unet, s.branches, s.view.parameterization)
+    executor.with_defaults(ours.branch_defaults())
+    mine = ours_step(ours, executor, s.step, s.view.parameterization)
+    other = diffusers_step(theirs, s.unet, s.point.model_input, s.point.timestep, s.cond, s.uncond, s.index, cfg.steps)
+    try:
+        with torch.inference_mode():
+            a, b = mine(), other()
+            executor.reset_counts()
+            mine()
+    except Exception as err:
+        entry["status"] = f"failed: {benchkit.describe_error(err)}"
+        return {}
+    entry.update(
+        status="ok",
+        max_abs_diff=float((a.float() - b.float()).abs().max()),
+        output_scale=float(b.float().abs().max()),
+        omniguide_forward_passes=executor.forward_passes,
+        diffusers_forward_passes=theirs.num_conditions,
+        omniguide=ours.config(),
+    )
+    return {f"omniguide:{name}": mine, f"diffusers:{name}": other}
+
+
 # -- the recipe --------------------------------------------------------------------------------------
 @register_recipe("bench-diffusers", BenchDiffusersConfig, check=check_bench_diffusers)
 def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
     """Benchmark: omniguide vs diffusers guiders, step time on the same small UNet (ratio per method)."""
     check_bench_diffusers(cfg)
-    with torch_threads(cfg.threads):
-        return _bench_diffusers(cfg, run)
-
-
-def _bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
-    failed_imports = load_guider_modules()
-    device, dtype = pick_device(cfg.device), pick_dtype(cfg.dtype)
-    unet = build_unet(cfg.model, device, dtype)
-    noise, cond, uncond = unet_inputs(cfg.model, cfg.batch, device, dtype, cfg.model.seed)
-    branches = {"cond": {"encoder_hidden_states": cond}, "uncond": {"encoder_hidden_states": uncond}}
-    view = SchedulerView(build_scheduler(cfg.scheduler, "scheduler"), cfg.steps, device=device)
-    index = cfg.steps // 2 if cfg.step_index < 0 else cfg.step_index
-    x = noise * view.init_noise_sigma
-    point = view.point(x, index)
-    step = GuidanceStep(
-        point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps, as_axes("BCHW")
-    )
-    fns: dict[str, Callable[[], Tensor]] = {}
-    status: dict[str, dict[str, Any]] = {}
-    for name in cfg.methods:
-        entry: dict[str, Any] = {"note": NOTES.get(name, "")}
-        status[name] = entry
-        if name not in GUIDERS:
-            entry["status"] = "missing"
-            continue
-        try:
-            with quiet_diffusers():
-                theirs = diffusers_guider(name, cfg)
-        except Exception as err:  # e.g. FDG without kornia
-            entry["status"] = (
-                f"diffusers guider unavailable: {type(err).__name__}: {str(err).splitlines()[0]}"
+    with benchkit.unet_bench(cfg, "BCHW") as (failed_imports, s):
+        fns: dict[str, Callable[[], Tensor]] = {}
+        status: dict[str, dict[str, Any]] = {}
+        for name in cfg.methods:
+            status[name] = {"note": NOTES.get(name, "")}
+            fns.update(both_sides(name, cfg, s, status[name]))
+        ok = sum(e["status"] == "ok" for e in status.values())
+        run.log(f"bench-diffusers on {s.device.type}: {ok} methods, {benchkit.rounds_text(cfg.timing)}")
+        benchkit.sync(s.device)
+        times = benchkit.interleaved(fns, s.device, cfg.timing.warmup, cfg.timing.repeats)
+        for name, entry in status.items():
+            if entry["status"] != "ok":
+                continue
+            ours_t, theirs_t = times[f"omniguide:{name}"], times[f"diffusers:{name}"]
+            ratio = benchkit.median_ratio(ours_t, theirs_t)
+            entry.update(
+                omniguide=benchkit.summary(ours_t) | {"config": entry["omniguide"]},
+                diffusers=benchkit.summary(theirs_t),
+                ratio=ratio,
+                meets_target=ratio <= cfg.target,
             )
-            continue
-        ours = build_guider(ours_config(name, cfg), f"methods.{name}")
-        ours.reset()
-        executor = BranchExecutor(unet, branches, view.parameterization)
-        executor.with_defaults(ours.branch_defaults())
-        mine = ours_step(ours, executor, step, view.parameterization)
-        other = diffusers_step(
-            theirs, unet, point.model_input, point.timestep, cond, uncond, index, cfg.steps
-        )
-        try:
-            with torch.inference_mode():
-                a, b = mine(), other()
-                executor.reset_counts()
-                mine()
-        except Exception as err:
-            entry["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0]}"
-            continue
-        entry.update(
-            status="ok",
-            max_abs_diff=float((a.float() - b.float()).abs().max()),
-            output_scale=float(b.float().abs().max()),
-            omniguide_forward_passes=executor.forward_passes,
-            diffusers_forward_passes=theirs.num_conditions,
-            omniguide=ours.config(),
-        )
-        fns[f"omniguide:{name}"], fns[f"diffusers:{name}"] = mine, other
-    run.log(
-        f"bench-diffusers on {device.type}: {sum(s['status'] == 'ok' for s in status.values())} methods, "
-        f"{cfg.timing.repeats} interleaved rounds after {cfg.timing.warmup} warm-up"
-    )
-    sync(device)
-    times = interleaved(fns, device, cfg.timing.warmup, cfg.timing.repeats)
-    for name, entry in status.items():
-        if entry["status"] != "ok":
-            continue
-        ours_t, theirs_t = times[f"omniguide:{name}"], times[f"diffusers:{name}"]
-        ratio = statistics.median(ours_t) / statistics.median(theirs_t)
-        entry.update(
-            omniguide=summary(ours_t) | {"config": entry["omniguide"]},
-            diffusers=summary(theirs_t),
-            ratio=ratio,
-            meets_target=ratio <= cfg.target,
-        )
-    ok = [e["ratio"] for e in status.values() if e["status"] == "ok"]
-    metrics = {
-        "environment": environment(device, dtype),
-        "setup": {
-            "model": dict(cfg.model.__dict__),
-            "batch": cfg.batch,
-            "scheduler": cfg.scheduler,
-            "steps": cfg.steps,
-            "step_index": index,
-            "scale": cfg.scale,
-            "perturbed_scale": cfg.perturbed_scale,
-            "warmup": cfg.timing.warmup,
-            "repeats": cfg.timing.repeats,
-        },
-        "methods": status,
-        "target": cfg.target,
-        "max_ratio": max(ok, default=float("nan")),
-        "all_meet_target": bool(ok) and all(r <= cfg.target for r in ok),
-        "failed_imports": failed_imports,
-    }
-    run.write_text("report.md", _report(metrics))
-    run.write_json("metrics.json", metrics)
+        ratios = [e["ratio"] for e in status.values() if e["status"] == "ok"]
+        metrics = {
+            "environment": benchkit.environment(s.device, s.dtype),
+            "setup": benchkit.unet_setup(
+                cfg, s.index, dict(cfg.model.__dict__), scale=cfg.scale, perturbed_scale=cfg.perturbed_scale
+            ),
+            "methods": status,
+            "target": cfg.target,
+            "max_ratio": max(ratios, default=float("nan")),
+            "all_meet_target": bool(ratios) and all(r <= cfg.target for r in ratios),
+            "failed_imports": failed_imports,
+        }
+        run.write_text("report.md", _report(metrics))
+        run.write_json("metrics.json", metrics)
+        _print_summary(status, run)
+    return metrics
+
+
+def _print_summary(status: dict[str, dict[str, Any]], run: RunContext) -> None:
     for name, e in status.items():
         if e["status"] == "ok":
             run.log(
@@ -335,12 +265,10 @@ def _bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
             )
         else:
             run.log(f"  {name:<14} {e['status']}")
-    return metrics
 
 
 def _report(m: dict[str, Any]) -> str:
-    env, setup = m["environment"], m["setup"]
-    where = env.get("gpu", env["cpu"]) + (f", {env['threads']} threads" if env["device"] == "cpu" else "")
+    setup = m["setup"]
     rows = []
     for name, e in m["methods"].items():
         if e["status"] != "ok":
@@ -356,30 +284,19 @@ def _report(m: dict[str, Any]) -> str:
                 f"{e['max_abs_diff']:.2g} (of {e['output_scale']:.2g})",
             ]
         )
+    header = ["method", "omniguide ms", "diffusers ms", "ratio"]
+    header += ["forward passes (ours / theirs)", "max |difference| of outputs"]
     notes = [f"- {name}: {e['note']}" for name, e in m["methods"].items() if e.get("note")]
     return "\n".join(
         [
             "# bench-diffusers: omniguide vs diffusers guiders on one small UNet",
             "",
-            f"{env['device']} ({where}), {env['dtype']}, torch {env['torch']}, diffusers {env['diffusers']}. "
-            f"UNet2DConditionModel {setup['model']['block_out_channels']}, "
-            f"sample {setup['model']['channels']}x"
-            f"{setup['model']['sample_size']}x{setup['model']['sample_size']}, batch {setup['batch']}, "
+            f"{benchkit.environment_text(m['environment'], setup['model'])}, batch {setup['batch']}, "
             f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}, w = {setup['scale']}, "
             f"s = {setup['perturbed_scale']}. One guided step without the scheduler step; medians of "
             f"{setup['repeats']} interleaved rounds after {setup['warmup']} warm-up.",
             "",
-            markdown_table(
-                [
-                    "method",
-                    "omniguide ms",
-                    "diffusers ms",
-                    "ratio",
-                    "forward passes (ours / theirs)",
-                    "max |difference| of outputs",
-                ],
-                rows,
-            ),
+            benchkit.markdown_table(header, rows),
             "",
             f"Target: ratio <= {m['target']} for every method; largest ratio {m['max_ratio']:.3f}.",
             "",

@@ -39,9 +39,9 @@ from ...core.sampler import sample
 from ...core.schedulers import build_scheduler
 from ...zoo import GaussianMixture, MixtureSpec, denoiser_for, label_branches
 from ...zoo.metrics import all_metrics, sliced_wasserstein
+from ..benchkit import first_line, load_guider_modules, markdown_table, yes_no
 from ..registry import register_recipe
 from ..run import RunContext
-from .bench_core import load_guider_modules, markdown_table
 
 PERTURBED = {
     "pag": "needs an attention model (perturbs self-attention maps); the mixture has none",
@@ -102,9 +102,7 @@ def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
         if tb.dim < 2 or tb.classes < 1 or tb.per_class < 1 or tb.std <= 0:
             raise ConfigError(f"testbeds.{i}", "needs dim >= 2, classes >= 1, per_class >= 1 and std > 0")
         if not 0 <= cfg.sampler.label < tb.classes:
-            raise ConfigError(
-                "sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})"
-            )
+            raise ConfigError("sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})")
     if len({tb.name for tb in cfg.testbeds}) != len(cfg.testbeds):
         raise ConfigError("testbeds", "testbed names must be unique")
     build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
@@ -165,7 +163,7 @@ def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], di
             for value in sweep.scales:
                 build_guider(guider_config(sweep, value), name)
         except Exception as err:
-            not_run[name] = f"not in the config and not buildable with defaults: {str(err).splitlines()[0]}"
+            not_run[name] = f"not in the config and not buildable with defaults: {first_line(err)}"
             continue
         rows.append(sweep)
     return rows, not_applicable, not_run
@@ -173,9 +171,8 @@ def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], di
 
 def weak_mixture(mixture: GaussianMixture, factor: float) -> GaussianMixture:
     """The same mixture with wider components: a 'bad version' of the exact model."""
-    return GaussianMixture(
-        mixture.means.clone(), mixture.stds * factor, mixture.weights.clone(), mixture.labels.clone()
-    )
+    stds = mixture.stds * factor
+    return GaussianMixture(mixture.means.clone(), stds, mixture.weights.clone(), mixture.labels.clone())
 
 
 def run_one(
@@ -195,16 +192,9 @@ def run_one(
         scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
         model = denoiser_for(mixture, scheduler)
         branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
-        out = sample(
-            model,
-            scheduler,
-            build_guider(guider_cfg, path),
-            part,
-            branches,
-            num_steps=cfg.sampler.steps,
-            axes=cfg.axes,
-            progress=False,
-        )
+        guider = build_guider(guider_cfg, path)
+        steps = cfg.sampler.steps
+        out = sample(model, scheduler, guider, part, branches, num_steps=steps, axes=cfg.axes, progress=False)
         xs.append(out.sample)
         nfe, passes, batches = nfe + out.nfe, passes + out.forward_passes, batches + 1
     return torch.cat(xs), nfe / batches, passes / batches
@@ -247,10 +237,7 @@ def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
         plot(tmp, metrics, rows, baseline)
     run.write_json("metrics.json", metrics)
     for claim in claims:
-        run.log(
-            f"{'HOLDS ' if claim['holds'] else 'FAILS '} [{claim['testbed']}] {claim['claim']}: "
-            f"{claim['detail']}"
-        )
+        run.log(f"{'HOLDS ' if claim['holds'] else 'FAILS '} [{claim['testbed']}] {claim['claim']}: {claim['detail']}")
     run.log(f"bench-guiders done in {metrics['seconds']:.0f} s")
     return metrics
 
@@ -266,20 +253,14 @@ def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, r
     samples: dict[tuple[str, float], Tensor] = {}
     for i, sweep in enumerate(rows):
         label_i = row_label(sweep)
-        entry = out["methods"][label_i] = {
-            "guider": sweep.guider,
-            "key": sweep.key,
-            "family": sweep.family,
-            "scales": {},
-        }
+        entry: dict[str, Any] = {"guider": sweep.guider, "key": sweep.key, "family": sweep.family, "scales": {}}
+        out["methods"][label_i] = entry
         for value in sweep.scales:
             t0 = time.perf_counter()
             try:
-                x, nfe, passes = run_one(
-                    guider_config(sweep, value), f"methods.{i}.guider", mixture, weak, noise, cfg
-                )
+                x, nfe, passes = run_one(guider_config(sweep, value), f"methods.{i}.guider", mixture, weak, noise, cfg)
             except OmniguideError as err:  # a method that cannot run on this testbed (e.g. FDG on 2 entries)
-                entry["error"] = str(err).splitlines()[0]
+                entry["error"] = first_line(err)
                 break
             m = all_metrics(x, mixture, label, reference)
             m.update(nfe=nfe, forward_passes=passes, seconds=time.perf_counter() - t0)
@@ -288,13 +269,9 @@ def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, r
         if "error" in entry:
             run.log(f"[{tb.name}] {label_i}: cannot run here: {entry['error']}")
             continue
-        run.log(
-            f"[{tb.name}] {label_i}: "
-            + ", ".join(
-                f"{k}: swd {v['swd']:.3f} ov {v['overshoot']:+.2f} nfe {v['nfe']:g}"
-                for k, v in entry["scales"].items()
-            )
-        )
+        scales = entry["scales"].items()
+        scores = (f"{k}: swd {v['swd']:.3f} ov {v['overshoot']:+.2f} nfe {v['nfe']:g}" for k, v in scales)
+        run.log(f"[{tb.name}] {label_i}: " + ", ".join(scores))
     # distance of every run to the baseline's samples at the same scale (how closely it reproduces CFG)
     base = cfg.baseline
     for (label_i, value), x in samples.items():
@@ -359,8 +336,7 @@ def check_claims(
             claims.append(
                 {
                     "testbed": tb,
-                    "claim": f"{name} cuts overshoot compared with {baseline} "
-                    f"at scale >= {cfg.high_scales:g}",
+                    "claim": f"{name} cuts overshoot compared with {baseline} at scale >= {cfg.high_scales:g}",
                     "holds": all(a < b for _, a, b in pairs),
                     "detail": ", ".join(f"w={k}: {a:+.2f} vs {b:+.2f}" for k, a, b in pairs),
                 }
@@ -369,29 +345,24 @@ def check_claims(
             guided = {k: v for k, v in per_scale.items() if float(k) > 1}
             if not guided:
                 continue
-            holds = all(
-                v["best_saving"] is not None and v["best_saving"] >= cfg.min_saving - 1e-9
-                for v in guided.values()
-            )
-            detail = ", ".join(
-                f"w={k}: "
-                + (
-                    f"{100 * v['best_saving']:.0f}% ({v['best_setting']})"
-                    if v["best_setting"]
-                    else "no setting within tolerance"
-                )
-                for k, v in guided.items()
-            )
+            savings = [v["best_saving"] for v in guided.values()]
             claims.append(
                 {
                     "testbed": tb,
-                    "holds": holds,
-                    "detail": detail,
+                    "holds": all(x is not None and x >= cfg.min_saving - 1e-9 for x in savings),
+                    "detail": ", ".join(f"w={k}: {_best_setting(v)}" for k, v in guided.items()),
                     "claim": f"{family} saves >= {100 * cfg.min_saving:.0f}% of evaluations at swd within "
                     f"{cfg.swd_tolerance} of {baseline}",
                 }
             )
     return claims
+
+
+def _best_setting(v: dict) -> str:
+    """A family's best setting at one scale, as the claims' detail gives it."""
+    if not v["best_setting"]:
+        return "no setting within tolerance"
+    return f"{100 * v['best_saving']:.0f}% ({v['best_setting']})"
 
 
 # -- outputs -----------------------------------------------------------------------------------------
@@ -425,35 +396,17 @@ def report(m: dict, rows: list[MethodSweep]) -> str:
             if "error" in entry:
                 table.append([label, "-", "cannot run here: " + entry["error"], "", "", "", ""])
             for key, v in entry["scales"].items():
-                table.append(
-                    [
-                        label,
-                        key,
-                        v["swd"],
-                        v["precision"],
-                        v["coverage"],
-                        f"{v['overshoot']:+.3f}",
-                        f"{v['nfe']:g}",
-                    ]
-                )
-        lines += [
-            markdown_table(["method", "scale", "swd", "precision", "coverage", "overshoot", "NFE"], table),
-            "",
-        ]
-        if res["not_applicable"]:
-            lines += [
-                "Not applicable here: " + "; ".join(f"{k}: {v}" for k, v in res["not_applicable"].items()),
-                "",
-            ]
-        if res["not_run"]:
-            lines += ["Not run: " + "; ".join(f"{k}: {v}" for k, v in res["not_run"].items()), ""]
+                scores = [v["swd"], v["precision"], v["coverage"], f"{v['overshoot']:+.3f}", f"{v['nfe']:g}"]
+                table.append([label, key, *scores])
+        lines += [markdown_table(["method", "scale", "swd", "precision", "coverage", "overshoot", "NFE"], table), ""]
+        for title, why in (("Not applicable here", res["not_applicable"]), ("Not run", res["not_run"])):
+            if why:
+                lines += [f"{title}: " + "; ".join(f"{k}: {v}" for k, v in why.items()), ""]
         lines += matched_table(m["matched_quality"].get(tb, {}), setup)
     lines += ["## Claims", ""]
     for c in m["claims"]:
-        lines.append(
-            f"- [{c['testbed']}] **{'holds' if c['holds'] else 'does not hold'}**: "
-            f"{c['claim']} ({c['detail']})"
-        )
+        verdict = "holds" if c["holds"] else "does not hold"
+        lines.append(f"- [{c['testbed']}] **{verdict}**: {c['claim']} ({c['detail']})")
     return "\n".join(lines) + "\n"
 
 
@@ -464,34 +417,15 @@ def matched_table(families: dict, setup: dict) -> list[str]:
     for family, per_scale in families.items():
         for key, v in per_scale.items():
             for label, s in v["settings"].items():
-                rows.append(
-                    [
-                        family,
-                        key,
-                        label,
-                        f"{100 * s['saving']:.0f}%",
-                        s["swd"],
-                        s["baseline_swd"],
-                        "yes" if s["matched"] else "no",
-                        "-" if s["swd_to_baseline"] is None else f"{s['swd_to_baseline']:.3f}",
-                    ]
-                )
+                to_base = "-" if s["swd_to_baseline"] is None else f"{s['swd_to_baseline']:.3f}"
+                saved = f"{100 * s['saving']:.0f}%"
+                rows.append([family, key, label, saved, s["swd"], s["baseline_swd"], yes_no(s["matched"]), to_base])
+    base = setup["baseline"]
+    header = ["family", "scale", "setting", "NFE saved", "swd", f"{base} swd", "matched", f"swd to {base} samples"]
     return [
-        f"Matched quality (swd within {setup['swd_tolerance']} of {setup['baseline']} at the same scale):",
+        f"Matched quality (swd within {setup['swd_tolerance']} of {base} at the same scale):",
         "",
-        markdown_table(
-            [
-                "family",
-                "scale",
-                "setting",
-                "NFE saved",
-                "swd",
-                f"{setup['baseline']} swd",
-                "matched",
-                f"swd to {setup['baseline']} samples",
-            ],
-            rows,
-        ),
+        markdown_table(header, rows),
         "",
     ]
 
@@ -532,22 +466,15 @@ def plot(path, m: dict, rows: list[MethodSweep], baseline: str) -> None:
             ax_over.plot([x * scale_of for x in xs], [v["overshoot"] for v in scales.values()], **style)
             family = next((rw.family for rw in rows if row_label(rw) == label), None)
             if family or label == baseline:
-                ax_nfe.scatter(
-                    [v["nfe"] for v in scales.values()],
-                    [v["swd"] for v in scales.values()],
-                    color=style["color"],
-                    s=14,
-                    label=label,
-                )
+                nfe, swd = [v["nfe"] for v in scales.values()], [v["swd"] for v in scales.values()]
+                ax_nfe.scatter(nfe, swd, color=style["color"], s=14, label=label)
         ref = m["testbeds"][tb]["reference"]
         _clip_to_baseline(ax_swd, ax_over, res.get(baseline))
         ax_swd.axhline(ref["swd"], color="grey", ls=":", lw=1)
         ax_over.axhline(0.0, color="grey", ls=":", lw=1)
         ax_swd.set(title=f"{tb}: swd to the true conditional", xlabel="scale", ylabel="swd")
         ax_over.set(title=f"{tb}: overshoot (component stds)", xlabel="scale", ylabel="overshoot")
-        ax_nfe.set(
-            title=f"{tb}: quality vs cost (pass-saving methods)", xlabel="NFE per sample", ylabel="swd"
-        )
+        ax_nfe.set(title=f"{tb}: quality vs cost (pass-saving methods)", xlabel="NFE per sample", ylabel="swd")
         ax_nfe.legend(fontsize=6)
         if r == 0:
             ax_swd.legend(fontsize=6, ncol=2)

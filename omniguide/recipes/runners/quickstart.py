@@ -127,7 +127,6 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
     with run.atomic("gallery.png") as tmp:
         everything = mixture.sample(n, UNCOND, torch.Generator().manual_seed(cfg.seed + 3))
         _gallery(tmp, panels, reference, everything, cfg)
-    run.write_json("metrics.json", metrics)
     return metrics
 
 

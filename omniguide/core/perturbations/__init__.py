@@ -1,0 +1,74 @@
+"""Perturbations: what a perturbed branch changes inside the model while (and only while) it runs.
+
+A perturbation is called with the branch's model and returns a context manager; the executor
+enters it around that branch's forward pass only (see :class:`~omniguide.core.branch.Perturbation`).
+Three are implemented for diffusers-style attention, duck-typed (this package imports torch only):
+
+* :class:`IdentityAttention` (PAG, Ahn et al. 2024, arXiv:2403.17377): the self-attention map is
+  replaced by the identity, so ``softmax(QK^T/sqrt(d)) V`` becomes ``V``. Implemented by a
+  ``TorchFunctionMode`` that answers ``F.scaled_dot_product_attention`` with ``value`` inside the
+  selected modules only.
+* :class:`BlurredQueries` (SEG, Hong 2024, arXiv:2408.00760): the self-attention queries are
+  Gaussian-blurred on their token grid (2-D for images, per frame for video, 1-D for audio);
+  ``sigma = inf`` replaces them by their mean. The grid comes from the sample's aspect ratio.
+* :class:`SkipBlocks` (skip-layer guidance, SD3.5 / STG arXiv:2411.18664): a block returns its input.
+
+Layers are chosen with *selectors*: an int (a block of a transformer's block list; negative
+counts from the end), ``"mid"``, ``"down"``, ``"up"``, ``"down.1"``, ``"up.0"`` (UNet regions), or a
+module name, name prefix or glob (``"transformer_blocks.3"``, ``"*.attn1"``). ``None`` means the
+method's default. A selector that matches nothing is an error naming it, and a selected module that
+never runs during the forward pass is an error too: a perturbed branch never silently equals ``cond``.
+Hooks are removed when the branch ends, also when its forward pass raises.
+
+Modules: :mod:`.selection` (finding the model's modules, selectors, defaults), :mod:`.base` (the
+common dataclass, forward patching and its removal), :mod:`.attention` (identity attention, blurred
+queries), :mod:`.blur` (the Gaussian blur and the token grid), :mod:`.skip` (block skipping).
+"""
+
+from .attention import BlurredQueries, IdentityAttention
+from .base import LayerPerturbation, check_fired, patched_forwards
+from .blur import INF_BLUR, blur_queries, gaussian_blur, gaussian_kernel_size, token_grid
+from .selection import (
+    BLOCK_LISTS,
+    UNET_REGIONS,
+    Selector,
+    as_selectors,
+    block_modules,
+    default_attention_layers,
+    default_skip_layers,
+    find_module,
+    is_attention,
+    is_self_attention,
+    main_blocks,
+    select,
+    select_self_attention,
+)
+from .skip import OUTPUT_ORDER, SkipBlocks
+
+__all__ = [
+    "BLOCK_LISTS",
+    "INF_BLUR",
+    "OUTPUT_ORDER",
+    "UNET_REGIONS",
+    "BlurredQueries",
+    "IdentityAttention",
+    "LayerPerturbation",
+    "Selector",
+    "SkipBlocks",
+    "as_selectors",
+    "block_modules",
+    "blur_queries",
+    "check_fired",
+    "default_attention_layers",
+    "default_skip_layers",
+    "find_module",
+    "gaussian_blur",
+    "gaussian_kernel_size",
+    "is_attention",
+    "is_self_attention",
+    "main_blocks",
+    "patched_forwards",
+    "select",
+    "select_self_attention",
+    "token_grid",
+]

@@ -1,0 +1,69 @@
+"""What every layer perturbation shares: the dataclass base, forward patching with guaranteed
+removal, and the check that every selected module really ran."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..errors import GuidanceError
+from .selection import Selector, as_selectors, find_module
+
+
+# -- patching forwards, with guaranteed removal ----------------------------------------------------
+@contextlib.contextmanager
+def patched_forwards(
+    modules: dict[str, nn.Module], wrap: Callable[[str, nn.Module, Callable], Callable]
+) -> Iterator:
+    """Replace ``module.forward`` by ``wrap(name, module, forward)`` while the block runs."""
+    saved = []
+    try:
+        for name, module in modules.items():
+            saved.append((module, module.__dict__.get("forward")))
+            module.forward = wrap(name, module, module.forward)
+        yield
+    finally:
+        for module, previous in reversed(saved):
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+
+
+def check_fired(fired: dict[str, int], who: str, what: str) -> None:
+    """A selected module that never ran is an error: a perturbed branch never silently equals ``cond``."""
+    idle = [name for name, count in fired.items() if count == 0]
+    if idle:
+        raise GuidanceError(f"{who}: {what} never happened in {idle[0]} during the forward pass{_more(idle)}")
+
+
+def _more(names: list[str]) -> str:
+    return f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+
+
+@dataclass(frozen=True)
+class LayerPerturbation:
+    """Base of the perturbations: ``layers`` (selectors; ``None`` for the method's default) and
+    ``module`` (the ``nn.Module`` to act on; ``None`` finds it inside the model callable).
+    ``perturbation(model)`` returns the context manager ``_run(model)`` of the subclass."""
+
+    layers: tuple[Selector, ...] | None = None
+    module: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", as_selectors(self.layers, f"{self.who}.layers"))
+
+    who = "perturbation"
+
+    def root(self, model: Any) -> nn.Module:
+        return self.module if self.module is not None else find_module(model)
+
+    def __call__(self, model: Any) -> contextlib.AbstractContextManager:
+        return self._run(model)
+
+    def _run(self, model: Any) -> contextlib.AbstractContextManager:
+        raise NotImplementedError

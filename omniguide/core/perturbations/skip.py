@@ -1,0 +1,90 @@
+"""Skip-layer guidance's perturbation: selected transformer blocks return their input."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import GuidanceError
+from .base import LayerPerturbation, check_fired, patched_forwards
+from .selection import block_modules, default_skip_layers, select
+
+
+@dataclass(frozen=True)
+class SkipBlocks(LayerPerturbation):
+    """Skip-layer guidance's perturbation: each selected transformer block returns its input.
+
+    Stability AI's SD3.5 skip-layer guidance (layers 7-9, diffusers ``pipeline_stable_diffusion_3``)
+    and STG (Hyung et al., arXiv:2411.18664). Tuple-returning blocks (joint text+image streams) return
+    each stream's input in the block's own output order (``None`` stays ``None``)."""
+
+    who = "skip-layer"
+
+    @contextlib.contextmanager
+    def _run(self, model: Any) -> Iterator:
+        root = self.root(model)
+        layers = self.layers or default_skip_layers(root)
+        targets = select(root, layers, block_modules(root), self.who, "transformer block")
+        fired = dict.fromkeys(targets, 0)
+
+        def wrap(name, module, forward):
+            signature = inspect.signature(forward)
+
+            def skipped_forward(*args, **kwargs):
+                fired[name] += 1
+                try:
+                    bound = signature.bind(*args, **kwargs).arguments
+                except TypeError:
+                    bound = {}
+                hidden = bound.get("hidden_states", kwargs.get("hidden_states", args[0] if args else None))
+                context = bound.get("encoder_hidden_states", kwargs.get("encoder_hidden_states"))
+                if not isinstance(hidden, Tensor):
+                    raise GuidanceError(f"skip-layer: cannot find the input hidden states of block {name}")
+                # the block still runs once so its output structure is known exactly
+                out = forward(*args, **kwargs)
+                return _inputs_as_outputs(out, hidden, context, name, type(module).__name__)
+            return skipped_forward
+
+        with patched_forwards(targets, wrap):
+            yield
+        check_fired(fired, self.who, "a call of the block")
+
+
+# output order of tuple-returning blocks, used when both streams have the same shape
+OUTPUT_ORDER = {
+    "JointTransformerBlock": ("context", "hidden"),
+    "FluxTransformerBlock": ("context", "hidden"),
+    "FluxSingleTransformerBlock": ("context", "hidden"),
+    "CogVideoXBlock": ("hidden", "context"),
+    "HunyuanVideoTransformerBlock": ("hidden", "context"),
+}
+
+
+def _inputs_as_outputs(out: Any, hidden: Tensor, context: Tensor | None, name: str, kind: str = "") -> Any:
+    if isinstance(out, Tensor):
+        return hidden
+    if not isinstance(out, (tuple, list)):
+        raise GuidanceError(f"skip-layer: block {name} returned {type(out).__name__}; cannot skip it")
+    mapped = []
+    for item in out:
+        if item is None or not isinstance(item, Tensor):
+            mapped.append(item)
+            continue
+        is_hidden = item.shape == hidden.shape
+        is_context = context is not None and item.shape == context.shape
+        if is_hidden and is_context and kind in OUTPUT_ORDER and len(out) == 2:
+            is_hidden = OUTPUT_ORDER[kind][len(mapped)] == "hidden"
+            is_context = not is_hidden
+        if is_hidden == is_context:
+            raise GuidanceError(
+                f"skip-layer: cannot tell which input block {name} returns for an output of shape "
+                f"{tuple(item.shape)} (hidden {tuple(hidden.shape)}, context "
+                f"{None if context is None else tuple(context.shape)})"
+            )
+        mapped.append(hidden if is_hidden else context)
+    return type(out)(mapped)
