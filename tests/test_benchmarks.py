@@ -26,7 +26,9 @@ TINY_UNET = [
 
 def run_recipe(name: str, overrides: list[str], tmp_path: Path) -> tuple[dict, Path]:
     resolved = load_recipe(CONFIGS / name, overrides)
-    out = resolved.recipe.fn(resolved.cfg, RunContext(tmp_path, resolved.recipe.name))
+    run = RunContext(tmp_path, resolved.recipe.name)
+    out = resolved.recipe.fn(resolved.cfg, run)
+    run.write_json("metrics.json", out)  # what the CLI does with a recipe's result
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert set(on_disk) == set(out)
     return on_disk, tmp_path

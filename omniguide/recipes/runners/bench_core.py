@@ -190,7 +190,6 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
         times = benchkit.interleaved(fns, s.device, cfg.timing.warmup, cfg.timing.repeats, inner)
         metrics = _metrics(cfg, s, times, info, skipped, failed_imports)
         run.write_text("report.md", _report(metrics))
-        run.write_json("metrics.json", metrics)
         _print_summary(metrics, run)
     return metrics
 

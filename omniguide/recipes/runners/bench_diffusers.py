@@ -250,7 +250,6 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
             "failed_imports": failed_imports,
         }
         run.write_text("report.md", _report(metrics))
-        run.write_json("metrics.json", metrics)
         _print_summary(status, run)
     return metrics
 

@@ -235,7 +235,6 @@ def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
     run.write_text("table.md", report(metrics, rows))
     with run.atomic("plot.png") as tmp:
         plot(tmp, metrics, rows, baseline)
-    run.write_json("metrics.json", metrics)
     for claim in claims:
         run.log(f"{'HOLDS ' if claim['holds'] else 'FAILS '} [{claim['testbed']}] {claim['claim']}: {claim['detail']}")
     run.log(f"bench-guiders done in {metrics['seconds']:.0f} s")
