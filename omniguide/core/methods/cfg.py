@@ -15,16 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import cfg, cfg_branches, check_form, form_neutral
+from .common import CFGFamily, cfg, check_form
 
 
 @register_guider("cfg")
 @dataclass
-class CFG(Guider):
+class CFG(CFGFamily):
     """Classifier-free guidance: ``u + w (c - u)`` (or ``c + w (c - u)`` with ``form``).
 
     Ho & Salimans, "Classifier-Free Diffusion Guidance", arXiv:2207.12598. At the neutral scale
@@ -35,13 +35,6 @@ class CFG(Guider):
 
     def __post_init__(self):
         check_form(self.form)
-
-    @property
-    def neutral(self) -> float:
-        return form_neutral(self.form)
-
-    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        return cfg_branches(self, step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

@@ -26,17 +26,17 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, passthrough
+from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import cfg, cfg_branches, check_form, check_space, form_neutral, guided_in, in_space
+from .common import CFGFamily, cfg, cfg_branches, check_form, check_space, guided_in, in_space
 from .fdg import merge_bands, split_bands
 
 
 @register_guider("cfg-cache")
 @dataclass
-class CFGCache(Guider):
+class CFGCache(CFGFamily):
     """CFG whose residual ``c - u`` is recomputed every ``every`` steps and reused in between
     (after FasterCache, arXiv:2410.19355); see the module docstring."""
 
@@ -57,10 +57,6 @@ class CFGCache(Guider):
         if int(self.every) < 1:
             raise ConfigError("every", f"recompute the residual every k >= 1 steps, got {self.every}")
         self.axes = as_axes(self.axes)
-
-    @property
-    def neutral(self) -> float:
-        return form_neutral(self.form)
 
     def reset(self) -> None:
         self._cache = None

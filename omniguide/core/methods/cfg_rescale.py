@@ -19,11 +19,11 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes, std
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, guided, passthrough
 from ..prediction import PARAMETERIZATIONS, Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import cfg, cfg_branches, check_form, form_neutral
+from .common import CFGFamily, cfg, check_form
 
 
 def rescale(pred: Tensor, cond: Tensor, phi: float, axes: Axes) -> Tensor:
@@ -34,7 +34,7 @@ def rescale(pred: Tensor, cond: Tensor, phi: float, axes: Axes) -> Tensor:
 
 @register_guider("cfg-rescale")
 @dataclass
-class CFGRescale(Guider):
+class CFGRescale(CFGFamily):
     """``phi * g * std(c)/std(g) + (1 - phi) * g`` with ``g`` the CFG prediction (Lin et al. 2023)."""
 
     scale: Scale = 7.5
@@ -50,13 +50,6 @@ class CFGRescale(Guider):
         if self.space not in PARAMETERIZATIONS:
             raise ConfigError("space", f"unknown space '{self.space}'; valid: {', '.join(PARAMETERIZATIONS)}")
         self.axes = as_axes(self.axes)
-
-    @property
-    def neutral(self) -> float:
-        return form_neutral(self.form)
-
-    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        return cfg_branches(self, step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

@@ -27,11 +27,11 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes, dot
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import cfg, cfg_branches, check_form, check_space, form_neutral, guided_in, in_space
+from .common import CFGFamily, cfg, cfg_branches, check_form, check_space, guided_in, in_space
 
 
 def optimized_scale(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
@@ -41,7 +41,7 @@ def optimized_scale(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
 
 @register_guider("cfg-zero-star")
 @dataclass
-class CFGZeroStar(Guider):
+class CFGZeroStar(CFGFamily):
     """``s* u + w (c - s* u)`` with ``s* = <c,u>/||u||^2``, and zero output for the first
     ``zero_init_steps`` steps (Fan et al. 2025, arXiv:2503.18886).
 
@@ -61,10 +61,6 @@ class CFGZeroStar(Guider):
         if int(self.zero_init_steps) < 0:
             raise ConfigError("zero_init_steps", f"must be >= 0, got {self.zero_init_steps}")
         self.axes = as_axes(self.axes)
-
-    @property
-    def neutral(self) -> float:
-        return form_neutral(self.form)
 
     def zeroed(self, step: GuidanceStep) -> bool:
         return step.index is not None and step.index < int(self.zero_init_steps)

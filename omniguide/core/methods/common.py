@@ -74,3 +74,16 @@ def clip_norm(d: Tensor, threshold: float, axes: Axes) -> Tensor:
     if threshold <= 0:
         return d
     return d * torch.clamp(threshold / norm(d, axes), max=1.0)
+
+
+class CFGFamily(Guider):
+    """What every method of the form ``base + w * update(c, u)`` shares: the neutral scale of its
+    named ``form`` (1 for ``u+w(c-u)``, 0 for ``c+w(c-u)``) and the two-branch plan (one pass at the
+    neutral scale). Subclasses are dataclasses with ``scale`` and ``form`` fields."""
+
+    @property
+    def neutral(self) -> float:
+        return form_neutral(self.form)
+
+    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
+        return cfg_branches(self, step)

@@ -32,11 +32,11 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, passthrough
+from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import check_form, check_space, form_neutral, guided_in, in_space, project
+from .common import CFGFamily, check_form, check_space, guided_in, in_space, project
 
 TRANSFORMS = ("pyramid", "fft")
 _BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
@@ -110,7 +110,7 @@ def pad_for_pyramid(x: Tensor, dims: tuple[int, ...], levels: int, who: str = "f
 
 @register_guider("fdg")
 @dataclass
-class FDG(Guider):
+class FDG(CFGFamily):
     """Frequency-decoupled guidance: CFG per frequency band with ``scale`` (low band) and
     ``scale_high`` (higher bands); see the module docstring (Sadat et al. 2025, arXiv:2506.19713).
 
@@ -137,10 +137,6 @@ class FDG(Guider):
         if isinstance(self.scale_high, tuple) and len(self.scale_high) != self.levels - 1:
             raise ConfigError("scale_high", f"give one scale or {self.levels - 1} (one per upper band)")
         self.axes = as_axes(self.axes)
-
-    @property
-    def neutral(self) -> float:
-        return form_neutral(self.form)
 
     def band_scales(self, step: GuidanceStep) -> list:
         high = self.scale_high

@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from ..axes import Axes, as_axes, dot
-from ..guider import GuidanceStep, Guider, passthrough
+from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import cfg, cfg_branches, check_form, check_space, form_neutral, guided_in, in_space
+from .common import CFGFamily, cfg, check_form, check_space, guided_in, in_space
 
 
 def tangential_damp(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
@@ -42,7 +42,7 @@ def tangential_damp(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
 
 @register_guider("tcfg")
 @dataclass
-class TCFG(Guider):
+class TCFG(CFGFamily):
     """CFG with the unconditional prediction projected on the top singular direction of ``[c; u]``
     (Kwon et al. 2025, arXiv:2503.18137): ``u' + w (c - u')``.
 
@@ -59,13 +59,6 @@ class TCFG(Guider):
         check_form(self.form)
         check_space(self.space)
         self.axes = as_axes(self.axes)
-
-    @property
-    def neutral(self) -> float:
-        return form_neutral(self.form)
-
-    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        return cfg_branches(self, step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:
