@@ -5,6 +5,7 @@ guiders and schedulers; every result must stay finite, on the GPU, in its dtype.
 """
 import torch
 from diffusers import UNet2DConditionModel
+
 from omniguide import APG, CFG, PAG, CFGPlusPlus, CFGZeroStar, Interval, sample
 from omniguide.core.schedulers import build_scheduler
 
@@ -20,7 +21,8 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32):
                    Interval(CFG(5.0), sigma=(0.3, 5.0)), PAG(5.0, 3.0, layers="mid")):
         for sched in ("ddim", "euler", "dpm++"):
             with torch.no_grad():
-                out = sample(model, build_scheduler(sched), guider, torch.randn(2, 4, 32, 32, device="cuda", dtype=dtype),
+                noise = torch.randn(2, 4, 32, 32, device="cuda", dtype=dtype)
+                out = sample(model, build_scheduler(sched), guider, noise,
                              {"cond": {"encoder_hidden_states": c}, "uncond": {"encoder_hidden_states": u}},
                              num_steps=8, axes="BCHW", progress=False)
             assert out.sample.device.type == "cuda" and out.sample.dtype == dtype, (out.sample.device, out.sample.dtype)
