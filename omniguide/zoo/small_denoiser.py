@@ -177,3 +177,15 @@ class DenoiserModule(lightning.LightningModule):
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         """An endless stream of step numbers (the data is drawn in ``training_step``)."""
         return torch.utils.data.DataLoader(_Steps(), batch_size=None)
+
+
+def build_trainable(model: dict, recipe: Any, path: str = "model") -> DenoiserModule:
+    """The ``train`` recipe's module for ``model: {name: small-denoiser, ...}`` on ``recipe.data``
+    (Gaussian-mixture ring arguments)."""
+    from ..recipes.schema import build_dataclass
+
+    return DenoiserModule(
+        build_dataclass(SmallDenoiserConfig, model, path),
+        build_dataclass(MixtureSpec, recipe.data, "data", skip=()),
+        TrainSettings(recipe.batch_size, recipe.lr, recipe.weight_decay, recipe.cond_dropout, recipe.seed),
+    )

@@ -21,20 +21,18 @@ from typing import Any
 
 from ...core.errors import ConfigError
 from ...core.registry import Registry
-from ...zoo.gaussian_mixture import MixtureSpec
-from ...zoo.small_denoiser import DenoiserModule, SmallDenoiserConfig, TrainSettings
+from ...zoo.trainables import TRAINABLES, trainable
 from ..components import make_callbacks
 from ..registry import COMPONENTS, register_recipe
 from ..run import RunContext
 from ..runtime import build_trainer, check_trainer, newest_checkpoint
-from ..schema import TrainerConfig, build_dataclass, find_file, option
+from ..schema import TrainerConfig, find_file, option
 
-# name -> (model config dataclass, factory(model_cfg, recipe cfg) -> LightningModule)
-TRAINABLES = Registry("trainable model")
-COMPONENTS.setdefault("trainables", TRAINABLES)
-TRAINABLES.register("small-denoiser")((SmallDenoiserConfig, lambda model, cfg: DenoiserModule(
-    model, build_dataclass(MixtureSpec, cfg.data, "data", skip=()),
-    TrainSettings(cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.cond_dropout, cfg.seed))))
+# `omniguide list trainables` prints the zoo's names without importing the models
+_LISTED = Registry("trainable model")
+for _name in TRAINABLES:
+    _LISTED.register(_name)(_name)
+COMPONENTS.setdefault("trainables", _LISTED)
 
 
 @dataclass
@@ -42,7 +40,7 @@ class TrainConfig:
     """Fit a model of the zoo on synthetic data."""
 
     model: dict[str, Any] = field(default_factory=lambda: {"name": "small-denoiser"})
-    data: dict[str, Any] = field(default_factory=dict)          # Gaussian-mixture ring arguments
+    data: dict[str, Any] = field(default_factory=dict)          # the model's data (mixture ring, shapes ...)
     batch_size: int = option(256, ge=1)                         # global batch, split over ranks
     lr: float = option(1e-3, gt=0)
     weight_decay: float = option(0.0, ge=0)
@@ -58,13 +56,12 @@ def build_module(cfg: TrainConfig) -> Any:
     """The LightningModule the recipe trains."""
     name = cfg.model.get("name") if isinstance(cfg.model, dict) else None
     if name is None:
-        raise ConfigError("model.name", f"missing; one of: {', '.join(TRAINABLES.names())}")
-    schema, factory = TRAINABLES.get(name, "model.name")
-    model_cfg = build_dataclass(schema, cfg.model, "model")
+        raise ConfigError("model.name", f"missing; one of: {', '.join(TRAINABLES)}")
+    build = trainable(name)
     import lightning
 
     lightning.seed_everything(cfg.seed, verbose=False)   # the initial weights depend on the seed only
-    return factory(model_cfg, cfg)
+    return build(cfg.model, cfg, "model")
 
 
 def check_train(cfg: TrainConfig) -> None:
