@@ -21,6 +21,7 @@ from .core import (
     Guided,
     Guider,
     Interval,
+    ModelCall,
     NoiseLevel,
     Prediction,
     ScaleSchedule,
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "build_guider", "CFG", "CFGCache", "CFGPlusPlus",
-    "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "GuidanceError", "Guided", "Guider", "Interval", "NoiseLevel",
-    "PAG", "Prediction", "register_guider", "sample", "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term",
-    "Terms",
+    "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "GuidanceError", "Guided", "Guider", "Interval", "ModelCall",
+    "NoiseLevel", "PAG", "Prediction", "register_guider", "sample", "ScaleSchedule", "Schedule", "SEG", "SkipLayer",
+    "TCFG", "Term", "Terms",
 ]

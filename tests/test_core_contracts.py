@@ -1,11 +1,24 @@
 """Noise levels, parameterization conversions, the branch executor and its errors."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omniguide.core import Axes, Branch, BranchExecutor, GuidanceError, GuidanceStep, NoiseLevel, Prediction
+from omniguide.core import (
+    Axes,
+    Branch,
+    BranchExecutor,
+    ConfigError,
+    GuidanceError,
+    GuidanceStep,
+    ModelCall,
+    NoiseLevel,
+    NoiseSchedule,
+    Prediction,
+)
 from omniguide.core.prediction import PARAMETERIZATIONS, convert, from_x0_eps, to_x0_eps
 
 PATHS = {
@@ -67,7 +80,8 @@ def test_noise_coordinates():
     n = NoiseLevel.vp(torch.tensor(0.25), t=torch.tensor(0.5))
     assert torch.isclose(n.coordinate("sigma"), torch.tensor(3.0).sqrt())
     assert n.coordinate("t") == 0.5
-    assert n.coordinate("step", index=3, num_steps=10) == pytest.approx(0.3)
+    assert n.coordinate("step", index=3, num_steps=10) == pytest.approx(3 / 9)  # i / (N - 1)
+    assert n.coordinate("step", index=0, num_steps=10) == 0 and n.coordinate("step", index=9, num_steps=10) == 1
     with pytest.raises(Exception, match="only inside a sampler loop"):
         n.coordinate("step")
     with pytest.raises(Exception, match="unknown coordinate 'sigmaa'"):
@@ -137,29 +151,31 @@ def test_branches_with_other_models_or_perturbations_run_separately():
     seen = []
 
     @contextlib.contextmanager
-    def mark(model):
-        seen.append("on")
+    def mark(module, sample):
+        seen.append(("on", module, sample.shape))
         yield
         seen.append("off")
 
     weak = CountingModel()
     model = CountingModel()
+    module = torch.nn.Identity()   # what perturbations would hook
     table = {
         "cond": {"emb": emb},
         "weak": Branch("weak", base="cond", model=weak),
         "perturbed": Branch("perturbed", base="cond", perturbation=mark),
     }
-    ex = BranchExecutor(model, table)
+    ex = BranchExecutor(ModelCall(model, module=module), table)
     ex(["cond", "weak", "perturbed"], x, 5, _step(x))
     assert model.calls == [2, 2] and weak.calls == [2]
-    assert seen == ["on", "off"]  # the perturbation wrapped exactly one pass
+    assert seen == [("on", module, x.shape), "off"]  # the perturbation wrapped exactly one pass
 
 
 def test_per_sample_timesteps_batch():
     x = torch.randn(3, 2)
     table = {
         "cond": {"emb": torch.ones(3, 1)},
-        "uncond": {"emb": torch.zeros(3, 1), "timestep": torch.tensor([1, 2, 3])},
+        "uncond": Branch("uncond", {"emb": torch.zeros(3, 1), "timestep": torch.tensor([1, 2, 3])},
+                         noise=NoiseLevel.vp(torch.tensor([0.9, 0.8, 0.7]).view(3, 1))),
     }
     ex_b, ex_s = BranchExecutor(CountingModel(), table), BranchExecutor(CountingModel(), table, batch=False)
     a = ex_b(["cond", "uncond"], x, torch.tensor(7), _step(x))
@@ -216,3 +232,148 @@ def test_interval_outside_its_coordinate_range_is_named():
         Interval(CFG(3.0), sigma=(0.1, 1), t=(0.1, 0.5))
     with pytest.raises(ConfigError, match=r"^guider\.guider\.name: unknown guider 'cfgg'; did you mean 'cfg'"):
         build_guider({"name": "interval", "guider": {"name": "cfgg"}, "step": [0, 0.5]})
+
+
+# -- contract fixes: branch noise levels, merging by value, nested batching, call conventions ------------
+def test_a_branch_at_another_timestep_converts_with_its_own_noise_level():
+    """A branch that overrides the timestep gets the noise level of *its* timestep (from the
+    executor's schedule), so its x0 is computed with its own alpha and sigma, not the step's."""
+    abar = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    schedule = NoiseSchedule.vp(abar)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    other = torch.randn(2, 3, dtype=torch.float64)
+    eps_model = lambda s, t, emb: 0.5 * s + emb  # noqa: E731
+    table = {"cond": {"emb": torch.zeros(2, 3, dtype=torch.float64)},
+             "early": Branch("early", base="cond", inputs={"sample": other, "timestep": torch.tensor(800)})}
+    ex = BranchExecutor(eps_model, table, noise_of=schedule.noise)
+    step = GuidanceStep(x, schedule.noise(torch.tensor(200)), torch.tensor(200), 0, 10)
+    preds = ex(["cond", "early"], x, torch.tensor(200), step)
+    a800, s800 = abar[800].sqrt(), (1 - abar[800]).sqrt()
+    a200, s200 = abar[200].sqrt(), (1 - abar[200]).sqrt()
+    eps = 0.5 * other
+    torch.testing.assert_close(preds["early"].x0, (other - s800 * eps) / a800)       # its own level
+    torch.testing.assert_close(preds["cond"].x0, (x - s200 * 0.5 * x) / a200)
+    assert not torch.allclose(preds["early"].x0, (other - s200 * eps) / a200)
+    # without a schedule or an explicit level, the executor refuses rather than guess
+    with pytest.raises(GuidanceError, match="branch 'early' at step 0 overrides the timestep but has no noise level"):
+        BranchExecutor(eps_model, table)(["cond", "early"], x, torch.tensor(200), step)
+
+
+def test_noise_schedule_reads_continuous_timesteps_and_inverts():
+    from diffusers import EulerDiscreteScheduler
+
+    euler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   use_karras_sigmas=True)
+    euler.set_timesteps(12)
+    schedule = NoiseSchedule.vp(euler.alphas_cumprod)
+    noise = schedule.noise(euler.timesteps)   # fractional timesteps from karras sigmas
+    torch.testing.assert_close(noise.sigma_edm, euler.sigmas[:-1].double(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(schedule.timestep(noise), euler.timesteps.double(), rtol=0, atol=1e-6)
+    flow = NoiseSchedule.flow(1000)
+    torch.testing.assert_close(flow.noise(torch.tensor(250.0)).sigma, torch.tensor(0.25, dtype=torch.float64))
+
+
+def test_branches_merge_only_when_every_input_is_equal_by_value():
+    """Two added_cond_kwargs dicts that differ in one middle value of a large tensor must not merge
+    (their repr elides the middle); equal values in different objects do merge."""
+    big = torch.zeros(2, 4000)
+    changed = big.clone()
+    changed[1, 2000] = 1.0
+    assert repr({"t": big}) == repr({"t": changed})   # what a repr-keyed merge would have compared
+    model = CountingModel()
+
+    def fn(sample, timestep, emb, added_cond_kwargs):
+        return model(sample, timestep, emb) + added_cond_kwargs["t"].sum(1, keepdim=True)
+
+    x, emb = torch.randn(2, 3), torch.ones(2, 1)
+    table = {"cond": {"emb": emb, "added_cond_kwargs": {"t": big}},
+             "uncond": {"emb": emb.clone(), "added_cond_kwargs": {"t": changed}},
+             "twin": {"emb": emb.clone(), "added_cond_kwargs": {"t": big.clone()}}}
+    ex = BranchExecutor(fn, table, batch=False)
+    preds = ex(["cond", "uncond", "twin"], x, 5, _step(x))
+    assert ex.nfe_per_step == [2] and ex.passes_per_step == [2]   # cond and twin merged, uncond apart
+    assert not torch.equal(preds["cond"].value, preds["uncond"].value)
+    assert torch.equal(preds["cond"].value, preds["twin"].value)
+
+
+def test_mapping_inputs_batch_and_shared_inputs_stay_whole():
+    """Per-sample tensors inside a mapping (SDXL's added_cond_kwargs) are concatenated when branches
+    share a pass; inputs a ModelCall declares shared (Flux's img_ids) are passed once, even when
+    their first size equals the batch."""
+    seen = {}
+
+    def fn(sample, timestep, added_cond_kwargs, ids):
+        seen.update(text=added_cond_kwargs["text_embeds"].shape, ids=ids.shape)
+        return sample * added_cond_kwargs["text_embeds"].mean(1, keepdim=True)
+
+    x = torch.randn(2, 3)
+    ids = torch.zeros(2, 3)   # first size == batch, but not per-sample
+    call = ModelCall(fn, shared={"ids"})
+    table = {"cond": {"added_cond_kwargs": {"text_embeds": torch.ones(2, 4)}, "ids": ids},
+             "uncond": {"added_cond_kwargs": {"text_embeds": torch.zeros(2, 4)}, "ids": ids}}
+    batched, single = BranchExecutor(call, table), BranchExecutor(call, table, batch=False)
+    a = batched(["cond", "uncond"], x, 5, _step(x))
+    assert batched.passes_per_step == [1] and seen == {"text": (4, 4), "ids": (2, 3)}
+    b = single(["cond", "uncond"], x, 5, _step(x))
+    for k in a:
+        torch.testing.assert_close(a[k].value, b[k].value)
+
+
+def test_model_call_conventions():
+    class Net(torch.nn.Module):
+        def forward(self, hidden_states=None, timestep=None, scale=1.0, return_dict=True):
+            out = hidden_states * scale + timestep
+            return {"sample": out} if return_dict else (out,)
+
+    net = Net()
+    call = ModelCall(net, sample="hidden_states", timestep="timestep", fixed={"return_dict": False})
+    assert call.module is net
+    x = torch.ones(2, 3)
+    torch.testing.assert_close(call(x, 2.0, {"scale": 3.0}), torch.full((2, 3), 5.0))
+    with pytest.raises(GuidanceError, match="keyword sample needs a keyword timestep"):
+        ModelCall(net, sample="hidden_states")
+    with pytest.raises(GuidanceError, match="not a torch module"):
+        ModelCall(lambda s, t: s).require_module("branch 'perturbed'")
+
+
+def test_diffusers_parameterization_names_are_accepted():
+    x, noise = torch.randn(2, 3), NoiseLevel.vp(torch.tensor(0.3))
+    p = Prediction(torch.randn(2, 3), "v_prediction", x, noise)
+    assert p.kind == "v"
+    torch.testing.assert_close(p.to("epsilon"), p.to("eps"))
+    from omniguide import APG, CFGRescale
+
+    assert APG(space="sample").space == "x0" and CFGRescale(space="epsilon").space == "eps"
+    with pytest.raises(ConfigError, match="unknown space 'velocity'"):
+        APG(space="velocity")
+
+
+def test_guider_requirements_are_checked_before_work_starts():
+    from omniguide import APG, CFG, CFGPlusPlus, Interval, Schedule, sample
+    from omniguide.core.guider import check_requirements
+    from omniguide.core.schedulers import build_scheduler
+
+    distill = "score distillation"
+    check_requirements(Interval(CFG(), sigma=(0.1, 5)), (), distill)          # needs nothing
+    for guider, need in [
+        (APG(momentum=-0.5), "a sampler step index"),
+        (Interval(CFG(), step=(0.2, 0.8)), "a sampler step index"),
+        (Schedule(CFG(), coordinate="step"), "a sampler step index"),
+        (CFGPlusPlus(), r"a sampler that re-anchors the sample"),
+    ]:
+        expected = rf"guider '{re.escape(guider.name)}' needs {need}.*which {distill} does not"
+        with pytest.raises(GuidanceError, match=expected):
+            check_requirements(guider, (), distill)
+    with pytest.raises(ConfigError, match="num_steps: must be an int >= 1, got 0"):
+        sample(lambda s, t: s, build_scheduler("ddim"), CFG(), torch.randn(2, 3), num_steps=0)
+
+
+def test_scheduler_short_names_and_comfyui_aliases():
+    from omniguide.core.schedulers import build_scheduler
+
+    assert type(build_scheduler("deis")).__name__ == "DEISMultistepScheduler"
+    assert type(build_scheduler("dpmpp_2m")).__name__ == "DPMSolverMultistepScheduler"
+    assert build_scheduler("uni_pc").config.solver_type == "bh1"
+    assert type(build_scheduler("euler_ancestral")).__name__ == "EulerAncestralDiscreteScheduler"
+    with pytest.raises(ConfigError, match="unknown scheduler 'dpmpp_3m'; did you mean"):
+        build_scheduler("dpmpp_3m")

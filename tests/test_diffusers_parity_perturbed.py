@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from omniguide import PAG, SEG, NoiseLevel, SkipLayer
-from omniguide.core import BranchExecutor, GuidanceStep
+from omniguide.core import BranchExecutor, GuidanceStep, ModelCall
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.guiders import (  # noqa: E402
@@ -89,7 +89,7 @@ def run_ours(guider, case, batch=False):
     differ by rounding only (batching cond+uncond moves fp32 outputs by ~5e-6 on these models)."""
     f, module, x, key, cond, uncond = case
     step = GuidanceStep(x, NoiseLevel.vp(torch.tensor(0.5)), T, STEP, STEPS)
-    executor = BranchExecutor(f, {"cond": {key: cond}, "uncond": {key: uncond}}, batch=batch)
+    executor = BranchExecutor(ModelCall(f, module=module), {"cond": {key: cond}, "uncond": {key: uncond}}, batch=batch)
     executor.with_defaults(guider.branch_defaults())
     with torch.no_grad():
         preds = executor(guider.branches(step), x, T, step)

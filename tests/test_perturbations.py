@@ -18,13 +18,12 @@ from torch import nn
 
 import omniguide
 from omniguide import PAG, SEG, Interval, NoiseLevel, Schedule, SkipLayer, build_guider
-from omniguide.core import Axes, BranchExecutor, ConfigError, GuidanceError, GuidanceStep
+from omniguide.core import Axes, BranchExecutor, ConfigError, GuidanceError, GuidanceStep, ModelCall
 from omniguide.core.perturbations import (
     BlurredQueries,
     IdentityAttention,
     SkipBlocks,
     blur_queries,
-    find_module,
     token_grid,
 )
 
@@ -44,7 +43,9 @@ def dit():
 
 
 def unet_fn(unet):
-    return lambda sample, t, encoder_hidden_states: unet(sample, t, encoder_hidden_states).sample
+    """A plain callable around the UNet, described with its module so perturbations can hook it."""
+    fn = lambda sample, t, encoder_hidden_states: unet(sample, t, encoder_hidden_states).sample  # noqa: E731
+    return ModelCall(fn, module=unet)
 
 
 def no_hooks_left(root: nn.Module) -> bool:
@@ -163,7 +164,7 @@ def test_pag_identity_attention_golden(unet):
     handle = attn.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
     x, e = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 8)
     try:
-        with torch.no_grad(), IdentityAttention()(unet):
+        with torch.no_grad(), IdentityAttention()(unet, x):
             unet(x, 10, e)
     finally:
         handle.remove()
@@ -181,7 +182,7 @@ def test_seg_blurs_queries_on_a_non_square_grid(unet):
         handle = to_q.register_forward_hook(lambda m, a, out: seen.append(out.clone()))
         unet(x, 10, e)
         handle.remove()
-        with BlurredQueries(sigma=1.0)(unet):
+        with BlurredQueries(sigma=1.0)(unet, x):
             handle = to_q.register_forward_hook(
                 lambda m, a, out: seen.append(out.clone())
             )  # runs after the blur
@@ -200,7 +201,7 @@ def test_skip_block_returns_its_input(dit):
     )
     x = torch.randn(1, 4, 8, 8)
     try:
-        with torch.no_grad(), SkipBlocks((1,))(dit):
+        with torch.no_grad(), SkipBlocks((1,))(dit, x):
             dit(x, torch.tensor([5]), class_labels=torch.tensor([1]))
     finally:
         handle.remove()
@@ -209,17 +210,18 @@ def test_skip_block_returns_its_input(dit):
 
 # -- on real models: differs, is removed, applies only to its branch -------------------------------------
 def model_calls():
-    """(name, model, call) for the tiny UNet, DiT and SD3 transformer."""
+    """(name, model, sample, call) for the tiny UNet, DiT and SD3 transformer."""
     torch.manual_seed(3)
     unet, dit, sd3 = tiny_unet(), tiny_dit(), tiny_sd3()
     x, e = torch.randn(2, 4, 8, 16), torch.randn(2, 5, 8)
     xd, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 10])
     return [
-        ("unet", unet, lambda: unet(x, 10, e).sample),
-        ("dit", dit, lambda: dit(xd, t, class_labels=torch.tensor([1, 2])).sample),
+        ("unet", unet, x, lambda: unet(x, 10, e).sample),
+        ("dit", dit, xd, lambda: dit(xd, t, class_labels=torch.tensor([1, 2])).sample),
         (
             "sd3",
             sd3,
+            x,
             lambda: (
                 sd3(hidden_states=x, encoder_hidden_states=e, pooled_projections=e[:, 0], timestep=t).sample
             ),
@@ -229,10 +231,10 @@ def model_calls():
 
 @pytest.mark.parametrize("make", [IdentityAttention, BlurredQueries, SkipBlocks])
 def test_perturbation_differs_and_is_removed(make):
-    for name, model, call in model_calls():
+    for name, model, x, call in model_calls():
         with torch.no_grad():
             clean = call()
-            with make()(model):
+            with make()(model, x):
                 perturbed = call()
             after = call()
         assert (perturbed - clean).abs().max() > 1e-4, f"{make.__name__} had no effect on {name}"
@@ -245,7 +247,7 @@ def test_hooks_are_removed_when_the_forward_raises(unet):
     with torch.no_grad():
         clean = unet(x, 10, e).sample
         for make in (IdentityAttention, BlurredQueries, SkipBlocks):
-            with pytest.raises(RuntimeError), make()(unet):
+            with pytest.raises(RuntimeError), make()(unet, x):
                 unet(torch.randn(1, 3, 8, 8), 10, e)  # wrong channel count
             assert no_hooks_left(unet)
         assert torch.equal(unet(x, 10, e).sample, clean)
@@ -258,7 +260,7 @@ def test_perturbations_on_3d_and_5d_samples(layout, per_frame, make):
     x = torch.randn(SHAPES[layout])
     with torch.no_grad():
         clean = model(x)
-        with make()(model):
+        with make()(model, x):
             perturbed = model(x)
     assert (perturbed - clean).abs().max() > 1e-4
     assert torch.equal(model(x), clean)
@@ -275,9 +277,9 @@ def test_executor_perturbs_only_the_named_branch(unet):
     executor.with_defaults(guider.branch_defaults())
     with torch.no_grad():
         preds = executor(guider.branches(step), x, 10, step)
-        clean_c, clean_u = f(x, 10, ec), f(x, 10, eu)
-        with IdentityAttention()(f):
-            pert = f(x, 10, ec)
+        clean_c, clean_u = f.fn(x, 10, ec), f.fn(x, 10, eu)
+        with IdentityAttention()(unet, x):
+            pert = f.fn(x, 10, ec)
     torch.testing.assert_close(preds["cond"].value, clean_c, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(preds["uncond"].value, clean_u, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(preds["perturbed"].value, pert, rtol=1e-5, atol=1e-6)
@@ -298,37 +300,35 @@ def test_executor_perturbs_only_the_named_branch(unet):
 
 
 def test_selectors_and_errors(unet, dit):
-    f = unet_fn(unet)
-    assert find_module(f) is unet
-    global _GLOBAL_UNET
-    _GLOBAL_UNET = unet
-    assert find_module(lambda s, t, **k: _GLOBAL_UNET(s, t, **k)) is unet  # a module-level model
-    encoder = nn.Linear(2, 2)
-    assert find_module(lambda s, t, e: unet(s, t, encoder(e))) is unet  # the denoiser, not the encoder
+    x8 = torch.randn(1, 4, 8, 8)
     with pytest.raises(GuidanceError, match="'nope' matches no self-attention"):
-        with IdentityAttention(("nope",))(unet):
+        with IdentityAttention(("nope",))(unet, x8):
             pass
     with pytest.raises(GuidanceError, match="integer layer 3"):
-        with SkipBlocks((3,))(unet):
+        with SkipBlocks((3,))(unet, x8):
             pass
     with pytest.raises(GuidanceError, match="out of range"):
-        with SkipBlocks((7,))(dit):
+        with SkipBlocks((7,))(dit, x8):
             pass
     with pytest.raises(ConfigError, match="layers"):
         PAG(layers=[1.5])
     with pytest.raises(ConfigError, match="blur_sigma"):
         SEG(blur_sigma=0)
-    with pytest.raises(GuidanceError, match="cannot find a torch module"):
-        with IdentityAttention()(lambda x: x):
-            pass
+    # a plain callable with no module: the perturbed branch names what to describe
+    step = GuidanceStep(x8, NoiseLevel.vp(torch.tensor(0.5)), 10, 0, 4)
+    plain = BranchExecutor(lambda s, t, **k: unet(s, t, **k).sample,
+                           {"cond": {"encoder_hidden_states": torch.randn(1, 5, 8)}})
+    plain.with_defaults(PAG(scale=1.0).branch_defaults())
+    with pytest.raises(GuidanceError, match=r"branch 'perturbed': .* ModelCall\(fn, module="):
+        plain(("cond", "perturbed"), x8, 10, step)
     # an int alone is a valid selector (diffusers' `*_layers=0` crashes); negative counts from the end
     x, t, y = torch.randn(1, 4, 8, 8), torch.tensor([3]), torch.tensor([1])
     with torch.no_grad():
-        with SkipBlocks(2)(dit):
+        with SkipBlocks(2)(dit, x):
             a = dit(x, t, class_labels=y).sample
-        with SkipBlocks((-1,))(dit):
+        with SkipBlocks((-1,))(dit, x):
             b = dit(x, t, class_labels=y).sample
-        with IdentityAttention(("down.1", "up_blocks.0.attentions.1"))(unet):  # region + module-name prefix
+        with IdentityAttention(("down.1", "up_blocks.0.attentions.1"))(unet, x):  # region + module-name prefix
             unet(torch.randn(1, 4, 8, 8), 3, torch.randn(1, 5, 8))
     assert torch.equal(a, b)
 
@@ -390,7 +390,7 @@ def test_composes_with_interval_schedule_and_tensor_scales(unet):
     with torch.no_grad():
         out = omniguide.sample(f, ddim(), Interval(PAG(scale=3.0), step=(0.0, 0.4)), noise, **kw)
         assert out.nfe_per_step == [3, 3, 1, 1]
-        out = omniguide.sample(f, ddim(), SkipLayer(scale=3.0, perturbed_interval=(0.2, 0.6)), noise, **kw)
+        out = omniguide.sample(f, ddim(), SkipLayer(scale=3.0, perturbed_interval=(0.2, 0.7)), noise, **kw)
         assert out.nfe_per_step == [2, 3, 3, 2]
         out = omniguide.sample(
             f, ddim(), Schedule(SEG(scale=3.0), shape="linear", coordinate="step"), noise, **kw
@@ -418,11 +418,11 @@ def test_several_perturbations_through_terms(unet):
     executor = BranchExecutor(f, branches)
     with torch.no_grad():
         preds = executor(guider.branches(step), x, 10, step)
-        c, u = f(x, 10, ec), f(x, 10, eu)
-        with IdentityAttention()(f):
-            p1 = f(x, 10, ec)
-        with BlurredQueries()(f):
-            p2 = f(x, 10, ec)
+        c, u = f.fn(x, 10, ec), f.fn(x, 10, eu)
+        with IdentityAttention()(unet, x):
+            p1 = f.fn(x, 10, ec)
+        with BlurredQueries()(unet, x):
+            p2 = f.fn(x, 10, ec)
     assert executor.passes_per_step == [3] and executor.nfe_per_step == [4]
     out = guider.combine(preds, step).eps
     torch.testing.assert_close(out, c + 4 * (c - u) + 3 * (c - p1) + 2 * (c - p2), rtol=1e-5, atol=1e-5)

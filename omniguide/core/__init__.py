@@ -5,7 +5,7 @@ Imports torch only (diffusers only in ``schedulers.py``, loaded by the sampler).
 from .axes import Axes
 from .branch import Branch, BranchExecutor, Perturbation
 from .errors import ConfigError, GuidanceError, OmniguideError
-from .guider import GuidanceStep, Guider
+from .guider import GuidanceStep, Guider, check_requirements
 from .methods import (
     APG,
     CFG,
@@ -26,7 +26,8 @@ from .methods import (
     Term,
     Terms,
 )
-from .noise import NoiseLevel
+from .model_call import ModelCall
+from .noise import NoiseLevel, NoiseSchedule
 from .prediction import Guided, Prediction, convert
 from .registry import GUIDERS, build_guider, register_guider
 from .scale import ScaleSchedule
@@ -34,6 +35,7 @@ from .scale import ScaleSchedule
 __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "BranchExecutor", "build_guider", "CFG",
     "CFGCache", "CFGPlusPlus", "CFGRescale", "CFGZeroStar", "ConfigError", "convert", "FDG", "GuidanceError",
-    "GuidanceStep", "Guided", "Guider", "GUIDERS", "Interval", "NoiseLevel", "OmniguideError", "PAG", "Perturbation",
+    "GuidanceStep", "Guided", "Guider", "GUIDERS", "Interval", "ModelCall", "NoiseLevel", "NoiseSchedule",
+    "OmniguideError", "PAG", "Perturbation", "check_requirements",
     "Prediction", "register_guider", "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]

@@ -4,11 +4,16 @@ A *branch* is one named model evaluation, defined by input overrides: condition 
 labels (any model keyword), a replacement ``sample`` (noised history) or ``timestep`` (per-token
 noise levels), a perturbation applied while it runs (attention hooks, model kwargs), or another
 model altogether (autoguidance's weak model). A branch may inherit another's inputs (``base``).
+A branch that overrides the sample or the timestep carries its own noise level (``noise``, or the
+executor's ``noise_of(timestep)``), and its prediction converts between parameterizations with
+that level, not the step's.
 
 The executor runs the branches a guider asks for at a step:
 
-1. resolves each branch's inputs and merges branches whose resolved inputs are identical;
-2. batches those that share a model and a perturbation into one forward pass (``batch=True``);
+1. resolves each branch's inputs and merges branches whose resolved inputs are all the same
+   object or equal by value (tensors by ``torch.equal``, mappings and sequences item by item);
+2. batches those that share a model and a perturbation into one forward pass (``batch=True``),
+   concatenating per-sample inputs (also inside mappings such as SDXL's ``added_cond_kwargs``);
 3. runs the rest in sequence, each inside its perturbation context;
 4. checks every output (shape, finiteness) and names the branch and step when one is bad.
 
@@ -24,32 +29,41 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import GuidanceError
 from .guider import GuidanceStep
+from .model_call import ModelCall, as_model_call
+from .noise import NoiseLevel
 from .prediction import Prediction, check_parameterization
 
 
 class Perturbation(Protocol):
-    """Applied to a model only while one branch runs: ``with perturbation(model): model(...)``."""
+    """Applied to a model only while one branch runs: ``with perturbation(module, sample): model(...)``.
 
-    def __call__(self, model: Any) -> contextlib.AbstractContextManager: ...
+    ``module`` is the model's ``nn.Module`` (from its :class:`~omniguide.core.model_call.ModelCall`),
+    ``sample`` the (possibly batched) sample of the forward pass, for perturbations that need its
+    layout (SEG's token grid)."""
+
+    def __call__(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager: ...
 
 
 @dataclass(frozen=True)
 class Branch:
-    """One named model evaluation (see the module docstring)."""
+    """One named model evaluation (see the module docstring). ``noise`` is the noise level of a
+    branch that overrides ``sample`` or ``timestep`` in ``inputs``."""
 
     name: str
     inputs: Mapping[str, Any] = field(default_factory=dict)
     base: str | None = None
-    model: Callable | None = None
+    model: Callable | ModelCall | None = None
     perturbation: Perturbation | None = None
     parameterization: str | None = None
+    noise: NoiseLevel | None = None
 
 
 BranchTable = Mapping[str, "Branch | Mapping[str, Any]"]
+NoiseOf = Callable[[Any], NoiseLevel]
 
 
 def as_branches(table: BranchTable | None) -> dict[str, Branch]:
@@ -60,56 +74,71 @@ def as_branches(table: BranchTable | None) -> dict[str, Branch]:
     return out
 
 
-def _call(model: Callable, sample: Tensor, timestep: Any, inputs: Mapping[str, Any]) -> Tensor:
-    out = model(sample, timestep, **inputs)
-    if isinstance(out, Tensor):
-        return out
-    if hasattr(out, "sample"):  # diffusers model outputs
-        return out.sample
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    raise GuidanceError(f"model returned {type(out).__name__}, expected a tensor")
+def same_value(a: Any, b: Any) -> bool:
+    """True when ``a`` and ``b`` are the same object or equal by value: tensors of the same shape,
+    dtype and device with equal entries, mappings and sequences item by item, anything else by ``==``.
+    Never by ``repr``, which elides the middle of large tensors."""
+    if a is b:
+        return True
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
+                and a.device == b.device and bool(torch.equal(a, b)))
+    if isinstance(a, NoiseLevel) and isinstance(b, NoiseLevel):
+        return all(same_value(x, y) for x, y in ((a.alpha, b.alpha), (a.sigma, b.sigma), (a.t, b.t)))
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        return (isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
+                and all(same_value(a[k], b[k]) for k in a))
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b)))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 @dataclass
 class _Job:
     names: list[str]
-    model: Callable
+    model: ModelCall
     perturbation: Perturbation | None
     kind: str
     sample: Tensor
     timestep: Any
+    noise: NoiseLevel
     inputs: dict[str, Any]
 
-    def merge_key(self) -> tuple:
-        def ident(v):
-            return ("tensor", id(v)) if isinstance(v, Tensor) else ("value", repr(v))
-        return (
-            id(self.model), id(self.perturbation), self.kind, ident(self.sample), ident(self.timestep),
-            tuple(sorted((k, ident(v)) for k, v in self.inputs.items())),
-        )
+    def same_as(self, other: _Job) -> bool:
+        """Identical evaluations: every input is the same object or equal by value."""
+        return (self.model == other.model and same_value(self.perturbation, other.perturbation)
+                and self.kind == other.kind and same_value(self.sample, other.sample)
+                and same_value(self.timestep, other.timestep) and same_value(self.noise, other.noise)
+                and same_value(self.inputs, other.inputs))
 
 
 class BranchExecutor:
-    """Runs named branches of ``model(sample, timestep, **inputs)`` and counts the work.
+    """Runs named branches of a model (a callable ``model(sample, timestep, **inputs)`` or a
+    :class:`~omniguide.core.model_call.ModelCall`) and counts the work.
 
-    ``nfe`` counts branch evaluations per sample (a batched cond+uncond pass is 2),
-    ``forward_passes`` counts model calls (the same pass is 1). Both are kept per step in
-    ``nfe_per_step`` / ``passes_per_step`` (one entry per executor call)."""
+    ``noise_of(timestep)`` gives the noise level of a branch that overrides the timestep without
+    its own ``noise`` (the adapter passes its model's training schedule). ``nfe`` counts branch
+    evaluations per sample (a batched cond+uncond pass is 2), ``forward_passes`` counts model calls
+    (the same pass is 1). Both are kept per step in ``nfe_per_step`` / ``passes_per_step``."""
 
     def __init__(
         self,
-        model: Callable,
+        model: Callable | ModelCall,
         branches: BranchTable | None = None,
         parameterization: str = "eps",
         batch: bool = True,
         check_finite: bool = True,
+        noise_of: NoiseOf | None = None,
     ):
-        self.model = model
+        self.model = as_model_call(model)
         self.branches = as_branches(branches)
         self.parameterization = check_parameterization(parameterization)
         self.batch = batch
         self.check_finite = check_finite
+        self.noise_of = noise_of
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -130,7 +159,8 @@ class BranchExecutor:
             self.branches.setdefault(name, branch)
 
     # -- resolution -------------------------------------------------------------------------
-    def resolve(self, name: str, sample: Tensor, timestep: Any, step: GuidanceStep) -> _Job:
+    def chain(self, name: str, step: GuidanceStep) -> list[Branch]:
+        """The branch and its bases, the named branch first."""
         chain, branch = [], self.branches.get(name)
         if branch is None:
             known = ", ".join(sorted(self.branches)) or "none"
@@ -144,55 +174,76 @@ class BranchExecutor:
             if branch.base not in self.branches:
                 raise GuidanceError(f"branch '{branch.name}': base branch '{branch.base}' is not defined")
             branch = self.branches[branch.base]
+        return chain
+
+    def resolve(self, name: str, sample: Tensor, timestep: Any, step: GuidanceStep) -> _Job:
         inputs: dict[str, Any] = {}
-        model, perturbation, kind = self.model, None, self.parameterization
-        for b in reversed(chain):  # the named branch overrides its bases
+        model, perturbation, kind, noise = self.model, None, self.parameterization, None
+        for b in reversed(self.chain(name, step)):  # the named branch overrides its bases
             inputs.update(b.inputs)
-            model = b.model or model
+            model = as_model_call(b.model) if b.model is not None else model
             perturbation = b.perturbation or perturbation
             kind = check_parameterization(b.parameterization, f"branch '{b.name}'") if b.parameterization else kind
+            noise = b.noise or noise
+        own_sample, own_timestep = "sample" in inputs, "timestep" in inputs
         sample = inputs.pop("sample", sample)
         timestep = inputs.pop("timestep", timestep)
-        return _Job([name], model, perturbation, kind, sample, timestep, inputs)
+        if noise is None:
+            noise = self._noise(name, own_sample, own_timestep, timestep, step)
+        return _Job([name], model, perturbation, kind, sample, timestep, noise.to(sample), inputs)
+
+    def _noise(self, name: str, own_sample: bool, own_timestep: bool, timestep: Any, step: GuidanceStep) -> NoiseLevel:
+        if not own_timestep:
+            return step.noise   # same level; an overridden sample (e.g. a replaced region) keeps it
+        if self.noise_of is None:
+            raise GuidanceError(
+                f"branch '{name}' at {step.where} overrides the timestep but has no noise level: give "
+                "Branch(noise=NoiseLevel(...)) so its prediction converts at its own level"
+            )
+        return self.noise_of(timestep)
 
     # -- execution --------------------------------------------------------------------------
     def __call__(
         self, names: Sequence[str], sample: Tensor, timestep: Any, step: GuidanceStep
     ) -> dict[str, Prediction]:
-        jobs: dict[tuple, _Job] = {}
+        jobs: list[_Job] = []
         for name in dict.fromkeys(names):
             job = self.resolve(name, sample, timestep, step)
-            key = job.merge_key()
-            if key in jobs:
-                jobs[key].names.append(name)
+            twin = next((j for j in jobs if j.same_as(job)), None)
+            if twin is not None:
+                twin.names.append(name)
             else:
-                jobs[key] = job
-        groups = _group(list(jobs.values())) if self.batch else [[j] for j in jobs.values()]
+                jobs.append(job)
+        groups = _group(jobs) if self.batch else [[j] for j in jobs]
         preds: dict[str, Prediction] = {}
         for group in groups:
             outs = self._run(group, step)
             for job, out in zip(group, outs):
                 self._check(job, out, step)
                 for name in job.names:
-                    preds[name] = Prediction(out, job.kind, job.sample, step.noise)
+                    preds[name] = Prediction(out, job.kind, job.sample, job.noise)
         self.nfe_per_step.append(len(jobs))
         self.passes_per_step.append(len(groups))
         return preds
 
     def _run(self, group: list[_Job], step: GuidanceStep) -> list[Tensor]:
         first = group[0]
-        context = first.perturbation(first.model) if first.perturbation is not None else contextlib.nullcontext()
         label = "+".join(n for j in group for n in j.names)
         try:
-            with context:
-                if len(group) == 1:
-                    return [_call(first.model, first.sample, first.timestep, first.inputs)]
+            if len(group) == 1:
+                sample, timestep, inputs = first.sample, first.timestep, first.inputs
+            else:
                 sizes = [j.sample.shape[0] for j in group]
                 sample = torch.cat([j.sample for j in group])
                 timestep = _cat_timesteps([j.timestep for j in group], sizes)
-                inputs = {k: _cat_input([j.inputs[k] for j in group], sizes) for k in first.inputs}
-                out = _call(first.model, sample, timestep, inputs)
-                return list(out.split(sizes))
+                inputs = {k: _cat_input([j.inputs[k] for j in group], sizes, k in first.model.shared)
+                          for k in first.inputs}
+            context = contextlib.nullcontext()
+            if first.perturbation is not None:
+                context = first.perturbation(first.model.require_module(f"branch '{label}'"), sample)
+            with context:
+                out = first.model(sample, timestep, inputs)
+            return [out] if len(group) == 1 else list(out.split([j.sample.shape[0] for j in group]))
         except GuidanceError:
             raise
         except Exception as err:  # a model failure: say which branch and step, keep the cause
@@ -210,33 +261,30 @@ class BranchExecutor:
             raise GuidanceError(f"branch '{name}' at {step.where}: the prediction has non-finite values")
 
 
-def _same(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return False
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
+def _per_sample(value: Any, n: int) -> bool:
+    return isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == n
+
+
+def _joinable(va: Any, vb: Any, na: int, nb: int, shared: bool) -> bool:
+    """Two branches' values of one input can share a forward pass: equal (passed once), or
+    per-sample tensors of the same trailing shape (concatenated), or mappings of such values."""
+    if not shared and isinstance(va, Mapping) and isinstance(vb, Mapping):
+        return va.keys() == vb.keys() and all(_joinable(va[k], vb[k], na, nb, False) for k in va)
+    if not shared and _per_sample(va, na) and _per_sample(vb, nb):
+        return va.shape[1:] == vb.shape[1:] and va.dtype == vb.dtype
+    return same_value(va, vb)
 
 
 def _can_join(a: _Job, b: _Job) -> bool:
     """Two jobs share one forward pass when they use the same model and perturbation, and every
-    input either is a per-sample tensor of the same trailing shape, or is the same object."""
-    if a.model is not b.model or a.perturbation is not b.perturbation or a.kind != b.kind:
+    input is joinable (see :func:`_joinable`)."""
+    if a.model != b.model or not same_value(a.perturbation, b.perturbation) or a.kind != b.kind:
         return False
     if a.sample.shape[1:] != b.sample.shape[1:] or a.inputs.keys() != b.inputs.keys():
         return False
-    for key in a.inputs:
-        va, vb = a.inputs[key], b.inputs[key]
-        per_sample = (
-            isinstance(va, Tensor) and isinstance(vb, Tensor) and va.ndim > 0 and vb.ndim > 0
-            and va.shape[0] == a.sample.shape[0] and vb.shape[0] == b.sample.shape[0]
-            and va.shape[1:] == vb.shape[1:] and va.dtype == vb.dtype
-        )
-        if not per_sample and not _same(va, vb):
-            return False
+    na, nb = a.sample.shape[0], b.sample.shape[0]
+    if not all(_joinable(a.inputs[k], b.inputs[k], na, nb, k in a.model.shared) for k in a.inputs):
+        return False
     return _timestep_joinable(a, b)
 
 
@@ -250,7 +298,7 @@ def _per_sample_timestep(t: Any, n: int) -> Tensor | None:
 
 
 def _timestep_joinable(a: _Job, b: _Job) -> bool:
-    if _same(a.timestep, b.timestep):
+    if same_value(a.timestep, b.timestep):
         return True
     ta = _per_sample_timestep(a.timestep, a.sample.shape[0])
     tb = _per_sample_timestep(b.timestep, b.sample.shape[0])
@@ -269,9 +317,12 @@ def _group(jobs: list[_Job]) -> list[list[_Job]]:
     return groups
 
 
-def _cat_input(values: list[Any], sizes: list[int]) -> Any:
-    """Per-sample tensors are concatenated; anything else is shared (``_can_join`` checked it)."""
-    if all(isinstance(v, Tensor) and v.ndim > 0 and v.shape[0] == n for v, n in zip(values, sizes)):
+def _cat_input(values: list[Any], sizes: list[int], shared: bool) -> Any:
+    """Per-sample tensors are concatenated (inside mappings too); anything else is passed once
+    (``_can_join`` checked that the values are equal)."""
+    if not shared and all(isinstance(v, Mapping) for v in values):
+        return {k: _cat_input([v[k] for v in values], sizes, False) for k in values[0]}
+    if not shared and all(_per_sample(v, n) for v, n in zip(values, sizes)):
         return torch.cat(values)
     return values[0]
 
@@ -280,6 +331,6 @@ def _cat_timesteps(values: list[Any], sizes: list[int]) -> Any:
     """One shared scalar timestep stays shared; otherwise one row per sample, concatenated."""
     first = values[0]
     shared_scalar = not (isinstance(first, Tensor) and first.ndim > 0)
-    if shared_scalar and all(_same(v, first) for v in values[1:]):
+    if shared_scalar and all(same_value(v, first) for v in values[1:]):
         return first
     return torch.cat([_per_sample_timestep(v, n) for v, n in zip(values, sizes)])

@@ -11,11 +11,17 @@ State (APG momentum, adaptive skipping, caches) lives on the guider, is created 
 cleared by ``reset()``, which the sampler calls at the start of every run. Score distillation
 queries random noise levels with no step index, so stateful guiders refuse to run there
 (``step.index is None``) unless they say otherwise.
+
+What a guider needs from whoever drives it is declared by ``requires()`` and checked *before*
+sampling or distillation starts (:func:`check_requirements`):
+
+* ``step-index`` -- a sampler step index (state between steps, the ``step`` coordinate);
+* ``reanchor``   -- a sampler that steps from an inconsistent ``(x0, eps)`` pair (CFG++).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +31,13 @@ from .axes import Axes
 from .errors import GuidanceError
 from .noise import NoiseLevel
 from .prediction import Guided, Prediction
+
+STEP_INDEX = "step-index"
+REANCHOR = "reanchor"
+REQUIREMENTS = {
+    STEP_INDEX: "a sampler step index",
+    REANCHOR: "a sampler that re-anchors the sample to the guided (x0, eps) pair",
+}
 
 
 @dataclass
@@ -89,6 +102,22 @@ class Guider:
             if isinstance(value, Guider):
                 value.reset()
 
+    def requires(self) -> dict[str, str]:
+        """``{requirement: why}`` for what this guider needs from its driver (see the module docstring):
+        its own needs, those of the guiders it wraps, and ``step`` coordinates in its scale schedules."""
+        from .scale import ScaleSchedule
+
+        needs: dict[str, str] = {}
+        if self.stateful:
+            needs[STEP_INDEX] = f"{self.name or type(self).__name__} keeps state between sampler steps"
+        for f in fields(self) if is_dataclass(self) else ():
+            value = getattr(self, f.name)
+            if isinstance(value, Guider):
+                needs = {**value.requires(), **needs}
+            elif isinstance(value, ScaleSchedule) and value.coordinate == "step":
+                needs.setdefault(STEP_INDEX, f"{f.name} is scheduled over the 'step' coordinate")
+        return needs
+
     def branch_defaults(self) -> dict:
         """Branches this method defines itself (e.g. PAG's perturbed branch), as ``{name: Branch}``.
         User-supplied branches of the same name take precedence."""
@@ -120,3 +149,13 @@ def passthrough(preds: Mapping[str, Prediction], step: GuidanceStep, name: str =
 def guided(value: Tensor, step: GuidanceStep, kind: str = "eps") -> Guided:
     """A consistent guided result from a prediction of ``kind`` at the step's sample."""
     return Guided.from_value(value, kind, step.x, step.noise)
+
+
+def check_requirements(guider: Guider, available: Iterable[str], where: str) -> None:
+    """Refuse, before any work is done, a guider whose needs ``where`` (a sampler, the pipeline
+    adapter, score distillation) cannot meet: one line naming the guider, the need and why."""
+    available = set(available)
+    for need, why in guider.requires().items():
+        if need not in available:
+            name = guider.name or type(guider).__name__
+            raise GuidanceError(f"guider '{name}' needs {REQUIREMENTS[need]} ({why}), which {where} does not provide")

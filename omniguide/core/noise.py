@@ -13,7 +13,8 @@ Schedules, intervals and weights name the coordinate they read (see :meth:`Noise
 
 * ``sigma`` -- the EDM-equivalent noise level ``sigma / alpha`` (path independent);
 * ``t``     -- model time in ``[0, 1]`` (1 = pure noise), carried by whoever knows it;
-* ``step``  -- ``index / num_steps``, the fraction of sampling steps done; samplers only.
+* ``step``  -- ``index / (num_steps - 1)``: 0 at the first sampling step, 1 at the last; samplers
+  only. Interval, Schedule, Terms and β-CFG all read this one definition.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class NoiseLevel:
                 raise ConfigError(
                     "coordinate", "'step' exists only inside a sampler loop (score distillation has none)"
                 )
-            return torch.as_tensor(index / num_steps, dtype=self.sigma.dtype)
+            return torch.as_tensor(index / max(num_steps - 1, 1), dtype=self.sigma.dtype)
         raise ConfigError("coordinate", f"unknown coordinate '{name}'; valid: {', '.join(COORDINATES)}")
 
 
@@ -97,3 +98,72 @@ def coordinate_range(name: str) -> tuple[float, float]:
     if name in ("t", "step"):
         return 0.0, 1.0
     raise ConfigError("coordinate", f"unknown coordinate '{name}'; valid: {', '.join(COORDINATES)}")
+
+
+def per_sample(noise: NoiseLevel, ndim: int) -> NoiseLevel:
+    """A noise level with one value per sample (``[B]``) reshaped to broadcast against a ``ndim``-D
+    sample (``[B, 1, ..., 1]``); 0-d and already-broadcastable levels are returned unchanged."""
+    def shape(v):
+        return v.reshape(v.shape[0], *([1] * (ndim - 1))) if v is not None and v.ndim == 1 else v
+    return NoiseLevel(shape(noise.alpha), shape(noise.sigma), shape(noise.t))
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A model's training noise path: the noise level of its input at a timestep, and back.
+
+    * ``vp``   -- ``alpha_bar`` from the training table (``alphas_cumprod``). Between integer
+      timesteps ``log(sigma / alpha)`` is interpolated linearly, which is how diffusers' Euler
+      schedulers map continuous timesteps to sigmas, so fractional timesteps read correctly.
+    * ``flow`` -- ``t = timestep / num_train_timesteps``; ``alpha = 1 - t``, ``sigma = t``.
+
+    ``t`` (model time in [0, 1]) is ``timestep / num_train_timesteps`` for both. Timesteps may be
+    scalars or tensors (per sample, per frame); the noise level has the timestep's shape."""
+
+    kind: str
+    num_train_timesteps: int = 1000
+    alphas_cumprod: Tensor | None = None
+
+    def __post_init__(self):
+        if self.kind not in ("vp", "flow"):
+            raise ConfigError("noise_schedule", f"unknown kind '{self.kind}'; valid: vp, flow")
+        if self.kind == "vp" and self.alphas_cumprod is None:
+            raise ConfigError("noise_schedule", "a vp schedule needs its alphas_cumprod table")
+
+    @staticmethod
+    def vp(alphas_cumprod: Tensor) -> NoiseSchedule:
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        return NoiseSchedule("vp", len(abar), abar)
+
+    @staticmethod
+    def flow(num_train_timesteps: int = 1000) -> NoiseSchedule:
+        return NoiseSchedule("flow", int(num_train_timesteps))
+
+    def _log_sigmas(self) -> Tensor:
+        abar = self.alphas_cumprod
+        return 0.5 * (torch.log1p(-abar) - torch.log(abar))
+
+    def noise(self, timestep) -> NoiseLevel:
+        """The noise level of the model input at ``timestep`` (float64)."""
+        ts = torch.as_tensor(timestep, dtype=torch.float64).detach().cpu()
+        unit = ts / self.num_train_timesteps
+        if self.kind == "flow":
+            return NoiseLevel.flow(unit)
+        log_sigmas = self._log_sigmas()
+        low = ts.floor().clamp(0, len(log_sigmas) - 2)
+        frac = (ts - low).clamp(0, 1)
+        low = low.long()
+        log_sigma = (1 - frac) * log_sigmas[low] + frac * log_sigmas[low + 1]
+        scale = torch.rsqrt(1 + torch.exp(2 * log_sigma))          # alpha = 1 / sqrt(1 + s^2)
+        return NoiseLevel(scale, torch.exp(log_sigma) * scale, unit)
+
+    def timestep(self, noise: NoiseLevel) -> Tensor:
+        """The (continuous) timestep whose noise level is ``noise``: the inverse of :meth:`noise`."""
+        if self.kind == "flow":
+            t = noise.sigma / (noise.alpha + noise.sigma)
+            return t.double() * self.num_train_timesteps
+        log_sigmas = self._log_sigmas()
+        target = torch.log(noise.sigma_edm.double().cpu()).clamp(log_sigmas[0], log_sigmas[-1])
+        high = torch.searchsorted(log_sigmas, target.reshape(-1)).clamp(1, len(log_sigmas) - 1).reshape(target.shape)
+        lo, hi = log_sigmas[high - 1], log_sigmas[high]
+        return (high - 1).double() + (target - lo) / (hi - lo)

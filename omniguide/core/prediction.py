@@ -30,14 +30,16 @@ DIFFUSERS_PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": 
 
 
 def check_parameterization(kind: str, where: str = "parameterization") -> str:
-    kind = DIFFUSERS_PREDICTION_TYPES.get(kind, kind)
-    if kind not in PARAMETERIZATIONS:
-        raise GuidanceError(f"{where}: unknown parameterization '{kind}'; valid: {', '.join(PARAMETERIZATIONS)}")
-    return kind
+    name = DIFFUSERS_PREDICTION_TYPES.get(kind, kind)
+    if name not in PARAMETERIZATIONS:
+        valid = ", ".join((*PARAMETERIZATIONS, *DIFFUSERS_PREDICTION_TYPES))
+        raise GuidanceError(f"{where}: unknown parameterization '{kind}'; valid: {valid}")
+    return name
 
 
 def to_x0_eps(value: Tensor, kind: str, x: Tensor, noise: NoiseLevel) -> tuple[Tensor, Tensor]:
     """Split a prediction of ``kind`` at sample ``x`` into ``(x0, eps)``."""
+    kind = DIFFUSERS_PREDICTION_TYPES.get(kind, kind)
     a, s = noise.alpha, noise.sigma
     if kind == "eps":
         return (x - s * value) / a, value
@@ -54,6 +56,7 @@ def to_x0_eps(value: Tensor, kind: str, x: Tensor, noise: NoiseLevel) -> tuple[T
 
 def from_x0_eps(x0: Tensor, eps: Tensor, kind: str, noise: NoiseLevel) -> Tensor:
     """Express the pair ``(x0, eps)`` in parameterization ``kind``."""
+    kind = DIFFUSERS_PREDICTION_TYPES.get(kind, kind)
     if kind == "eps":
         return eps
     if kind == "x0":
@@ -67,6 +70,7 @@ def from_x0_eps(x0: Tensor, eps: Tensor, kind: str, noise: NoiseLevel) -> Tensor
 
 def convert(value: Tensor, src: str, dst: str, x: Tensor, noise: NoiseLevel) -> Tensor:
     """Convert a prediction between parameterizations at sample ``x``."""
+    src, dst = DIFFUSERS_PREDICTION_TYPES.get(src, src), DIFFUSERS_PREDICTION_TYPES.get(dst, dst)
     if src == dst:
         return value
     x0, eps = to_x0_eps(value, src, x, noise)
@@ -83,8 +87,7 @@ class Prediction:
     noise: NoiseLevel
 
     def __post_init__(self):
-        if self.kind not in PARAMETERIZATIONS:
-            raise GuidanceError(f"unknown parameterization '{self.kind}'; valid: {', '.join(PARAMETERIZATIONS)}")
+        object.__setattr__(self, "kind", check_parameterization(self.kind, "prediction"))
 
     def to(self, kind: str) -> Tensor:
         """This prediction as a tensor in parameterization ``kind``."""

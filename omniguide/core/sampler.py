@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 from .axes import Axes, as_axes
 from .branch import BranchExecutor, BranchTable
-from .guider import GuidanceStep, Guider
+from .errors import ConfigError
+from .guider import REANCHOR, STEP_INDEX, GuidanceStep, Guider, check_requirements
+from .model_call import ModelCall
 from .prediction import Guided, check_parameterization
 from .schedulers import SchedulerView
 
@@ -37,7 +39,7 @@ StepCallback = Callable[[int, GuidanceStep, Guided, Mapping[str, Any]], None]
 
 
 def sample(
-    model: Callable,
+    model: Callable | ModelCall,
     scheduler,
     guider: Guider,
     noise: Tensor,
@@ -52,10 +54,14 @@ def sample(
 ) -> SampleOutput:
     """Sample with ``guider`` from standard-normal ``noise``.
 
-    ``model(sample, timestep, **inputs)`` returns a prediction of ``parameterization`` (default:
-    the scheduler's). ``branches`` maps names (``cond``, ``uncond``, ...) to input overrides or
+    ``model(sample, timestep, **inputs)`` (or a :class:`~omniguide.core.model_call.ModelCall` for
+    other conventions) returns a prediction of ``parameterization`` (default: the scheduler's).
+    ``branches`` maps names (``cond``, ``uncond``, ...) to input overrides or
     :class:`~omniguide.core.branch.Branch` objects. ``callback(i, step, result, preds)`` runs after
     each step. Returns the final sample and the work done (NFE and forward passes per step)."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ConfigError("num_steps", f"must be an int >= 1, got {num_steps!r}")
+    check_requirements(guider, (STEP_INDEX, REANCHOR), "the sampler")
     view = SchedulerView(scheduler, num_steps, device=noise.device)
     kind = check_parameterization(parameterization or view.parameterization)
     executor = BranchExecutor(model, branches, kind, batch=batch)

@@ -45,14 +45,8 @@ class ScaleSchedule:
             )
 
     def __call__(self, step) -> Tensor:
-        if self.coordinate == "step":
-            # x = 1 at the first step, 0 at the last
-            n = step.num_steps
-            if step.index is None or not n:
-                raise ConfigError("coordinate", "'step' exists only inside a sampler loop; use 't'")
-            x = torch.as_tensor(1.0 - step.index / max(n - 1, 1))
-        else:
-            x = step.coordinate("t")
+        # x = 1 at pure noise: 1 - step (1 at the first step, 0 at the last), or t
+        x = 1.0 - step.coordinate("step") if self.coordinate == "step" else step.coordinate("t")
         f = shape_factor(self.shape, x)
         return self.neutral + (self.scale - self.neutral) * f
 

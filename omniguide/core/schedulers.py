@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .errors import GuidanceError
-from .noise import NoiseLevel
+from .noise import NoiseLevel, NoiseSchedule
 from .prediction import Guided, check_parameterization, from_x0_eps
 
 FAMILIES = {
@@ -39,16 +39,55 @@ FAMILIES = {
 
 
 def scheduler_family(scheduler) -> str:
-    name = type(scheduler).__name__
-    if name not in FAMILIES:
-        raise GuidanceError(f"scheduler {name} is not supported by the sampler; supported: {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    """``vp``, ``dpm``, ``ve`` or ``flow`` for the diffusers scheduler classes in :data:`FAMILIES`
+    (subclasses included); a one-line error listing them otherwise."""
+    import diffusers
+
+    for name, family in FAMILIES.items():
+        if isinstance(scheduler, getattr(diffusers, name)):
+            return family
+    raise GuidanceError(
+        f"scheduler {type(scheduler).__name__} is not supported by the sampler; supported: {', '.join(FAMILIES)}"
+    )
 
 
 def scheduler_parameterization(scheduler) -> str:
     if scheduler_family(scheduler) == "flow":
         return "flow"
     return check_parameterization(scheduler.config.prediction_type, "scheduler.config.prediction_type")
+
+
+def is_flow_scheduler(scheduler) -> bool:
+    """True for flow-matching schedulers, including DPM-style solvers run on flow sigmas."""
+    import diffusers
+
+    config = scheduler.config
+    return (isinstance(scheduler, diffusers.FlowMatchEulerDiscreteScheduler) or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction")
+
+
+def noise_schedule(scheduler) -> NoiseSchedule:
+    """The training noise schedule behind a diffusers scheduler: flow for flow-matching ones, else
+    VP from its ``alphas_cumprod`` (what UNet-family models were trained with)."""
+    if is_flow_scheduler(scheduler):
+        return NoiseSchedule.flow(scheduler.config.num_train_timesteps)
+    abar = getattr(scheduler, "alphas_cumprod", None)
+    if abar is None:
+        raise GuidanceError(
+            f"scheduler {type(scheduler).__name__} has neither flow sigmas nor an alphas_cumprod table; its "
+            "noise level cannot be read from a timestep"
+        )
+    return NoiseSchedule.vp(abar)
+
+
+def scales_model_input(scheduler) -> bool:
+    """True when the scheduler's sample is VE (``x0 + sigma eps``) and the model sees it scaled to
+    unit variance (Euler-family schedulers); then the sample's noise level differs from the model input's."""
+    import diffusers
+
+    return isinstance(scheduler, (diffusers.EulerDiscreteScheduler, diffusers.EulerAncestralDiscreteScheduler,
+                                  diffusers.HeunDiscreteScheduler, diffusers.KDPM2DiscreteScheduler,
+                                  diffusers.KDPM2AncestralDiscreteScheduler, diffusers.LMSDiscreteScheduler))
 
 
 @dataclass
@@ -126,22 +165,42 @@ BY_NAME = {
     "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
     "flow-euler": ("FlowMatchEulerDiscreteScheduler", {"shift": 1.0}),
 }
 SCHEDULER_NAMES = tuple(BY_NAME)
+# ComfyUI's sampler names for the same solvers: alias -> (short name, config it implies)
+ALIASES = {
+    "euler_ancestral": ("euler-ancestral", {}),
+    "dpmpp_2m": ("dpm++", {}),
+    "uni_pc": ("unipc", {"solver_type": "bh1"}),
+    "uni_pc_bh2": ("unipc", {"solver_type": "bh2"}),
+}
+
+
+def resolve_scheduler_name(name: str, path: str = "scheduler") -> tuple[str, dict]:
+    """``(short name, implied config)`` for a short name or one of ComfyUI's names (:data:`ALIASES`)."""
+    from .errors import ConfigError, did_you_mean
+
+    if name in ALIASES:
+        return ALIASES[name][0], dict(ALIASES[name][1])
+    if name not in BY_NAME:
+        raise ConfigError(path, f"unknown scheduler '{name}'{did_you_mean(name, [*BY_NAME, *ALIASES])}")
+    return name, {}
 
 
 def build_scheduler(name: str, path: str = "scheduler", **overrides):
-    """A diffusers scheduler by short name (``ddim``, ``euler``, ``dpm++``, ``flow-euler`` ...).
+    """A diffusers scheduler by short name (``ddim``, ``euler``, ``dpm++``, ``deis``, ``flow-euler`` ...;
+    ComfyUI's ``euler_ancestral``, ``dpmpp_2m``, ``uni_pc`` also work).
 
     Defaults suit data that is not in [-1, 1] (no sample clipping); ``overrides`` go to the config."""
     import diffusers
 
-    from .errors import ConfigError, did_you_mean
+    from .errors import ConfigError
 
-    if name not in BY_NAME:
-        raise ConfigError(path, f"unknown scheduler '{name}'{did_you_mean(name, BY_NAME)}")
-    cls_name, defaults = BY_NAME[name]
+    short, implied = resolve_scheduler_name(name, path)
+    cls_name, defaults = BY_NAME[short]
+    defaults = {**defaults, **implied}
     try:
         return getattr(diffusers, cls_name)(**{**defaults, **overrides})
     except TypeError as err:

@@ -71,7 +71,7 @@ class Adaptive(Guider):
             )
         if self.agreement not in AGREEMENTS:
             raise ConfigError("agreement", f"unknown '{self.agreement}'; valid: {', '.join(AGREEMENTS)}")
-        check_space(self.space)
+        self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
 
     @property

@@ -60,7 +60,7 @@ class APG(Guider):
             raise ConfigError("form", f"unknown form '{self.form}'; valid: {', '.join(APG_FORMS)}")
         if float(self.norm_threshold) < 0:
             raise ConfigError("norm_threshold", f"must be >= 0 (0 turns it off), got {self.norm_threshold}")
-        check_space(self.space)
+        self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
 
     @property

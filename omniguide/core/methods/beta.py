@@ -6,10 +6,11 @@ A normalized guidance direction whose strength follows a Beta density over the s
     d    = c - u
     pred = u + w * beta_pdf(x; a, b) * d / ||d||^gamma        (per sample over the declared axes)
 
-``x`` runs from 0 at the first (noisiest) step to 1 at the last: ``x = i / (N - 1)`` (the reference's
-``step / total_steps``) with ``coordinate="step"``, or ``x = 1 - t`` with ``coordinate="t"``, which
-also works for score distillation. ``normalize=True`` divides the density by its value at the mode
-``(a - 1) / (a + b - 2)`` (the reference's optional ``normalize``; it needs ``a, b > 1``).
+``x`` runs from 0 at the first (noisiest) step to 1 at the last: the ``step`` coordinate
+``i / (N - 1)`` (the reference's ``step / total_steps``) with ``coordinate="step"``, or ``x = 1 - t``
+with ``coordinate="t"``, which also works for score distillation. ``normalize=True`` divides the
+density by its value at the mode ``(a - 1) / (a + b - 2)`` (the reference's optional
+``normalize``; it needs ``a, b > 1``).
 
 With ``gamma = 1`` the update has norm ``w * beta_pdf`` whatever the latent size (the reference has
 no dimension factor in this variant). Where ``w * beta_pdf(x) = 0`` (``x = 0`` or ``1`` for
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes, norm
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider, passthrough
+from ..guider import STEP_INDEX, GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -63,7 +64,7 @@ class BetaCFG(Guider):
             raise ConfigError("normalize", f"needs a, b > 1, got {self.a}, {self.b}")
         if self.coordinate not in ("step", "t"):
             raise ConfigError("coordinate", f"'step' or 't', got '{self.coordinate}'")
-        check_space(self.space)
+        self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
 
     @property
@@ -78,9 +79,13 @@ class BetaCFG(Guider):
         """``x`` in [0, 1], 0 at pure noise."""
         if self.coordinate == "t":
             return 1.0 - step.coordinate("t").double()
-        if step.index is None or not step.num_steps:
-            raise ConfigError("coordinate", f"beta: no 'step' at {step.where}; use 't'")
-        return torch.tensor(step.index / max(step.num_steps - 1, 1), dtype=torch.float64)
+        return step.coordinate("step").double()
+
+    def requires(self) -> dict[str, str]:
+        needs = super().requires()
+        if self.coordinate == "step":
+            needs[STEP_INDEX] = "beta's density runs over the 'step' coordinate (use coordinate='t')"
+        return needs
 
     def strength(self, step: GuidanceStep) -> float | Tensor:
         """``w * beta_pdf(x)`` (over the mode's density when ``normalize``)."""

@@ -53,7 +53,7 @@ class CFGCache(CFGFamily):
 
     def __post_init__(self):
         check_form(self.form)
-        check_space(self.space)
+        self.space = check_space(self.space)
         if int(self.every) < 1:
             raise ConfigError("every", f"recompute the residual every k >= 1 steps, got {self.every}")
         self.axes = as_axes(self.axes)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider, passthrough
+from ..guider import REANCHOR, GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -41,6 +41,10 @@ class CFGPlusPlus(Guider):
     @property
     def fallback(self) -> str:
         return "uncond"
+
+    def requires(self) -> dict[str, str]:
+        why = "CFG++ denoises with the guided x0 but re-noises with the unconditional eps"
+        return {**super().requires(), REANCHOR: why}
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         if is_neutral(resolve(self.scale, step), 0.0):

@@ -20,10 +20,10 @@ from torch import Tensor
 from ..axes import Axes, as_axes, std
 from ..errors import ConfigError
 from ..guider import GuidanceStep, guided, passthrough
-from ..prediction import PARAMETERIZATIONS, Guided, Prediction
+from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, check_form
+from .common import CFGFamily, cfg, check_form, check_space
 
 
 def rescale(pred: Tensor, cond: Tensor, phi: float, axes: Axes) -> Tensor:
@@ -47,8 +47,7 @@ class CFGRescale(CFGFamily):
         check_form(self.form)
         if not 0.0 <= float(self.rescale) <= 1.0:
             raise ConfigError("rescale", f"must be in [0, 1], got {self.rescale}")
-        if self.space not in PARAMETERIZATIONS:
-            raise ConfigError("space", f"unknown space '{self.space}'; valid: {', '.join(PARAMETERIZATIONS)}")
+        self.space = check_space(self.space, allow_none=False)
         self.axes = as_axes(self.axes)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:

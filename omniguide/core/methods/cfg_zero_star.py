@@ -57,7 +57,7 @@ class CFGZeroStar(CFGFamily):
 
     def __post_init__(self):
         check_form(self.form)
-        check_space(self.space)
+        self.space = check_space(self.space)
         if int(self.zero_init_steps) < 0:
             raise ConfigError("zero_init_steps", f"must be >= 0, got {self.zero_init_steps}")
         self.axes = as_axes(self.axes)

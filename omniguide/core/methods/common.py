@@ -11,7 +11,7 @@ from torch import Tensor
 from ..axes import Axes, dot, norm
 from ..errors import ConfigError, GuidanceError
 from ..guider import GuidanceStep, Guider, guided
-from ..prediction import PARAMETERIZATIONS, Guided, Prediction
+from ..prediction import DIFFUSERS_PREDICTION_TYPES, PARAMETERIZATIONS, Guided, Prediction
 from ..scale import is_neutral, resolve
 
 FORMS = ("u+w(c-u)", "c+w(c-u)")
@@ -37,11 +37,16 @@ def cfg_branches(guider: Guider, step: GuidanceStep, other: str = "uncond") -> t
     return ("cond",) if is_neutral(resolve(guider.scale, step), guider.neutral) else ("cond", other)
 
 
-def check_space(space: str | None) -> str | None:
-    """``None`` (the model's own parameterization) or one of eps, x0, v, flow."""
-    if space is not None and space not in PARAMETERIZATIONS:
-        raise ConfigError("space", f"unknown space '{space}'; valid: None, {', '.join(PARAMETERIZATIONS)}")
-    return space
+def check_space(space: str | None, allow_none: bool = True) -> str | None:
+    """``None`` (the model's own parameterization, when allowed) or one of eps, x0, v, flow; diffusers'
+    names (``epsilon``, ``sample``, ``v_prediction``, ``flow_prediction``) are accepted and normalised."""
+    if space is None and allow_none:
+        return None
+    kind = DIFFUSERS_PREDICTION_TYPES.get(space, space)
+    if kind not in PARAMETERIZATIONS:
+        valid = ", ".join((*(("None",) if allow_none else ()), *PARAMETERIZATIONS, *DIFFUSERS_PREDICTION_TYPES))
+        raise ConfigError("space", f"unknown space '{space}'; valid: {valid}")
+    return kind
 
 
 def in_space(preds: Mapping[str, Prediction], space: str | None, *names: str) -> tuple[str, list[Tensor]]:

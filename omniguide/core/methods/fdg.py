@@ -129,7 +129,7 @@ class FDG(CFGFamily):
 
     def __post_init__(self):
         check_form(self.form)
-        check_space(self.space)
+        self.space = check_space(self.space)
         if self.transform not in TRANSFORMS:
             raise ConfigError("transform", f"unknown '{self.transform}'; valid: {', '.join(TRANSFORMS)}")
         if int(self.levels) < 2 or (self.transform == "fft" and self.levels != 2):

@@ -5,7 +5,7 @@ Guide only while a coordinate lies in ``[low, high]``; elsewhere return the fall
 those steps cost one forward pass. The paper's SDXL interval is ``sigma in (0.28, 5.42]``.
 
 The coordinate is ``sigma`` (EDM-equivalent, path independent), ``t`` (model time) or ``step``
-(fraction of sampling steps, ``index / num_steps``). When the noise level is a tensor (per frame,
+(``index / (num_steps - 1)``: 0 at the first step, 1 at the last). When the noise level is a tensor (per frame,
 per token) the interval applies element-wise.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider, passthrough
+from ..guider import STEP_INDEX, GuidanceStep, Guider, passthrough
 from ..noise import COORDINATES, coordinate_range
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -58,6 +58,12 @@ class Interval(Guider):
     @property
     def stateful(self) -> bool:
         return self.guider.stateful
+
+    def requires(self) -> dict[str, str]:
+        needs = super().requires()
+        if self.coordinate == "step":
+            needs[STEP_INDEX] = "the interval is over the 'step' coordinate (use 'sigma' or 't')"
+        return needs
 
     def inside(self, step: GuidanceStep) -> torch.Tensor:
         value = step.coordinate(self.coordinate)

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..branch import Branch, Perturbation
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import STEP_INDEX, GuidanceStep, Guider, guided, passthrough
 from ..noise import COORDINATES
 from ..perturbations import IdentityAttention, as_selectors
 from ..prediction import Guided, Prediction
@@ -76,6 +76,12 @@ class PerturbedGuidance(Guider):
 
     def make_perturbation(self) -> Perturbation:
         raise NotImplementedError
+
+    def requires(self) -> dict[str, str]:
+        needs = super().requires()
+        if self.perturbed_interval is not None and self.perturbed_coordinate == "step":
+            needs[STEP_INDEX] = "the perturbed term's window is over the 'step' coordinate"
+        return needs
 
     @property
     def neutral(self) -> float:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider
+from ..guider import STEP_INDEX, GuidanceStep, Guider
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import ScaleSchedule
@@ -48,6 +48,12 @@ class Schedule(Guider):
     @property
     def stateful(self) -> bool:
         return self.guider.stateful
+
+    def requires(self) -> dict[str, str]:
+        needs = super().requires()
+        if self.coordinate == "step":
+            needs[STEP_INDEX] = "the schedule runs over the 'step' coordinate (use 't')"
+        return needs
 
     def reset(self) -> None:
         self.scheduled.reset()

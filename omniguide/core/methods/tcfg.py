@@ -57,7 +57,7 @@ class TCFG(CFGFamily):
 
     def __post_init__(self):
         check_form(self.form)
-        check_space(self.space)
+        self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, did_you_mean
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import STEP_INDEX, GuidanceStep, Guider, guided, passthrough
 from ..noise import COORDINATES, coordinate_range
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -120,6 +120,14 @@ class Terms(Guider):
     @property
     def fallback(self) -> str:
         return self.base
+
+    def requires(self) -> dict[str, str]:
+        needs = super().requires()
+        for name, term in self.parsed.items():
+            if term.step is not None or (term.shape != "constant" and term.coordinate == "step") or (
+                    isinstance(term.scale, ScaleSchedule) and term.scale.coordinate == "step"):
+                needs[STEP_INDEX] = f"term '{name}' reads the 'step' coordinate"
+        return needs
 
     def active(self, step: GuidanceStep) -> dict[str, Any]:
         """Branch name -> effective scale, for the terms that are on at this step."""

@@ -1,7 +1,8 @@
 """Perturbations: what a perturbed branch changes inside the model while (and only while) it runs.
 
-A perturbation is called with the branch's model and returns a context manager; the executor
-enters it around that branch's forward pass only (see :class:`~omniguide.core.branch.Perturbation`).
+A perturbation is called with the denoiser's module (as its ModelCall declares it) and the forward
+pass's sample, and returns a context manager; the executor enters it around that branch's forward
+pass only (see :class:`~omniguide.core.branch.Perturbation`).
 Three are implemented for diffusers-style attention, duck-typed (this package imports torch only):
 
 * :class:`IdentityAttention` (PAG, Ahn et al. 2024, arXiv:2403.17377): the self-attention map is
@@ -20,7 +21,7 @@ method's default. A selector that matches nothing is an error naming it, and a s
 never runs during the forward pass is an error too: a perturbed branch never silently equals ``cond``.
 Hooks are removed when the branch ends, also when its forward pass raises.
 
-Modules: :mod:`.selection` (finding the model's modules, selectors, defaults), :mod:`.base` (the
+Modules: :mod:`.selection` (selectors, defaults), :mod:`.base` (the
 common dataclass, forward patching and its removal), :mod:`.attention` (identity attention, blurred
 queries), :mod:`.blur` (the Gaussian blur and the token grid), :mod:`.skip` (block skipping).
 """
@@ -36,7 +37,6 @@ from .selection import (
     block_modules,
     default_attention_layers,
     default_skip_layers,
-    find_module,
     is_attention,
     is_self_attention,
     main_blocks,
@@ -61,7 +61,6 @@ __all__ = [
     "check_fired",
     "default_attention_layers",
     "default_skip_layers",
-    "find_module",
     "gaussian_blur",
     "gaussian_kernel_size",
     "is_attention",

@@ -10,7 +10,6 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,8 +57,8 @@ class IdentityAttention(LayerPerturbation):
     who = "pag"
 
     @contextlib.contextmanager
-    def _run(self, model: Any) -> Iterator:
-        targets = select_self_attention(self.root(model), self.layers, self.who)
+    def _run(self, module: nn.Module, sample: Tensor) -> Iterator:
+        targets = select_self_attention(module, self.layers, self.who)
         fired = dict.fromkeys(targets, 0)
 
         def wrap(name, module, forward):
@@ -94,37 +93,24 @@ class BlurredQueries(LayerPerturbation):
     who = "seg"
 
     @contextlib.contextmanager
-    def _run(self, model: Any) -> Iterator:
-        root = self.root(model)
-        targets = select_self_attention(root, self.layers, self.who)
+    def _run(self, module: nn.Module, sample: Tensor) -> Iterator:
+        targets = select_self_attention(module, self.layers, self.who)
         fired = dict.fromkeys(targets, 0)
-        seen: dict[str, tuple[int, ...]] = {}
-
-        def remember(module, args, kwargs):
-            sample = args[0] if args and isinstance(args[0], Tensor) else None
-            for key in ("sample", "hidden_states", "x"):
-                if sample is None and isinstance(kwargs.get(key), Tensor):
-                    sample = kwargs[key]
-            if sample is not None:
-                seen["shape"] = tuple(sample.shape)
 
         def blur_hook(name):
-            def hook(module, args, output):
+            def hook(attention, args, output):
                 fired[name] += 1
                 if self.grid is not None:
                     frames, grid = output.shape[1] // math.prod(self.grid), tuple(self.grid)
-                elif "shape" not in seen:
-                    raise GuidanceError("seg: no sample shape in the model call; pass grid=(h, w)")
                 else:
-                    frames, grid = token_grid(output.shape[1], output.shape[0], seen["shape"])
+                    frames, grid = token_grid(output.shape[1], output.shape[0], tuple(sample.shape))
                 return blur_queries(output, self.sigma, frames, grid)
             return hook
 
         handles = []
         try:
-            handles.append(root.register_forward_pre_hook(remember, with_kwargs=True))
-            for name, module in targets.items():
-                handles.append(module.to_q.register_forward_hook(blur_hook(name)))
+            for name, attention in targets.items():
+                handles.append(attention.to_q.register_forward_hook(blur_hook(name)))
             yield
         finally:
             for handle in handles:

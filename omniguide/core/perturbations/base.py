@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import GuidanceError
-from .selection import Selector, as_selectors, find_module
+from .selection import Selector, as_selectors
 
 
 # -- patching forwards, with guaranteed removal ----------------------------------------------------
@@ -47,23 +46,21 @@ def _more(names: list[str]) -> str:
 
 @dataclass(frozen=True)
 class LayerPerturbation:
-    """Base of the perturbations: ``layers`` (selectors; ``None`` for the method's default) and
-    ``module`` (the ``nn.Module`` to act on; ``None`` finds it inside the model callable).
-    ``perturbation(model)`` returns the context manager ``_run(model)`` of the subclass."""
+    """Base of the perturbations: ``layers`` (selectors; ``None`` for the method's default).
+
+    ``perturbation(module, sample)`` returns the context manager ``_run(module, sample)`` of the
+    subclass; ``module`` is the denoiser's ``nn.Module`` as its ModelCall declares it, ``sample``
+    the forward pass's sample."""
 
     layers: tuple[Selector, ...] | None = None
-    module: nn.Module | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "layers", as_selectors(self.layers, f"{self.who}.layers"))
 
     who = "perturbation"
 
-    def root(self, model: Any) -> nn.Module:
-        return self.module if self.module is not None else find_module(model)
+    def __call__(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager:
+        return self._run(module, sample)
 
-    def __call__(self, model: Any) -> contextlib.AbstractContextManager:
-        return self._run(model)
-
-    def _run(self, model: Any) -> contextlib.AbstractContextManager:
+    def _run(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager:
         raise NotImplementedError

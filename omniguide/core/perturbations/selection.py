@@ -1,4 +1,4 @@
-"""Layer selection: finding the ``nn.Module`` behind a model callable and the modules a selector names.
+"""Layer selection: the modules of a denoiser that a selector names.
 
 Selectors: an int (a block of a transformer's block list; negative counts from the end), ``"mid"``,
 ``"down"``, ``"up"``, ``"down.1"``, ``"up.0"`` (UNet regions), or a module name, name prefix or glob
@@ -8,15 +8,11 @@ Diffusers modules are duck-typed (``to_q``, ``to_k``, ``to_v``; block-list names
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import functools
-import inspect
-import types
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..errors import ConfigError, GuidanceError
 
@@ -27,35 +23,6 @@ UNET_REGIONS = {"mid": "mid_block", "down": "down_blocks", "up": "up_blocks"}
 
 
 # -- finding the modules -------------------------------------------------------------------------
-def find_module(model: Any, depth: int = 3) -> nn.Module:
-    """The ``nn.Module`` behind a model callable: the model itself, a bound method's owner, a
-    ``functools.partial`` argument, or a variable a lambda closes over (``lambda x, t, **k: unet(...)``)."""
-    frontier = [model]
-    for _ in range(depth + 1):
-        found = [m for m in frontier if isinstance(m, nn.Module)]
-        if found:  # prefer a module with attention or blocks (a denoiser over, say, a text encoder)
-            return next((m for m in found if main_blocks(m) or any(map(is_attention, m.modules()))), found[0])
-        frontier = [child for obj in frontier for child in _referents(obj)]
-    raise GuidanceError(
-        f"cannot find a torch module inside the model callable {model!r}; give the perturbation module=..."
-    )
-
-
-def _referents(obj: Any) -> list[Any]:
-    out = [getattr(obj, "__self__", None), getattr(obj, "__wrapped__", None)]
-    if isinstance(obj, functools.partial):
-        out += [obj.func, *obj.args, *obj.keywords.values()]
-    for cell in getattr(obj, "__closure__", None) or ():
-        with contextlib.suppress(ValueError):
-            out.append(cell.cell_contents)
-    if inspect.isfunction(obj):  # a lambda may also name a module-level model
-        out += [obj.__globals__.get(name) for name in obj.__code__.co_names]
-    if not inspect.isfunction(obj) and not isinstance(obj, nn.Module) and hasattr(obj, "__dict__"):
-        out += list(vars(obj).values())
-    skip = (str, bytes, int, float, Tensor, type, types.ModuleType)  # never crawl packages or classes
-    return [o for o in out if o is not None and not isinstance(o, skip)]
-
-
 def is_attention(module: nn.Module) -> bool:
     """A diffusers-style attention module (``to_q``, ``to_k``, ``to_v``)."""
     return all(hasattr(module, a) for a in ("to_q", "to_k", "to_v"))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import GuidanceError
 from .base import LayerPerturbation, check_fired, patched_forwards
@@ -26,13 +26,12 @@ class SkipBlocks(LayerPerturbation):
     who = "skip-layer"
 
     @contextlib.contextmanager
-    def _run(self, model: Any) -> Iterator:
-        root = self.root(model)
-        layers = self.layers or default_skip_layers(root)
-        targets = select(root, layers, block_modules(root), self.who, "transformer block")
+    def _run(self, module: nn.Module, sample: Tensor) -> Iterator:
+        layers = self.layers or default_skip_layers(module)
+        targets = select(module, layers, block_modules(module), self.who, "transformer block")
         fired = dict.fromkeys(targets, 0)
 
-        def wrap(name, module, forward):
+        def wrap(name, block, forward):
             signature = inspect.signature(forward)
 
             def skipped_forward(*args, **kwargs):
@@ -47,7 +46,7 @@ class SkipBlocks(LayerPerturbation):
                     raise GuidanceError(f"skip-layer: cannot find the input hidden states of block {name}")
                 # the block still runs once so its output structure is known exactly
                 out = forward(*args, **kwargs)
-                return _inputs_as_outputs(out, hidden, context, name, type(module).__name__)
+                return _inputs_as_outputs(out, hidden, context, name, type(block).__name__)
             return skipped_forward
 
         with patched_forwards(targets, wrap):
