@@ -45,6 +45,8 @@ class Registry:
         return decorator
 
     def get(self, name: str, path: str = "name") -> Any:
+        if not isinstance(name, str):
+            raise ConfigError(path, f"expected a {self.kind} name (a string), got {type(name).__name__}")
         if name not in self._items:
             raise ConfigError(path, f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}")
         return self._items[name]
