@@ -33,12 +33,13 @@ from .core import (
     register_guider,
 )
 from .core.sampler import sample
+from .modalities.base import Guide, guide
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "build_guider", "CFG", "CFGCache", "CFGPlusPlus",
-    "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "GuidanceError", "Guided", "Guider", "Interval", "ModelCall",
-    "NoiseLevel", "PAG", "Prediction", "register_guider", "sample", "ScaleSchedule", "Schedule", "SEG", "SkipLayer",
-    "TCFG", "Term", "Terms",
+    "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "Guide", "guide", "GuidanceError", "Guided", "Guider",
+    "Interval", "ModelCall", "NoiseLevel", "PAG", "Prediction", "register_guider", "sample", "ScaleSchedule",
+    "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]

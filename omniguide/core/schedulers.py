@@ -66,6 +66,17 @@ def is_flow_scheduler(scheduler) -> bool:
             or config.get("prediction_type") == "flow_prediction")
 
 
+def model_parameterization(scheduler) -> str:
+    """What a model driven by ``scheduler`` predicts: ``flow`` for flow-matching schedulers, else the
+    scheduler's ``prediction_type`` (diffusers' names accepted)."""
+    if is_flow_scheduler(scheduler):
+        return "flow"
+    kind = scheduler.config.get("prediction_type")
+    if kind is None:
+        raise GuidanceError(f"scheduler {type(scheduler).__name__} has no prediction_type in its config")
+    return check_parameterization(kind, "scheduler.config.prediction_type")
+
+
 def noise_schedule(scheduler) -> NoiseSchedule:
     """The training noise schedule behind a diffusers scheduler: flow for flow-matching ones, else
     VP from its ``alphas_cumprod`` (what UNet-family models were trained with)."""

@@ -56,12 +56,15 @@ class IdentityAttention(LayerPerturbation):
 
     who = "pag"
 
+    def targets(self, module: nn.Module) -> dict[str, nn.Module]:
+        return select_self_attention(module, self.layers, self.who)
+
     @contextlib.contextmanager
     def _run(self, module: nn.Module, sample: Tensor) -> Iterator:
-        targets = select_self_attention(module, self.layers, self.who)
+        targets = self.targets(module)
         fired = dict.fromkeys(targets, 0)
 
-        def wrap(name, module, forward):
+        def wrap(name, attention, forward):
             def identity_forward(*args, **kwargs):
                 with _IdentitySDPA(name, fired):
                     return forward(*args, **kwargs)
@@ -92,9 +95,12 @@ class BlurredQueries(LayerPerturbation):
 
     who = "seg"
 
+    def targets(self, module: nn.Module) -> dict[str, nn.Module]:
+        return select_self_attention(module, self.layers, self.who)
+
     @contextlib.contextmanager
     def _run(self, module: nn.Module, sample: Tensor) -> Iterator:
-        targets = select_self_attention(module, self.layers, self.who)
+        targets = self.targets(module)
         fired = dict.fromkeys(targets, 0)
 
         def blur_hook(name):

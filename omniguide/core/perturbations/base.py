@@ -62,5 +62,10 @@ class LayerPerturbation:
     def __call__(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager:
         return self._run(module, sample)
 
+    def targets(self, module: nn.Module) -> dict[str, nn.Module]:
+        """The modules of ``module`` this perturbation acts on (a one-line error when none match).
+        Adapters call it before any work starts, so a guider the model cannot serve fails early."""
+        raise NotImplementedError
+
     def _run(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager:
         raise NotImplementedError

@@ -25,10 +25,13 @@ class SkipBlocks(LayerPerturbation):
 
     who = "skip-layer"
 
+    def targets(self, module: nn.Module) -> dict[str, nn.Module]:
+        layers = self.layers or default_skip_layers(module)
+        return select(module, layers, block_modules(module), self.who, "transformer block")
+
     @contextlib.contextmanager
     def _run(self, module: nn.Module, sample: Tensor) -> Iterator:
-        layers = self.layers or default_skip_layers(module)
-        targets = select(module, layers, block_modules(module), self.who, "transformer block")
+        targets = self.targets(module)
         fired = dict.fromkeys(targets, 0)
 
         def wrap(name, block, forward):

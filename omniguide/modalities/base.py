@@ -1,0 +1,445 @@
+"""The pipeline adapter: any omniguide guider on a diffusers pipeline, with one ``with``.
+
+    with guide(pipe, APG(scale=7), negative_prompt="blurry") as run:
+        images = pipe(["a red circle", "a blue square"], num_images_per_prompt=2, generator=g).images
+    print(run.nfe, run.forward_passes)
+
+Inside the block the adapter owns classifier-free guidance:
+
+* the pipeline's own CFG is switched off (``guidance_scale=1``; ``true_cfg_scale=1`` for Flux), and
+  passing a CFG scale to the pipeline is a one-line error naming it;
+* the pipeline's own prompt encoder runs once per call, as it would with CFG on, so the
+  conditional and the negative inputs are exactly the pipeline's (its default negative included);
+* the denoiser's ``forward`` is intercepted: at each call the adapter reads the noise level of the
+  timestep the pipeline passes (the model's training schedule), builds the ``cond`` and ``uncond``
+  branches (plus the guider's own, e.g. PAG's perturbed one), runs what the guider asks for through
+  the branch executor (batched, or ``batch=False``), combines, and returns the guided prediction in
+  the pipeline's own parameterization;
+* the scheduler's ``step`` is wrapped to count steps (the guider's step index) and to re-anchor the
+  sample for guiders that return an inconsistent ``(x0, eps)`` pair (CFG++);
+* on exit, also after an exception, the pipeline is restored exactly.
+
+What differs between pipelines lives in a :class:`Family` (one short file per family under
+``omniguide/modalities/<modality>/``): which classes it serves, the denoiser and how it is called,
+the axes, how prompts are encoded and which denoiser inputs carry the condition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core.axes import Axes, as_axes
+from ..core.branch import Branch, BranchExecutor, BranchTable, as_branches
+from ..core.errors import GuidanceError
+from ..core.guider import REANCHOR, STEP_INDEX, GuidanceStep, Guided, Guider, check_requirements
+from ..core.model_call import ModelCall, default_output
+from ..core.noise import NoiseLevel, per_sample
+from ..core.perturbations import LayerPerturbation
+
+# -- families -----------------------------------------------------------------------------------------
+Encoder = Callable[[Callable, dict, dict], tuple[Any, dict, dict]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the adapter needs to know about one family of pipelines.
+
+    ``pipelines``: the classes served (subclasses too), as diffusers names or ``"module:Class"``;
+    ``denoiser``: the pipeline attribute holding the denoiser; ``sample`` / ``timestep``: the
+    denoiser's keywords for them; ``timestep_scale``: model timestep per scheduler timestep;
+    ``layout``: the axes letters of the denoiser's sample; ``cfg_scale``: the pipeline's CFG-scale
+    arguments (an error inside ``guide``); ``cfg_off``: what switches the pipeline's CFG off;
+    ``negatives``: the pipeline's negative-input arguments (``guide`` accepts the same names);
+    ``encode(original, arguments, negatives) -> (result for the pipeline, positive, negative)``
+    runs the pipeline's encoder once with the negative and returns the encoded values by name;
+    ``conditions``: denoiser keyword (dotted into mappings) -> the encoded value it carries;
+    ``shared``: denoiser inputs without a batch dimension; ``output(module)`` / ``pack(module,
+    guided)``: where the prediction sits in the denoiser's output and how the guided prediction is
+    handed back (a learned variance next to the noise); ``check(pipe)``: family-specific refusals."""
+
+    name: str
+    pipelines: tuple[str, ...]
+    denoiser: str
+    sample: str
+    encode: Encoder
+    conditions: Mapping[str, str]
+    timestep: str = "timestep"
+    timestep_scale: float = 1.0
+    layout: str = "BCHW"
+    cfg_scale: tuple[str, ...] = ("guidance_scale",)
+    cfg_off: Mapping[str, Any] = field(default_factory=lambda: {"guidance_scale": 1.0})
+    negatives: tuple[str, ...] = ("negative_prompt", "negative_prompt_embeds")
+    encoder: str = "encode_prompt"
+    shared: frozenset[str] = frozenset()
+    output: Callable[[nn.Module], Callable[[Any], Tensor]] = lambda module: default_output
+    pack: Callable[[nn.Module, Tensor], Tensor] | None = None
+    check: Callable[[Any], None] | None = None
+
+    def classes(self) -> tuple[type, ...]:
+        """The pipeline classes, imported."""
+        out = []
+        for spec in self.pipelines:
+            module, _, name = spec.rpartition(":") if ":" in spec else ("diffusers", "", spec)
+            out.append(getattr(importlib.import_module(module), name))
+        return tuple(out)
+
+    def model_call(self, module: nn.Module | ModelCall) -> ModelCall:
+        """How the adapter calls a denoiser of this family (also a weak model given as a module)."""
+        if isinstance(module, ModelCall):
+            return module
+        return ModelCall(module, sample=self.sample, timestep=self.timestep, timestep_scale=self.timestep_scale,
+                         output=self.output(module), shared=self.shared, fixed={"return_dict": False})
+
+
+FAMILIES: dict[str, Family] = {}
+# modality packages whose import registers their families (no shared list of families to edit)
+MODALITY_PACKAGES = ("omniguide.modalities.image", "omniguide.modalities.audio", "omniguide.modalities.video")
+
+
+def register_family(family: Family) -> Family:
+    """Make ``family`` available to :func:`guide` (called at import by each family file)."""
+    if family.name in FAMILIES and FAMILIES[family.name] != family:
+        raise ValueError(f"pipeline family '{family.name}' is registered twice")
+    FAMILIES[family.name] = family
+    return family
+
+
+def load_families() -> dict[str, Family]:
+    """Import the modality packages that exist, so every family is registered."""
+    for package in MODALITY_PACKAGES:
+        try:
+            importlib.import_module(package)
+        except ModuleNotFoundError as err:
+            if err.name != package:
+                raise
+    return FAMILIES
+
+
+def family_for(pipe: Any) -> Family:
+    """The family serving ``pipe``; a one-line error listing the supported ones otherwise."""
+    for family in load_families().values():
+        if isinstance(pipe, family.classes()):
+            return family
+    supported = ", ".join(f"{f.name} ({', '.join(c.rpartition(':')[2] for c in f.pipelines)})"
+                          for f in FAMILIES.values())
+    raise GuidanceError(f"guide(): no pipeline family serves {type(pipe).__name__}; supported: {supported}")
+
+
+# -- small helpers ------------------------------------------------------------------------------------
+def replace_input(inputs: Mapping[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``inputs`` with ``path`` (dotted into mappings) set to ``value``; the pipeline's own
+    mappings are never mutated."""
+    key, _, rest = path.partition(".")
+    out = dict(inputs)
+    out[key] = replace_input(inputs[key], rest, value) if rest else value
+    return out
+
+
+def get_input(inputs: Mapping[str, Any], path: str) -> Any:
+    key, _, rest = path.partition(".")
+    if key not in inputs or inputs[key] is None:
+        return None
+    return get_input(inputs[key], rest) if rest else inputs[key]
+
+
+def prompt_count(prompt: Any) -> int | None:
+    if isinstance(prompt, str):
+        return 1
+    if isinstance(prompt, (list, tuple)):
+        return len(prompt)
+    return None
+
+
+@dataclass
+class _Call:
+    """State of one pipeline call inside ``guide``."""
+
+    executor: BranchExecutor
+    scheduler: Any
+    negatives: dict
+    positive: dict | None = None
+    negative: dict | None = None
+    index: int = 0
+    last: tuple[Guided, NoiseLevel] | None = None
+
+
+class _DenoiserOutput(dict):
+    """What a denoiser returns with ``return_dict=True``: ``.sample`` and ``[0]`` both work."""
+
+    def __init__(self, sample: Tensor):
+        super().__init__(sample=sample)
+        self.sample = sample
+
+    def __getitem__(self, key):
+        return self.sample if key == 0 else super().__getitem__(key)
+
+
+# -- the adapter --------------------------------------------------------------------------------------
+class Guide:
+    """The context manager :func:`guide` returns; inside it, the handle reports the work done:
+    ``nfe`` (branch evaluations per sample), ``forward_passes`` (denoiser calls), per step, over
+    every pipeline call made in the block."""
+
+    def __init__(self, pipe: Any, guider: Guider, negatives: dict, batch: bool = True,
+                 axes: Axes | str | tuple | None = None, branches: BranchTable | None = None,
+                 family: str | None = None):
+        self.pipe, self.guider, self.batch = pipe, guider, batch
+        self.family = FAMILIES[family] if family in load_families() else None
+        if family is not None and self.family is None:
+            raise GuidanceError(f"guide(family='{family}'): unknown family; valid: {', '.join(sorted(FAMILIES))}")
+        self.family = self.family or family_for(pipe)
+        unknown = [k for k in negatives if k not in self.family.negatives]
+        if unknown:
+            raise GuidanceError(f"guide(): '{unknown[0]}' is not a negative input of the {self.family.name} family; "
+                                f"valid: {', '.join(self.family.negatives)}")
+        self.negatives = {k: v for k, v in negatives.items() if v is not None}
+        self.axes = as_axes(axes) if axes is not None else Axes.from_layout(self.family.layout)
+        self.user_branches = as_branches(branches)
+        self.nfe_per_step: list[int] = []
+        self.passes_per_step: list[int] = []
+        self.calls = 0
+        self._call: _Call | None = None
+        self._inner = False
+        self._saved: dict[str, Any] = {}
+
+    # -- reporting ----------------------------------------------------------------------------------
+    @property
+    def nfe(self) -> int:
+        return sum(self.nfe_per_step)
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(self.passes_per_step)
+
+    # -- entering and leaving -----------------------------------------------------------------------
+    def __enter__(self) -> Guide:
+        family, pipe = self.family, self.pipe
+        if family.check is not None:
+            family.check(pipe)
+        self.denoiser = getattr(pipe, family.denoiser, None)
+        if not isinstance(self.denoiser, nn.Module):
+            raise GuidanceError(f"guide(): {type(pipe).__name__} has no denoiser module '{family.denoiser}'")
+        if getattr(pipe, "_omniguide_guide", None) is not None:
+            raise GuidanceError(f"guide(): this {type(pipe).__name__} is already inside a guide() block")
+        check_requirements(self.guider, (STEP_INDEX, REANCHOR), "the pipeline adapter")
+        self.call = family.model_call(self.denoiser)
+        self.branch_defaults = self._resolve_models(self.guider.branch_defaults())
+        self._check_perturbations()
+        cls = type(pipe)
+        self._saved = {"class": cls, "forward": self.denoiser.__dict__.get("forward")}
+        original_forward = self.denoiser.forward
+        self._original_forward = original_forward
+        self._forward_signature = inspect.signature(original_forward)
+        self.denoiser.forward = self._forward
+        pipe._omniguide_guide = self
+        pipe.__class__ = _guided_class(cls)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.restore()
+        return False
+
+    def restore(self) -> None:
+        """Put the pipeline back exactly as it was (class, denoiser forward, attributes)."""
+        if not self._saved:
+            return
+        pipe = self.pipe
+        pipe.__class__ = self._saved["class"]
+        pipe.__dict__.pop("_omniguide_guide", None)
+        if self._saved["forward"] is None:
+            self.denoiser.__dict__.pop("forward", None)
+        else:
+            self.denoiser.forward = self._saved["forward"]
+        self._saved = {}
+
+    def _resolve_models(self, table: Mapping[str, Branch]) -> dict[str, Branch]:
+        """Branch models given as plain modules (a weak UNet) are called the family's way."""
+        out = {}
+        for name, branch in table.items():
+            if isinstance(branch.model, nn.Module):
+                branch = dataclasses.replace(branch, model=self.family.model_call(branch.model))
+            out[name] = branch
+        return out
+
+    def _check_perturbations(self) -> None:
+        """A guider whose perturbed branches this denoiser cannot serve fails now, not mid-run."""
+        for name, branch in {**self.branch_defaults, **self._resolve_models(self.user_branches)}.items():
+            perturbation = branch.perturbation
+            if isinstance(perturbation, LayerPerturbation):
+                model = branch.model if isinstance(branch.model, ModelCall) else self.call
+                try:
+                    perturbation.targets(model.require_module(f"branch '{name}'"))
+                except GuidanceError as err:
+                    raise GuidanceError(f"guide(): {self.guider.name or 'the guider'} cannot build its branch "
+                                        f"'{name}' on {type(self.denoiser).__name__}: {err}") from None
+
+    # -- one pipeline call --------------------------------------------------------------------------
+    def _run_pipeline(self, cls: type, pipe: Any, args: tuple, kwargs: dict) -> Any:
+        """The pipeline's ``__call__`` with its CFG off and the encoder and scheduler wrapped."""
+        family = self.family
+        bound = inspect.signature(cls.__call__).bind(pipe, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        arguments.pop("self", None)
+        arguments.update(arguments.pop("kwargs", None) or {})
+        for name in family.cfg_scale:
+            if name in arguments:
+                raise GuidanceError(
+                    f"guide(): {type(pipe).__name__}({name}=...) is the pipeline's own CFG scale; inside guide() "
+                    f"the guider owns guidance (set its scale, e.g. CFG(scale={arguments[name]}))")
+        negatives = {k: arguments[k] for k in family.negatives if arguments.get(k) is not None}
+        negatives.update(self.negatives)
+        arguments.update(family.cfg_off)
+        scheduler = pipe.scheduler
+        self._check_scheduler(scheduler)
+        from ..core.schedulers import model_parameterization, noise_schedule
+
+        executor = BranchExecutor(self.call, None, model_parameterization(scheduler), batch=self.batch,
+                                  noise_of=self._noise_of(noise_schedule(scheduler)))
+        self._call = _Call(executor, scheduler, negatives)
+        self.guider.reset()
+        encoder = getattr(pipe, family.encoder)
+        step = scheduler.step
+        pipe.__dict__[family.encoder] = self._encoder(encoder)
+        scheduler.step = self._scheduler_step(step)
+        try:
+            return cls.__call__(pipe, **arguments)
+        finally:
+            pipe.__dict__.pop(family.encoder, None)
+            scheduler.__dict__.pop("step", None)
+            self.nfe_per_step += executor.nfe_per_step
+            self.passes_per_step += executor.passes_per_step
+            self.calls += 1
+            self._call = None
+
+    def _check_scheduler(self, scheduler: Any) -> None:
+        order = getattr(scheduler, "order", 1)
+        if order > 1 and self.guider.stateful:
+            raise GuidanceError(
+                f"guide(): guider '{self.guider.name}' keeps state between steps, but {type(scheduler).__name__} "
+                f"evaluates the model {order} times per step; use a first-order or multistep scheduler")
+
+    def _noise_of(self, schedule) -> Callable[[Any], NoiseLevel]:
+        scale = self.family.timestep_scale
+
+        def noise_of(timestep: Any) -> NoiseLevel:
+            return schedule.noise(torch.as_tensor(timestep).detach().double().cpu() / scale)
+        return noise_of
+
+    def _encoder(self, original: Callable) -> Callable:
+        signature = inspect.signature(original)
+
+        def encode(*args, **kwargs):
+            call = self._call
+            arguments = dict(signature.bind(*args, **kwargs).arguments)
+            negatives = dict(call.negatives)
+            count, negative = prompt_count(arguments.get("prompt")), negatives.get("negative_prompt")
+            if isinstance(negative, str) and isinstance(arguments.get("prompt"), (list, tuple)):
+                negatives["negative_prompt"] = negative = [negative] * count
+            if count is not None and isinstance(negative, (list, tuple)) and len(negative) != count:
+                raise GuidanceError(f"guide(): {len(negative)} negative prompts for {count} prompts; give one "
+                                    "negative prompt, or a list as long as the prompts")
+            result, call.positive, call.negative = self.family.encode(original, arguments, negatives)
+            return result
+        return encode
+
+    def _scheduler_step(self, original: Callable) -> Callable:
+        signature = inspect.signature(original)
+        from ..core.schedulers import scales_model_input
+
+        def step(*args, **kwargs):
+            call = self._call
+            if call.last is not None and not call.last[0].consistent:
+                bound = signature.bind(*args, **kwargs)
+                result, noise = call.last
+                if scales_model_input(call.scheduler):   # VE sample x0 + sigma eps; the model saw it scaled
+                    noise = NoiseLevel.edm(noise.sigma_edm)
+                sample = bound.arguments["sample"]
+                bound.arguments["sample"] = (noise.alpha * result.x0 + noise.sigma * result.eps).to(sample.dtype)
+                args, kwargs = bound.args, bound.kwargs
+            call.last = None
+            call.index += 1
+            return original(*args, **kwargs)
+        return step
+
+    # -- one denoiser call --------------------------------------------------------------------------
+    def _forward(self, *args, **kwargs):
+        if self._inner or self._call is None:   # the executor's own calls, or a call outside the pipeline
+            return self._original_forward(*args, **kwargs)
+        family, call = self.family, self._call
+        inputs = dict(self._forward_signature.bind(*args, **kwargs).arguments)
+        inputs.update(inputs.pop("kwargs", None) or {})
+        return_dict = inputs.pop("return_dict", True)
+        sample, timestep = inputs.pop(family.sample), inputs.pop(family.timestep)
+        if call.positive is None:
+            raise GuidanceError(f"guide(): {type(self.pipe).__name__} called its {family.denoiser} before encoding "
+                                f"prompts with {family.encoder}; the adapter has no negative inputs")
+        noise = per_sample(call.executor.noise_of(timestep), sample.ndim).to(sample)
+        num_steps = len(call.scheduler.timesteps)
+        step = GuidanceStep(sample, noise, timestep, call.index, num_steps, self.axes)
+        table = {"cond": Branch("cond", inputs), "uncond": Branch("uncond", self._uncond_inputs(inputs))}
+        call.executor.branches = {**table, **self.branch_defaults, **self._resolve_models(self.user_branches)}
+        self._inner = True
+        try:
+            preds = call.executor(self.guider.branches(step), sample, timestep, step)
+        finally:
+            self._inner = False
+        result = self.guider.combine(preds, step)
+        call.last = (result, noise)
+        out = result.to(call.executor.parameterization).to(sample.dtype)
+        if family.pack is not None:
+            out = family.pack(self.denoiser, out)
+        return _DenoiserOutput(out) if return_dict else (out,)
+
+    def _uncond_inputs(self, inputs: dict) -> dict:
+        """The conditional inputs with each condition replaced by its negative counterpart."""
+        call, out = self._call, inputs
+        for path, name in self.family.conditions.items():
+            cond = get_input(inputs, path)
+            if cond is None:
+                continue
+            negative = call.negative.get(name)
+            if negative is None:
+                raise GuidanceError(f"guide(): the {self.family.name} encoder gave no negative '{name}' for {path}")
+            if isinstance(cond, Tensor):
+                if negative.shape != cond.shape:
+                    raise GuidanceError(f"guide(): the negative '{name}' has shape {tuple(negative.shape)} but the "
+                                        f"pipeline passes {tuple(cond.shape)} as {path}")
+                negative = negative.to(device=cond.device, dtype=cond.dtype)
+            out = replace_input(out, path, negative)
+        return out
+
+
+_GUIDED_CLASSES: dict[type, type] = {}
+
+
+def _guided_class(cls: type) -> type:
+    """A subclass of the pipeline class whose ``__call__`` goes through the adapter (swapped in on
+    ``pipe.__class__`` for the duration of the block, as ``torch.nn.utils.parametrize`` does)."""
+    if cls not in _GUIDED_CLASSES:
+        def __call__(self, *args, **kwargs):
+            return self._omniguide_guide._run_pipeline(cls, self, args, kwargs)
+
+        __call__.__doc__ = cls.__call__.__doc__
+        _GUIDED_CLASSES[cls] = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+    return _GUIDED_CLASSES[cls]
+
+
+def guide(pipe: Any, guider: Guider, negative_prompt: str | list[str] | None = None, *, batch: bool = True,
+          axes: Axes | str | tuple | None = None, branches: BranchTable | None = None, family: str | None = None,
+          **negatives: Any) -> Guide:
+    """Drive ``pipe`` with ``guider`` inside a ``with`` block (see the module docstring).
+
+    ``negative_prompt`` (and the family's other negative inputs by name, e.g. ``negative_prompt_2``)
+    replaces the pipeline's unconditional input; without one the pipeline's own default is used.
+    ``batch=False`` runs branches one at a time (less memory). ``axes`` overrides the family's
+    layout. ``branches`` adds or replaces named branches (``{"weak": Branch(..., model=unet)}``).
+    ``family`` picks a family by name instead of by the pipeline's class."""
+    return Guide(pipe, guider, {"negative_prompt": negative_prompt, **negatives}, batch, axes, branches, family)
