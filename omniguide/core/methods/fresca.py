@@ -41,7 +41,8 @@ def frequency_scale(x: Tensor, dims: tuple[int, ...], low: float, high: float, c
         idx = torch.arange(n, device=x.device)
         box = (idx >= n // 2 - cutoff) & (idx < n // 2 + cutoff)
         inside = inside & box.reshape([n if i == d % x.ndim else 1 for i in range(x.ndim)])
-    mask = torch.where(inside, torch.as_tensor(low), torch.as_tensor(high)).to(spec.real.dtype)
+    real = spec.real.dtype
+    mask = torch.where(inside, torch.tensor(low, dtype=real, device=x.device), torch.tensor(high, dtype=real, device=x.device))
     out = torch.fft.ifftn(torch.fft.ifftshift(spec * mask, dim=dims), dim=dims).real
     return out.to(x.dtype)
 

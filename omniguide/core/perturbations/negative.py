@@ -75,7 +75,8 @@ class NegativeContext(LayerPerturbation, RowsPerturbation):
         missing = [n for n in (self.positive, self.negative) if n not in rows]
         if missing:
             raise GuidanceError(f"{self.who}: branch '{missing[0]}' is not in this forward pass (rows: "
-                                f"{', '.join(rows)}); the positive and negative branches must be batched together")
+                                f"{', '.join(rows)}); '{self.positive}' and '{self.negative}' must share one batched "
+                                "forward pass (batch=False runs them apart)")
         return rows[self.positive], rows[self.negative]
 
     @contextlib.contextmanager
