@@ -21,6 +21,7 @@ from .terms import Term, Terms
 # Methods II: new branches, combine rules from other tools, attention-space negatives
 from .cfg_norm import CFGNorm  # noqa: E402
 from .fresca import FreSca  # noqa: E402
+from .gfcg import GFCG  # noqa: E402
 from .icg import ICG, IndependentCondition  # noqa: E402
 from .magnitude_aware import MagnitudeAware  # noqa: E402
 from .momentum import Momentum  # noqa: E402
@@ -31,6 +32,8 @@ from .prior_guidance import PriorGuidance  # noqa: E402
 from .residual_cfg import ResidualCFG  # noqa: E402
 from .s2_guidance import S2Guidance  # noqa: E402
 from .sag import SAG  # noqa: E402
+from .scale_search import ScaleSearch  # noqa: E402
+from .scorer_guidance import ScorerGuidance  # noqa: E402
 from .smc_cfg import SMCCFG  # noqa: E402
 from .tpg import TPG  # noqa: E402
 from .tsg import TSG  # noqa: E402
@@ -39,6 +42,6 @@ from .vsf import VSF  # noqa: E402
 __all__ = [
     "APG", "CFG", "FDG", "PAG", "SEG", "TCFG", "Adaptive", "AutoGuidance", "BetaCFG", "CFGCache", "CFGPlusPlus",
     "CFGRescale", "CFGZeroStar", "Interval", "Schedule", "SkipLayer", "Term", "Terms",
-    "CFGNorm", "FreSca", "ICG", "IndependentCondition", "MagnitudeAware", "Momentum", "NAG", "PerpNeg", "PLADIS",
-    "PriorGuidance", "ResidualCFG", "S2Guidance", "SAG", "SMCCFG", "TPG", "TSG", "VSF",
+    "CFGNorm", "FreSca", "GFCG", "ICG", "IndependentCondition", "MagnitudeAware", "Momentum", "NAG", "PerpNeg", "PLADIS",
+    "PriorGuidance", "ResidualCFG", "S2Guidance", "SAG", "ScaleSearch", "ScorerGuidance", "SMCCFG", "TPG", "TSG", "VSF",
 ]

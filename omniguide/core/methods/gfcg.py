@@ -11,8 +11,9 @@ prediction under that reference label:
     pred   = base + lam (c - D(x, r))                       base: CFG (``scale``; 1 = the conditional alone)
 
 The reference branch is the conditional branch with its class input (``input``, default ``labels``) set
-to ``r`` per sample, or, with ``pool``, to row ``r`` of a table of conditions (per-class prompt
-embeddings): a follow-up branch in the same step, so a step costs one extra evaluation.
+to ``r`` per sample, or, with ``pool`` (``{input path: [classes, ...]}``, dotted into mappings), every
+listed input set to row ``r`` of its table -- per-class prompt embeddings for a text-to-image model: a
+follow-up branch in the same step, so a step costs one extra evaluation.
 
 The abstract fixes the ingredients (inference-mode classifier, a time-adaptive reference label and
 scale per step, complementary to CFG and autoguidance); the adaptive-weight rule above is our reading,
@@ -36,6 +37,7 @@ from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
 from ..scorers import build_scorer, check_logits
 from .common import cfg
+from .icg import get_path, set_path
 
 
 @register_guider("gfcg")
@@ -59,7 +61,9 @@ class GFCG(Guider):
         if self.classifier is None:
             raise ConfigError("classifier", "gfcg needs a classifier (a callable or a registered name)")
         self._classifier = build_scorer(self.classifier, "classifier")
-        self._pool = None if self.pool is None else torch.as_tensor(self.pool)
+        if self.pool is not None and not isinstance(self.pool, Mapping):
+            raise ConfigError("pool", "a mapping {input: [one row per class, ...]}, e.g. {encoder_hidden_states: E}")
+        self._pool = None if self.pool is None else {k: torch.as_tensor(v) for k, v in self.pool.items()}
 
     def reset(self) -> None:
         self._weights = []
@@ -93,8 +97,17 @@ class GFCG(Guider):
         weight = (p_ref / p_target.clamp_min(1e-12)).clamp(max=float(self.max_ratio))
         self._step = (step.index, weight)
         self._weights.append(float(weight.mean()))
-        value = reference if self._pool is None else self._pool[reference.cpu()]
-        return {self.branch: Branch(self.branch, base="cond", inputs={self.input: value.to(x0.device)})}
+        if self._pool is None:
+            return {self.branch: Branch(self.branch, base="cond", inputs={self.input: reference.to(x0.device)})}
+        rows = {path: table[reference.cpu()] for path, table in self._pool.items()}
+
+        def draw(_, inputs, rows=rows):
+            for path, value in rows.items():
+                current = get_path(inputs, path)
+                inputs = set_path(inputs, path, value.to(device=current.device, dtype=current.dtype)
+                                  if isinstance(current, torch.Tensor) else value)
+            return inputs
+        return {self.branch: Branch(self.branch, base="cond", draw=draw)}
 
     def report(self) -> dict:
         return {"gfcg": {"mean_weight_per_step": list(self._weights)}}
