@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import tiny_pipelines as TP
 import torch
 
-import tiny_pipelines as TP
 from omniguide import CFG, guide
 from omniguide.recipes.cli import main
 
