@@ -60,7 +60,10 @@ class Family:
     ``negatives``: the pipeline's negative-input arguments (``guide`` accepts the same names);
     ``encode(original, arguments, negatives) -> (result for the pipeline, positive, negative)``
     runs the pipeline's encoder once with the negative and returns the encoded values by name;
-    ``conditions``: denoiser keyword (dotted into mappings) -> the encoded value it carries;
+    ``conditions``: denoiser keyword (dotted into mappings) -> the encoded value it carries (the
+    unconditional inputs replace each by its negative); ``uncond(inputs, positive, negative)``
+    builds them instead when the pipeline assembles the condition after encoding (Stable Audio's
+    text + duration sequence);
     ``shared``: denoiser inputs without a batch dimension; ``output(module)`` / ``pack(module,
     guided)``: where the prediction sits in the denoiser's output and how the guided prediction is
     handed back (a learned variance next to the noise); ``check(pipe)``: family-specific refusals.
@@ -88,6 +91,7 @@ class Family:
     output: Callable[[nn.Module], Callable[[Any], Tensor]] = lambda module: default_output
     pack: Callable[[nn.Module, Tensor], Tensor] | None = None
     check: Callable[[Any], None] | None = None
+    uncond: Callable[[dict, dict, dict], dict] | None = None
     modality: str = "image"
     samples_kwarg: str = "num_images_per_prompt"
     output_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"output_type": "pt"})
@@ -416,6 +420,8 @@ class Guide:
     def _uncond_inputs(self, inputs: dict) -> dict:
         """The conditional inputs with each condition replaced by its negative counterpart."""
         call, out = self._call, inputs
+        if self.family.uncond is not None:
+            return self.family.uncond(inputs, call.positive, call.negative)
         for path, name in self.family.conditions.items():
             cond = get_input(inputs, path)
             if cond is None:
