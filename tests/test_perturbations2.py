@@ -213,6 +213,12 @@ def nag_reference(zp, zn, s, tau, alpha):
 ROWS = {"pos": slice(0, 2), "neg": slice(2, 4)}
 
 
+def flux_ids() -> torch.Tensor:
+    """Flux position ids: 5 text tokens at 0, then a 4x4 image grid."""
+    grid = torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    return torch.cat([torch.zeros(5, 3), torch.stack(grid, -1).reshape(-1, 3)])
+
+
 def _joint_attention(model, name):
     return dict(model.named_modules())[name]
 
@@ -234,8 +240,7 @@ def test_nag_golden(where, unet, sd3, flux):
     rope = None
     kwargs = {}
     if where == "flux":
-        ids = torch.cat([torch.zeros(5, 3), torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0),
-                                                                      torch.arange(4.0), indexing="ij"), -1).reshape(-1, 3)])
+        ids = flux_ids()
         rope = flux.pos_embed(ids)
         kwargs = {"image_rotary_emb": rope}
     p = NormalizedAttention((name,), positive="pos", negative="neg", scale=2.0, tau=2.5, alpha=0.5)
@@ -289,8 +294,7 @@ def test_vsf_joint_attention_hides_the_negative_from_the_positive_text(where, sd
     e_pos, e_neg = torch.randn(2, 5, ctx_dim), torch.randn(2, 5, ctx_dim)
     kwargs = {}
     if where == "flux":
-        ids = torch.cat([torch.zeros(5, 3), torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0),
-                                                                      torch.arange(4.0), indexing="ij"), -1).reshape(-1, 3)])
+        ids = flux_ids()
         kwargs = {"image_rotary_emb": flux.pos_embed(ids)}
     with torch.no_grad():
         plain = attn(h_pos, encoder_hidden_states=e_pos, **kwargs)
@@ -322,7 +326,7 @@ def test_rows_perturbations_need_one_batched_pass(unet):
         assert (preds["nag"].value - unet(x, 10, e_pos).sample).abs().max() > 1e-6
         apart = BranchExecutor(call, table, "eps", batch=False)
         apart.with_defaults(guider.branch_defaults())
-        with pytest.raises(GuidanceError, match="nag: branch 'nag-negative' is not in this forward pass .*must share one batched"):
+        with pytest.raises(GuidanceError, match="nag: branch 'nag-negative' is not in this forward pass .*one batched"):
             apart(guider.branches(step), x, 10, step)
     assert no_hooks_left(unet)
 

@@ -74,7 +74,9 @@ class RowsPerturbation:
     batched sample (branches merged as identical share a slice). Used when one branch's rows feed
     another's computation inside the pass (NAG's and VSF's negative context)."""
 
-    def for_rows(self, module: nn.Module, sample: Tensor, rows: Mapping[str, slice]) -> contextlib.AbstractContextManager:
+    def for_rows(
+        self, module: nn.Module, sample: Tensor, rows: Mapping[str, slice]
+    ) -> contextlib.AbstractContextManager:
         raise NotImplementedError
 
 

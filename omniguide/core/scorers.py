@@ -17,9 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import ConfigError, GuidanceError
+from .errors import ConfigError, GuidanceError, did_you_mean
 from .registry import Registry, init_fields
-from .errors import did_you_mean
 
 SCORERS = Registry("scorer")
 Scorer = Callable[[Tensor], Tensor]

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.correctors import CORRECTORS
 from ..core.errors import ConfigError, did_you_mean
 from ..core.registry import GUIDERS, Registry
+from ..core.scorers import SCORERS
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ OBJECTIVES = Registry("distillation objective")
 COMPONENTS: dict[str, Registry] = {
     "recipes": RECIPES,
     "guiders": GUIDERS,
+    "correctors": CORRECTORS,
+    "scorers": SCORERS,
     "models": MODELS,
     "schedulers": SCHEDULERS,
     "callbacks": CALLBACKS,

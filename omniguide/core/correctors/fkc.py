@@ -18,7 +18,9 @@ s_c||^2 t dt`` for EDM, generalised)
 
     d log w = (sigma~_i^2 - sigma~_{i+1}^2) / (2 sigma~_i^2) * ( ||sum_i a_i eps_i||^2 - sum_i a_i ||eps_i||^2 )
 
-(for the tempered target: ``gamma (gamma - 1) ||eps_c - eps_u||^2`` times the same factor). An annealed
+(for the tempered target: ``gamma (gamma - 1) ||eps_c - eps_u||^2`` times the same factor). After the
+last step the particles are resampled once more by the weights they carry (so no weight is lost when
+the threshold did not trigger), and no new increment is added there (as the reference). An annealed
 target starts from the un-annealed prior, so its initial weights are ``exp(-(A - 1) ||x_T||^2 / 2)``
 (``A`` = the total weight of non-flat branches; exact as ``alpha_T -> 0`` for unit-variance VP
 latents). After each step except the last, when the effective sample size ``ESS = (sum w)^2 / sum w^2``
@@ -138,46 +140,59 @@ class FKC(Corrector):
         log_w = -(data - 1.0) * 0.5 * (flat_x * flat_x).sum(1) if self.flat else torch.zeros(n, dtype=torch.float64)
         self._log_w = log_w.reshape(groups, -1).to(x.device)
 
+    def active(self) -> dict[str, float]:
+        """The target's branches with a non-zero weight (a tempered target at gamma = 1 is p(x|c) alone)."""
+        return {k: a for k, a in self.weights.items() if a != 0.0}
+
     def increment(self, preds, here, there) -> Tensor:
         """``d log w`` per sample over a step from EDM level ``here`` to ``there`` (see the module docstring)."""
         eps = {}
-        for name in self.weights:
+        weights = self.active()
+        for name in weights:
             if name not in preds:
                 raise GuidanceError(f"fkc: branch '{name}' of the target was not evaluated at this step (the guider "
                                     f"asked for {', '.join(preds)})")
             eps[name] = preds[name].eps.double()
         n = next(iter(eps.values())).shape[0]
-        mixed = sum(a * eps[k] for k, a in self.weights.items())
+        mixed = sum(a * eps[k] for k, a in weights.items())
         sq = lambda v: (v * v).reshape(n, -1).sum(1)  # noqa: E731
-        gap = sq(mixed) - sum(a * sq(eps[k]) for k, a in self.weights.items())
+        gap = sq(mixed) - sum(a * sq(eps[k]) for k, a in weights.items())
         factor = ((here ** 2 - there ** 2) / (2 * here ** 2)).double().reshape(-1)
         return factor * gap
 
     def check_guided(self, preds, result, i: int) -> None:
-        mixed = sum(a * preds[k].eps for k, a in self.weights.items())
+        missing = [k for k in self.active() if k not in preds]
+        if missing:
+            raise GuidanceError(f"fkc: branch '{missing[0]}' of the target was not evaluated at step {i} (the guider "
+                                f"asked for {', '.join(preds)})")
+        mixed = sum(a * preds[k].eps for k, a in self.active().items())
         if not torch.allclose(result.eps, mixed.to(result.eps.dtype), rtol=1e-4, atol=1e-5):
             raise GuidanceError(f"fkc: at step {i} the guider's guided noise is not the target's sum_i a_i eps_i "
                                 f"({self.weights}); for the tempered target use CFG(scale=gamma)")
 
     def after_step(self, i, x_next, point, step, preds, result, view, executor, generator) -> Tensor:
         self.check_guided(preds, result, i)
-        if i + 1 >= step.num_steps:
-            return x_next
+        size = self._log_w.shape[1]
+        if i + 1 >= step.num_steps:   # the last step: the particles carry their weights into one final resampling
+            ess = effective_sample_size(self._log_w)
+            return self.resample(x_next, ess < size * (1 - 1e-9), i)
         here = point.model_noise.sigma_edm.to(torch.float64)
         there = view.point(x_next, i + 1).model_noise.sigma_edm.to(torch.float64)
-        n = x_next.shape[0]
         step_w = self.increment(preds, here, there).to(self._log_w.device).reshape(self._log_w.shape)
         if self.clamp is not None:
             step_w = (step_w - step_w.mean(dim=1, keepdim=True)).clamp(-float(self.clamp), float(self.clamp))
         self._log_w = self._log_w + step_w
         ess = effective_sample_size(self._log_w)
-        size = self._log_w.shape[1]
         self._ess.append(float(ess.min()) / size)
         if float(ess.min()) < max(float(self.collapse) * size, 1.0 + 1e-9):
             warnings.warn(f"fkc: the effective sample size collapsed to {float(ess.min()):.2f} of {size} particles at "
                           f"step {i}; use more particles, a smaller gamma or more steps", stacklevel=2)
+        return self.resample(x_next, ess < float(self.threshold) * size, i)
+
+    def resample(self, x_next: Tensor, resample: Tensor, i: int) -> Tensor:
+        """Systematic resampling of the groups flagged in ``resample``; their weights are reset."""
+        n = x_next.shape[0]
         order = torch.arange(n, device=x_next.device).reshape(self._log_w.shape)
-        resample = ess < float(self.threshold) * size
         if bool(resample.any()):
             self._resampled.append(i)
             for g in resample.nonzero().flatten().tolist():

@@ -42,7 +42,8 @@ def frequency_scale(x: Tensor, dims: tuple[int, ...], low: float, high: float, c
         box = (idx >= n // 2 - cutoff) & (idx < n // 2 + cutoff)
         inside = inside & box.reshape([n if i == d % x.ndim else 1 for i in range(x.ndim)])
     real = spec.real.dtype
-    mask = torch.where(inside, torch.tensor(low, dtype=real, device=x.device), torch.tensor(high, dtype=real, device=x.device))
+    low_t, high_t = (torch.tensor(v, dtype=real, device=x.device) for v in (low, high))
+    mask = torch.where(inside, low_t, high_t)
     out = torch.fft.ifftn(torch.fft.ifftshift(spec * mask, dim=dims), dim=dims).real
     return out.to(x.dtype)
 

@@ -90,7 +90,8 @@ class GFCG(Guider):
             probs = torch.softmax(logits.double(), dim=-1)
         target = torch.as_tensor(self.target, device=probs.device).long().expand(x0.shape[0])
         if int(target.max()) >= probs.shape[1] or int(target.min()) < 0:
-            raise GuidanceError(f"gfcg: target class {target.tolist()} is outside the classifier's {probs.shape[1]} classes")
+            raise GuidanceError(f"gfcg: target class {target.tolist()} is outside the classifier's "
+                                f"{probs.shape[1]} classes")
         p_target = probs.gather(1, target[:, None])[:, 0]
         others = probs.scatter(1, target[:, None], -1.0)
         p_ref, reference = others.max(dim=1)

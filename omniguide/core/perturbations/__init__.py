@@ -33,9 +33,12 @@ sparse attention, entmax) and :mod:`.record` (SAG's attention-map recorder).
 """
 
 from .attention import BlurredQueries, IdentityAttention
-from .dropping import DroppedBlocks
 from .base import LayerPerturbation, check_fired, patched_forwards
 from .blur import INF_BLUR, blur_queries, gaussian_blur, gaussian_kernel_size, token_grid
+from .dropping import DroppedBlocks
+from .negative import FlippedValues, NegativeContext, NormalizedAttention, nag_combine
+from .record import AttentionRecorder
+from .sdpa import InterceptSDPA, attention_logits, context_attention, is_context_attention
 from .selection import (
     BLOCK_LISTS,
     UNET_REGIONS,
@@ -50,9 +53,6 @@ from .selection import (
     select,
     select_self_attention,
 )
-from .negative import FlippedValues, NegativeContext, NormalizedAttention, nag_combine
-from .record import AttentionRecorder
-from .sdpa import InterceptSDPA, attention_logits, context_attention, is_context_attention
 from .skip import OUTPUT_ORDER, SkipBlocks
 from .sparse import SparseAttention, entmax15, sparsemax
 from .timestep import TimestepNoise, TimestepNoiseSchedule, timestep_embedders

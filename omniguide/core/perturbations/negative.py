@@ -215,7 +215,10 @@ def _per_row(mask: Tensor | None, query: Tensor) -> bool:
 def _concat_masks(base, extra, q: Tensor, lk: int, lneg: int) -> Tensor:
     """``[rows?, heads?, Lq, Lk + Lneg]`` additive mask from the two parts (scalars broadcast)."""
     shape = (*q.shape[:-1], lk)
-    a = torch.zeros(shape, dtype=q.dtype, device=q.device) if base is None else base.expand(*q.shape[:-2], q.shape[-2], lk)
+    if base is None:
+        a = torch.zeros(shape, dtype=q.dtype, device=q.device)
+    else:
+        a = base.expand(*q.shape[:-2], q.shape[-2], lk)
     if isinstance(extra, Tensor):
         b = extra.expand(*q.shape[:-2], q.shape[-2], lneg)
     else:

@@ -35,6 +35,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from ...core.branch import Branch
 from ...core.errors import ConfigError, OmniguideError
 from ...core.registry import GUIDERS, build_guider
 from ...core.sampler import sample
@@ -49,7 +50,16 @@ PERTURBED = {
     "pag": "needs an attention model (perturbs self-attention maps); the mixture has none",
     "seg": "needs an attention model (blurs self-attention queries); the mixture has none",
     "skip-layer": "needs a layered model (skips transformer blocks); the mixture has none",
+    "sag": "needs an attention model (blurs where self-attention looks); the mixture has none",
+    "tpg": "needs a transformer (shuffles block input tokens); the mixture has none",
+    "s2-guidance": "needs a layered model (drops random blocks); the mixture has none",
+    "tsg": "needs a time-step embedding to perturb; the mixture has none",
+    "nag": "needs cross- or joint attention (acts on attention outputs); the mixture has none",
+    "vsf": "needs cross- or joint attention (flips attention values); the mixture has none",
+    "pladis": "needs cross- or joint attention (sparse attention maps); the mixture has none",
 }
+# scorer plugins that read the testbed: their mixture arguments are filled in from each testbed
+TESTBED_PLUGINS = ("scorer", "evaluator", "classifier")
 
 
 @dataclass
@@ -78,6 +88,7 @@ class MethodSweep:
     label: str | None = None
     family: str | None = None
     tied: dict[str, float] = field(default_factory=dict)  # other fields set to factor x the swept value
+    steps: int | None = None   # sampler steps of this row (None: the sampler's); equal-NFE comparisons
 
 
 @dataclass
@@ -120,8 +131,10 @@ def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
     for i, sweep in enumerate(cfg.methods):
         if not sweep.scales:
             raise ConfigError(f"methods.{i}.scales", "empty")
+        if sweep.steps is not None and sweep.steps < 1:
+            raise ConfigError(f"methods.{i}.steps", f"must be >= 1, got {sweep.steps}")
         for value in sweep.scales:
-            build_guider(guider_config(sweep, value), f"methods.{i}.guider")
+            build_guider(bind_testbed(guider_config(sweep, value), cfg.testbeds[0]), f"methods.{i}.guider")
 
 
 def guider_config(sweep: MethodSweep, value: float) -> dict:
@@ -130,6 +143,20 @@ def guider_config(sweep: MethodSweep, value: float) -> dict:
     for key, factor in sweep.tied.items():
         OmegaConf.update(cfg, key, factor * value, merge=True)
     return OmegaConf.to_container(cfg)
+
+
+def bind_testbed(guider_cfg: dict, tb: MixtureSpec) -> dict:
+    """The guider config with the testbed's mixture arguments filled into its analytic scorer plugins
+    (``scorer: {name: mixture-class, label: 0}`` on the 8-D ring scores 8-D points)."""
+    out = dict(guider_cfg)
+    for key in TESTBED_PLUGINS:
+        spec = out.get(key)
+        if isinstance(spec, Mapping) and str(spec.get("name", "")).startswith("mixture-"):
+            out[key] = {**{k: getattr(tb, k) for k in ("dim", "classes", "per_class", "radius", "std", "seed")},
+                        **spec}
+    if isinstance(out.get("guider"), Mapping):
+        out["guider"] = bind_testbed(dict(out["guider"]), tb)
+    return out
 
 
 def guider_names(spec: Any) -> list[str]:
@@ -184,6 +211,7 @@ def run_one(
     weak: GaussianMixture,
     noise: Tensor,
     cfg: BenchGuidersConfig,
+    steps: int | None = None,
 ) -> tuple[Tensor, float, float]:
     """Samples of one guider, and its NFE and forward passes per sampler batch."""
     chunk = cfg.sampler.chunk or len(noise)
@@ -194,8 +222,11 @@ def run_one(
         scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
         model = denoiser_for(mixture, scheduler)
         branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
+        # perp-neg's negative: the next class; prior guidance's base model: the (exact) model itself
+        branches["negative"] = {"labels": (labels + 1) % mixture.labels.max().add(1)}
+        branches["prior"] = Branch("prior", base="uncond")
         guider = build_guider(guider_cfg, path)
-        steps = cfg.sampler.steps
+        steps = steps or cfg.sampler.steps
         out = sample(model, scheduler, guider, part, branches, num_steps=steps, axes=cfg.axes, progress=False)
         xs.append(out.sample)
         nfe, passes, batches = nfe + out.nfe, passes + out.forward_passes, batches + 1
@@ -262,7 +293,8 @@ def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, r
         for value in sweep.scales:
             t0 = time.perf_counter()
             try:
-                x, nfe, passes = run_one(guider_config(sweep, value), f"methods.{i}.guider", mixture, weak, noise, cfg)
+                guider_cfg = bind_testbed(guider_config(sweep, value), tb)
+                x, nfe, passes = run_one(guider_cfg, f"methods.{i}.guider", mixture, weak, noise, cfg, sweep.steps)
             except OmniguideError as err:  # a method that cannot run on this testbed (e.g. FDG on 2 entries)
                 entry["error"] = first_line(err)
                 break
