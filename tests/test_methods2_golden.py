@@ -23,6 +23,7 @@ from omniguide.core.methods import (
     ResidualCFG,
 )
 from omniguide.core.registry import build_guider
+from omniguide.zoo import scorers as _registers_the_testbed_scorers  # noqa: F401
 
 
 # -- momentum guidance ----------------------------------------------------------------------------------
@@ -296,6 +297,13 @@ def test_residual_cfg_after_a_ddim_step_is_the_previous_guided_noise():
     {"name": "cfg-norm", "scale": 5.0, "clamp": False},
     {"name": "icg", "scale": 2.0, "pool": {"labels": [0, 1, 2]}},
     {"name": "residual-cfg", "scale": 1.5, "mode": "onetime"},
+    {"name": "scorer-guidance", "scale": 0.5, "scorer": {"name": "mixture-class", "label": 1}, "recurrence_steps": 2},
+    {"name": "gfcg", "gfcg_scale": 2.0, "classifier": {"name": "mixture-classifier"}, "target": 1},
+    {"name": "scale-search", "scale": 6.0, "evaluator": {"name": "mixture-density", "label": 0}},
+    {"name": "tsg", "noise": 2.0, "t": [0.2, 0.9]},
+    {"name": "nag", "nag_scale": 3.0, "layers": ["transformer_blocks.0.attn2"]},
+    {"name": "vsf", "vsf_scale": 2.0}, {"name": "pladis", "sparse": "sparsemax"}, {"name": "sag", "sag_scale": 0.5},
+    {"name": "tpg", "perturbed_scale": 2.0}, {"name": "s2-guidance", "s2_form": "subtract"},
 ])
 def test_new_guiders_round_trip_through_configs(cfg):
     guider = build_guider(cfg)

@@ -161,3 +161,18 @@ def test_scale_search_schedule_is_returned_with_the_samples(mixture):
     chosen = out.report["scale_search"]["scales"]
     assert len(chosen) == 4 and all(len(row) == 8 and set(row) <= {1.0, 3.0, 5.0} for row in chosen)
     assert out.nfe_per_step == [2] * 4
+
+
+def test_drivers_that_cannot_serve_a_guider_refuse_it_early():
+    """Recurrence needs the core sampler; follow-up rounds need a driver that runs them (a driver without
+    them, such as score distillation, refuses SAG and GFCG instead of silently skipping the round)."""
+    from omniguide.core import check_requirements
+    from omniguide.core.methods import SAG
+
+    guider = ScorerGuidance(scorer=MixtureClassScorer(label=0), recurrence_steps=2)
+    with pytest.raises(GuidanceError, match="needs a sampler that repeats a step with re-noising "
+                                            r"\(recurrence_steps=2 repeats every step\), which the pipeline adapter"):
+        check_requirements(guider, ("step-index", "reanchor", "gradient", "follow-up"), "the pipeline adapter")
+    for made in (SAG(), GFCG(classifier=MixtureClassifier())):
+        with pytest.raises(GuidanceError, match="needs a driver that runs follow-up branches within the step"):
+            check_requirements(made, ("step-index",), "score distillation")

@@ -17,7 +17,9 @@ sampling or distillation starts (:func:`check_requirements`):
 
 * ``step-index`` -- a sampler step index (state between steps, the ``step`` coordinate);
 * ``reanchor``   -- a sampler that steps from an inconsistent ``(x0, eps)`` pair (CFG++);
-* ``gradient``   -- autograd kept on the sample through the model call (scorer guidance).
+* ``gradient``   -- autograd kept on the sample through the model call (scorer guidance);
+* ``follow-up``  -- a driver that runs the guider's follow-up branches in the same step (SAG, GFCG);
+* ``recurrence`` -- a driver that can repeat a step with re-noising (scorer guidance's self-recurrence).
 
 Three optional hooks, all with neutral defaults, serve methods that are not a single combine:
 
@@ -44,10 +46,14 @@ from .prediction import Guided, Prediction
 STEP_INDEX = "step-index"
 REANCHOR = "reanchor"
 GRADIENT = "gradient"
+FOLLOW_UP = "follow-up"
+RECURRENCE = "recurrence"
 REQUIREMENTS = {
     STEP_INDEX: "a sampler step index",
     REANCHOR: "a sampler that re-anchors the sample to the guided (x0, eps) pair",
     GRADIENT: "autograd on the sample through the model call",
+    FOLLOW_UP: "a driver that runs follow-up branches within the step",
+    RECURRENCE: "a sampler that repeats a step with re-noising",
 }
 
 

@@ -27,7 +27,16 @@ from tqdm.auto import tqdm
 from .axes import Axes, as_axes
 from .branch import BranchExecutor, BranchTable
 from .errors import ConfigError, GuidanceError
-from .guider import GRADIENT, REANCHOR, STEP_INDEX, GuidanceStep, Guider, check_requirements
+from .guider import (
+    FOLLOW_UP,
+    GRADIENT,
+    REANCHOR,
+    RECURRENCE,
+    STEP_INDEX,
+    GuidanceStep,
+    Guider,
+    check_requirements,
+)
 from .model_call import ModelCall
 from .prediction import Guided, Prediction, check_parameterization
 from .schedulers import SchedulerView
@@ -106,7 +115,7 @@ def sample(
     ``report`` (what the guider and the corrector decided: chosen scales, effective sample sizes)."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ConfigError("num_steps", f"must be an int >= 1, got {num_steps!r}")
-    check_requirements(guider, (STEP_INDEX, REANCHOR, GRADIENT), "the sampler")
+    check_requirements(guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP, RECURRENCE), "the sampler")
     view = SchedulerView(scheduler, num_steps, device=noise.device)
     kind = check_parameterization(parameterization or view.parameterization)
     executor = BranchExecutor(model, branches, kind, batch=batch)

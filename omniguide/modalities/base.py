@@ -45,7 +45,16 @@ from torch import Tensor, nn
 from ..core.axes import Axes, as_axes
 from ..core.branch import Branch, BranchExecutor, BranchTable, as_branches
 from ..core.errors import GuidanceError
-from ..core.guider import GRADIENT, REANCHOR, STEP_INDEX, GuidanceStep, Guided, Guider, check_requirements
+from ..core.guider import (
+    FOLLOW_UP,
+    GRADIENT,
+    REANCHOR,
+    STEP_INDEX,
+    GuidanceStep,
+    Guided,
+    Guider,
+    check_requirements,
+)
 from ..core.model_call import ModelCall, default_output
 from ..core.noise import NoiseLevel, per_sample
 from ..core.perturbations import LayerPerturbation
@@ -262,7 +271,7 @@ class Guide:
             raise GuidanceError(f"guide(): {type(pipe).__name__} has no denoiser module '{family.denoiser}'")
         if getattr(pipe, "_omniguide_guide", None) is not None:
             raise GuidanceError(f"guide(): this {type(pipe).__name__} is already inside a guide() block")
-        check_requirements(self.guider, (STEP_INDEX, REANCHOR, GRADIENT), "the pipeline adapter")
+        check_requirements(self.guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP), "the pipeline adapter")
         self.call = family.model_call(self.denoiser)
         self.branch_defaults = self._resolve_models(self.guider.branch_defaults())
         self._check_perturbations()

@@ -12,6 +12,7 @@ config can name one: ``scorer: {name: mixture-class, label: 0}``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,23 @@ from torch import Tensor
 
 from ..core.scorers import register_scorer
 from .gaussian_mixture import GaussianMixture, MixtureSpec
+
+# guider fields that hold scorer plugins
+PLUGIN_FIELDS = ("scorer", "evaluator", "classifier")
+
+
+def bind_testbed(guider_cfg: dict, spec: MixtureSpec) -> dict:
+    """A guider config with the testbed's ring arguments filled into its analytic scorer plugins
+    (``scorer: {name: mixture-class, label: 0}`` on an 8-D testbed scores 8-D points); nested guiders too."""
+    out = dict(guider_cfg)
+    for key in PLUGIN_FIELDS:
+        plugin = out.get(key)
+        if isinstance(plugin, Mapping) and str(plugin.get("name", "")).startswith("mixture-"):
+            out[key] = {**{k: getattr(spec, k) for k in ("dim", "classes", "per_class", "radius", "std", "seed")},
+                        **plugin}
+    if isinstance(out.get("guider"), Mapping):
+        out["guider"] = bind_testbed(dict(out["guider"]), spec)
+    return out
 
 
 def component_log_density(mixture: GaussianMixture, x: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ import torch
 
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import FOLLOW_UP, GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -74,6 +74,9 @@ class GFCG(Guider):
         if callable(self.classifier) and not isinstance(self.classifier, (str, Mapping)):
             out["classifier"] = getattr(self.classifier, "config", lambda: type(self.classifier).__name__)()
         return out
+
+    def requires(self) -> dict[str, str]:
+        return {**super().requires(), FOLLOW_UP: "gfcg evaluates the reference label chosen from the first round"}
 
     def cfg_on(self, step: GuidanceStep) -> bool:
         return not is_neutral(resolve(self.scale, step), 1.0)

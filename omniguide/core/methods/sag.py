@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import FOLLOW_UP, GuidanceStep, Guider, guided, passthrough
 from ..perturbations import AttentionRecorder, as_selectors, token_grid
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -82,6 +82,9 @@ class SAG(Guider):
             raise ConfigError("blur_sigma", f"must be > 0, got {self.blur_sigma}")
         self.layers = as_selectors(self.layers)
         self.recorder = AttentionRecorder(self.layers)
+
+    def requires(self) -> dict[str, str]:
+        return {**super().requires(), FOLLOW_UP: "sag evaluates the blurred sample after the first round"}
 
     def cfg_on(self, step: GuidanceStep) -> bool:
         return not is_neutral(resolve(self.scale, step), 1.0)

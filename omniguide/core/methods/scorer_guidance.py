@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..guider import GRADIENT, GuidanceStep, Guider
+from ..guider import GRADIENT, RECURRENCE, GuidanceStep, Guider
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -69,6 +69,8 @@ class ScorerGuidance(Guider):
         needs = super().requires()
         if self.mode == "forward":
             needs[GRADIENT] = "its forward mode differentiates the scorer through the denoiser"
+        if int(self.recurrence_steps) > 1:
+            needs[RECURRENCE] = f"recurrence_steps={self.recurrence_steps} repeats every step"
         return needs
 
     def config(self) -> dict:

@@ -35,13 +35,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from ...core.branch import Branch
 from ...core.errors import ConfigError, OmniguideError
 from ...core.registry import GUIDERS, build_guider
 from ...core.sampler import sample
 from ...core.schedulers import build_scheduler
 from ...zoo import GaussianMixture, MixtureSpec, denoiser_for, label_branches
 from ...zoo.metrics import all_metrics, sliced_wasserstein
+from ...zoo.scorers import bind_testbed
 from ..benchkit import first_line, load_guider_modules
 from ..registry import register_recipe
 from ..run import RunContext
@@ -58,8 +58,7 @@ PERTURBED = {
     "vsf": "needs cross- or joint attention (flips attention values); the mixture has none",
     "pladis": "needs cross- or joint attention (sparse attention maps); the mixture has none",
 }
-# scorer plugins that read the testbed: their mixture arguments are filled in from each testbed
-TESTBED_PLUGINS = ("scorer", "evaluator", "classifier")
+
 
 
 @dataclass
@@ -145,20 +144,6 @@ def guider_config(sweep: MethodSweep, value: float) -> dict:
     return OmegaConf.to_container(cfg)
 
 
-def bind_testbed(guider_cfg: dict, tb: MixtureSpec) -> dict:
-    """The guider config with the testbed's mixture arguments filled into its analytic scorer plugins
-    (``scorer: {name: mixture-class, label: 0}`` on the 8-D ring scores 8-D points)."""
-    out = dict(guider_cfg)
-    for key in TESTBED_PLUGINS:
-        spec = out.get(key)
-        if isinstance(spec, Mapping) and str(spec.get("name", "")).startswith("mixture-"):
-            out[key] = {**{k: getattr(tb, k) for k in ("dim", "classes", "per_class", "radius", "std", "seed")},
-                        **spec}
-    if isinstance(out.get("guider"), Mapping):
-        out["guider"] = bind_testbed(dict(out["guider"]), tb)
-    return out
-
-
 def guider_names(spec: Any) -> list[str]:
     """Every guider name in a (nested) guider config."""
     names = []
@@ -221,10 +206,7 @@ def run_one(
         labels = torch.full((len(part),), cfg.sampler.label, dtype=torch.long)
         scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
         model = denoiser_for(mixture, scheduler)
-        branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
-        # perp-neg's negative: the next class; prior guidance's base model: the (exact) model itself
-        branches["negative"] = {"labels": (labels + 1) % mixture.labels.max().add(1)}
-        branches["prior"] = Branch("prior", base="uncond")
+        branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler), classes=len(mixture.classes))
         guider = build_guider(guider_cfg, path)
         steps = steps or cfg.sampler.steps
         out = sample(model, scheduler, guider, part, branches, num_steps=steps, axes=cfg.axes, progress=False)

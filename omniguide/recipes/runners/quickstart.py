@@ -21,6 +21,7 @@ from ...core.sampler import sample
 from ...core.schedulers import build_scheduler
 from ...zoo import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
 from ...zoo.metrics import all_metrics
+from ...zoo.scorers import bind_testbed
 from ..registry import register_recipe
 from ..run import RunContext
 
@@ -90,7 +91,7 @@ def check_quickstart(cfg: QuickstartConfig) -> None:
         if not sweep.scales:
             raise ConfigError(f"guiders.{i}.scales", "empty")
         for value in sweep.scales:
-            build_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
+            build_guider(bind_testbed(_guider_cfg(sweep, value), cfg.testbed), f"guiders.{i}.guider")
 
 
 @register_recipe("quickstart", QuickstartConfig, check=check_quickstart)
@@ -111,10 +112,10 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
         row = _row_label(sweep)
         metrics[row] = {}
         for value in sweep.scales:
-            guider = build_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
+            guider = build_guider(bind_testbed(_guider_cfg(sweep, value), tb), f"guiders.{i}.guider")
             scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
             model = denoiser_for(mixture, scheduler)
-            branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
+            branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler), classes=len(mixture.classes))
             start = time.perf_counter()
             out = sample(model, scheduler, guider, noise, branches, num_steps=cfg.sampler.steps, axes=cfg.axes,
                          batch=cfg.sampler.batch, progress=False)
