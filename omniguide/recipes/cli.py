@@ -4,9 +4,13 @@
     omniguide show CONFIG [key=value ...]       # the resolved config
     omniguide validate CONFIG [key=value ...]   # check everything, run nothing
     omniguide list [KIND]                       # registered components, one name per line
+    omniguide --version
 
 A user error (bad key, type, range, file, component, YAML) prints one line on stderr and exits
 with code 2; ``--debug`` shows the traceback. ``run`` prints the run folder as its last stdout line.
+
+This module and what ``--help`` and ``show`` import stay free of torch, Lightning and diffusers:
+those are imported by the commands that build something (``validate``, ``run``, ``list``).
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from ..core.errors import ConfigError, OmniguideError
+from . import errors
 
 EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands share ``--plugin`` and ``--debug``)."""
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="omniguide", description="Run omniguide YAML recipes.")
+    parser.add_argument("--version", action="version", version=f"omniguide {__version__}")
     _add_common(parser, default=True)
     common = argparse.ArgumentParser(add_help=False)
     _add_common(common, default=False)   # after the subcommand too, without resetting earlier ones
@@ -36,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="recipe YAML file")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. guider.scale=5")
     p = sub.add_parser("list", help="list registered components", parents=[common])
-    p.add_argument("kind", nargs="?", help="recipes, guiders, models, schedulers, callbacks, objectives")
+    p.add_argument("kind", nargs="?", help="recipes, guiders, models, schedulers, callbacks, objectives, trainables")
     return parser
 
 
@@ -53,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, OmniguideError) as err:
+    except (errors.ConfigError, errors.OmniguideError) as err:
         if args.debug:
             traceback.print_exc()
         print(f"error: {_one_line(str(err))}", file=sys.stderr, flush=True)
@@ -89,8 +96,8 @@ def _run(resolved) -> int:
 
     trainer = getattr(resolved.cfg, "trainer", None)
     if getattr(trainer, "num_nodes", 1) > 1 and not resolved.run.dir:
-        raise ConfigError("run.dir", "a multi-node job needs an explicit run.dir on a shared filesystem "
-                          "(each node would otherwise create its own timestamped folder)")
+        raise errors.ConfigError("run.dir", "a multi-node job needs an explicit run.dir on a shared filesystem "
+                                 "(each node would otherwise create its own timestamped folder)")
     prefix = resolved.source.stem if resolved.source is not None else resolved.recipe.name
     run = RunContext.create(resolved.run, prefix, resolved.yaml, resolved.recipe.name)
     # Lightning re-executes this command line for ranks > 0; they must join this folder.
@@ -115,7 +122,7 @@ def _run(resolved) -> int:
 
 
 def _list(kind: str | None) -> int:
-    from .registry import COMPONENTS, component_kind
+    from .registry import all_components, component_kind
     from .runners import FAILED
 
     for module, why in FAILED.items():
@@ -128,7 +135,7 @@ def _list(kind: str | None) -> int:
         for name in names:
             print(name)
         return 0
-    for key, registry in COMPONENTS.items():
+    for key, registry in all_components().items():
         print(f"{key}:")
         for name in registry.names():
             print(f"  {name}")

@@ -23,8 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..core.errors import ConfigError, did_you_mean
-from . import schema
+from . import errors, schema
 from .registry import Recipe, get_recipe
 from .run import RunSection
 from .schema import check_constraints
@@ -49,7 +48,7 @@ def load_yaml(path: str | Path, where: str = "") -> DictConfig:
     path = Path(path)
     where = where or str(path)
     if not path.is_file():
-        raise ConfigError(where, f"file not found: {path}")
+        raise errors.ConfigError(where, f"file not found: {path}")
     import yaml
 
     try:
@@ -58,11 +57,11 @@ def load_yaml(path: str | Path, where: str = "") -> DictConfig:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(where, f"invalid YAML{at}: {problem}") from None
+        raise errors.ConfigError(where, f"invalid YAML{at}: {problem}") from None
     except Exception as err:  # omegaconf rejects e.g. non-string keys
-        raise ConfigError(where, f"invalid recipe: {_first_line(err)}") from None
+        raise errors.ConfigError(where, f"invalid recipe: {_first_line(err)}") from None
     if not isinstance(cfg, DictConfig):
-        raise ConfigError(where, "a recipe must be a mapping of keys to values at the top level")
+        raise errors.ConfigError(where, "a recipe must be a mapping of keys to values at the top level")
     return cfg
 
 
@@ -70,7 +69,7 @@ def load_with_extends(path: str | Path, seen: tuple[Path, ...] = ()) -> DictConf
     """A recipe file merged over its ``extends`` base file(s) (recursively, left to right)."""
     path = Path(path).resolve()
     if path in seen:
-        raise ConfigError("extends", f"circular extends: {' -> '.join(p.name for p in (*seen, path))}")
+        raise errors.ConfigError("extends", f"circular extends: {' -> '.join(p.name for p in (*seen, path))}")
     cfg = load_yaml(path, str(path) if seen else "")
     bases = cfg.pop("extends", None)
     if bases is None:
@@ -80,10 +79,10 @@ def load_with_extends(path: str | Path, seen: tuple[Path, ...] = ()) -> DictConf
     layers = []
     for i, base in enumerate(bases):
         if not isinstance(base, str):
-            raise ConfigError(f"extends.{i}", "expected a file name")
+            raise errors.ConfigError(f"extends.{i}", "expected a file name")
         base_path = path.parent / base
         if not base_path.is_file():
-            raise ConfigError("extends", f"file not found: {base} (relative to {path.parent})")
+            raise errors.ConfigError("extends", f"file not found: {base} (relative to {path.parent})")
         layers.append(load_with_extends(base_path, (*seen, path)))
     return OmegaConf.merge(*layers, cfg)
 
@@ -94,11 +93,11 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     for item in overrides:
         key = item.split("=", 1)[0]
         if "=" not in item or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override '{item}'", "expected key.path=value")
+            raise errors.ConfigError(f"override '{item}'", "expected key.path=value")
         try:
             value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
         except Exception as err:
-            raise ConfigError(key, f"cannot parse override value: {_first_line(err)}") from None
+            raise errors.ConfigError(key, f"cannot parse override value: {_first_line(err)}") from None
         pairs.append((key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
     return pairs
 
@@ -109,7 +108,7 @@ def apply_overrides(cfg: DictConfig, pairs: Sequence[tuple[str, Any]]) -> DictCo
         try:
             OmegaConf.update(cfg, key, value, merge=True, force_add=True)
         except Exception as err:
-            raise ConfigError(key, f"cannot apply override: {_first_line(err)}") from None
+            raise errors.ConfigError(key, f"cannot apply override: {_first_line(err)}") from None
     return cfg
 
 
@@ -118,7 +117,7 @@ def load_raw(path: str | Path | None, overrides: Sequence[str] = ()) -> DictConf
     pairs = parse_overrides(overrides)
     for key, _ in pairs:
         if key.split(".")[0] == "extends":
-            raise ConfigError(key, "base recipes can only be named in the recipe file")
+            raise errors.ConfigError(key, "base recipes can only be named in the recipe file")
     cfg = load_with_extends(path) if path is not None else OmegaConf.create({})
     kind = dict(pairs).get("kind", cfg.get("kind"))
     plugins = dict(pairs).get("plugins", cfg.get("plugins")) or []
@@ -139,10 +138,10 @@ def import_plugins(modules: Sequence[str], path: str = "plugins") -> None:
                 _import_file(Path(module))
             else:
                 importlib.import_module(module)
-        except ConfigError:
+        except errors.ConfigError:
             raise
         except Exception as err:
-            raise ConfigError(where, f"cannot import plugin '{module}': {_first_line(err)}") from None
+            raise errors.ConfigError(where, f"cannot import plugin '{module}': {_first_line(err)}") from None
 
 
 def _import_file(file: Path) -> None:
@@ -172,7 +171,7 @@ def load_entry_point_plugins() -> None:
         try:
             ep.load()
         except Exception as err:
-            raise ConfigError(f"entry point '{ep.name}'", f"cannot load plugin: {_first_line(err)}") from None
+            raise errors.ConfigError(f"entry point '{ep.name}'", f"cannot load plugin: {_first_line(err)}") from None
 
 
 # -- the typed config --------------------------------------------------------------------------
@@ -184,7 +183,7 @@ def resolve(raw: DictConfig, source: Path | None = None) -> Resolved:
         raise translate_omegaconf_error(err) from None
     plugins = data.get("plugins") or []
     if not isinstance(plugins, list):
-        raise ConfigError("plugins", "expected a list of module names")
+        raise errors.ConfigError("plugins", "expected a list of module names")
     import_plugins(plugins)
     recipe = get_recipe(data.get("kind"))
     body = {k: v for k, v in data.items() if k not in FRAMEWORK_KEYS}
@@ -219,7 +218,7 @@ def typed(cls: type, data: Mapping, path: str) -> Any:
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         key = str(missing[0]).replace("[", ".").replace("]", "")
-        raise ConfigError(_join(path, key), "required value is missing")
+        raise errors.ConfigError(_join(path, key), "required value is missing")
     return OmegaConf.to_object(merged)
 
 
@@ -237,36 +236,55 @@ def check_structure(target: Any, data: Any, path: str, extra_keys: Sequence[str]
         origin, args = typing.get_origin(target), typing.get_args(target)
     if dataclasses.is_dataclass(target):
         if not isinstance(data, Mapping):
-            raise ConfigError(path or "<root>", f"expected a section (mapping), got {_kind(data)}")
+            raise errors.ConfigError(path or "<root>", f"expected a section (mapping), got {_kind(data)}")
         hints = typing.get_type_hints(target)
         known = [f.name for f in dataclasses.fields(target)]
         for key, value in data.items():
             if key not in known:
-                hint = did_you_mean(key, [*known, *extra_keys])
-                raise ConfigError(_join(path, str(key)), f"unknown key{hint}")
+                hint = errors.did_you_mean(key, [*known, *extra_keys])
+                raise errors.ConfigError(_join(path, str(key)), f"unknown key{hint}")
             check_structure(hints[key], value, _join(path, key))
     elif origin in (list, tuple, Sequence) or target in (list, tuple):
         if not isinstance(data, list):
-            raise ConfigError(path, f"expected a list, got {_kind(data)}")
+            raise errors.ConfigError(path, f"expected a list, got {_kind(data)}")
         for i, item in enumerate(data):
             check_structure(args[0] if args else Any, item, _join(path, str(i)))
     elif origin in (dict, Mapping) or target in (dict,):
         if not isinstance(data, Mapping):
-            raise ConfigError(path, f"expected a mapping, got {_kind(data)}")
+            raise errors.ConfigError(path, f"expected a mapping, got {_kind(data)}")
     elif target in (int, float, str, bool) and isinstance(data, (Mapping, list)):
-        raise ConfigError(path, f"expected {target.__name__}, got {_kind(data)}")
+        raise errors.ConfigError(path, f"expected {target.__name__}, got {_kind(data)}")
+    elif target in (int, float, bool) and data is not None:
+        _check_scalar(target, data, path)
 
 
-def translate_omegaconf_error(err: Exception, prefix: str = "") -> ConfigError:
+def _check_scalar(target: type, data: Any, path: str) -> None:
+    """A value omegaconf cannot convert to ``target``, reported at its full path (omegaconf's own
+    message names the path from the nearest section only, e.g. ``scales.1`` inside a list item)."""
+    from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode
+
+    node = {int: IntegerNode, float: FloatNode, bool: BooleanNode}[target]
+    try:
+        node(value=data)
+    except Exception as err:
+        message = _first_line(err).replace("could not be converted to", "is not a valid")
+        # a node outside a config leaves omegaconf's template unfilled; fill it as omegaconf would
+        message = message.replace("$VALUE_TYPE", type(data).__name__).replace("$VALUE", str(data))
+        raise errors.ConfigError(path, message) from None
+
+
+
+
+def translate_omegaconf_error(err: Exception, prefix: str = "") -> Exception:
     """An omegaconf exception as a one-line ConfigError at ``prefix`` + the error's key path."""
-    if isinstance(err, ConfigError):
+    if isinstance(err, errors.ConfigError):
         return err
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
     key = str(key).replace("[", ".").replace("]", "")
     message = getattr(err, "msg", None) or str(err)
     message = _first_line(message).replace("could not be converted to", "is not a valid")
     message = message.split(". Did you mean")[0]
-    return ConfigError(_join(prefix, key) or "<config>", message)
+    return errors.ConfigError(_join(prefix, key) or "<config>", message)
 
 
 def _join(path: str, key: str) -> str:

@@ -6,6 +6,9 @@ file (``.txt``: one prompt per line; ``.jsonl``: one object per line with ``prom
 not yet complete; a writer callback stores each result under its global index
 (``items/000012.pt`` then ``items/000012.json``, both atomic; the JSON marks the item complete),
 so a rerun in the same folder skips finished items and results do not depend on the sharding.
+
+This module imports Lightning (its classes extend Lightning's); the ``sample`` runner imports it
+inside its functions, so that loading the recipe schemas stays cheap.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ into its arguments and plugs in the two behaviours recipes promise on top:
 * a rank whose parent (rank 0, the launcher) died exits instead of waiting in a collective;
   the reverse case (a child dies) is handled by Lightning's own child-process observer, and the
   DDP ``timeout_s`` bounds everything else.
+
+torch and Lightning are imported inside the functions, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -24,40 +26,40 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..core.errors import ConfigError, did_you_mean
+from . import errors
 from .run import RunContext, atomic_path
-from .schema import TrainerConfig
+from .schema import TrainerConfig, check_trainer_values
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 OWN_KEYS = ("logger", "process_group_backend", "timeout_s", "threads", "extra")  # ours, not Trainer arguments
 
 
 def check_trainer(tcfg: TrainerConfig, path: str = "trainer") -> None:
-    """Names Lightning would reject later (strategy, accelerator, ``extra`` keys), checked now."""
+    """Values Lightning would reject later (devices, precision, strategy, accelerator, ``extra``
+    keys), checked now."""
     from lightning.pytorch.strategies import StrategyRegistry
 
+    check_trainer_values(tcfg, path)
     if tcfg.accelerator not in ACCELERATORS:
-        raise ConfigError(f"{path}.accelerator", f"unknown accelerator '{tcfg.accelerator}'"
-                          f"{did_you_mean(tcfg.accelerator, ACCELERATORS)}")
+        raise errors.ConfigError(f"{path}.accelerator", f"unknown accelerator '{tcfg.accelerator}'"
+                                 f"{errors.did_you_mean(tcfg.accelerator, ACCELERATORS)}")
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     if tcfg.strategy not in strategies:
-        raise ConfigError(f"{path}.strategy", f"unknown strategy '{tcfg.strategy}'"
-                          f"{did_you_mean(tcfg.strategy, strategies)}")
+        raise errors.ConfigError(f"{path}.strategy", f"unknown strategy '{tcfg.strategy}'"
+                                 f"{errors.did_you_mean(tcfg.strategy, strategies)}")
     import lightning
 
     params = inspect.signature(lightning.Trainer.__init__).parameters
     for key in tcfg.extra:
         if key not in params or key == "self":
-            hint = did_you_mean(key, params)
-            raise ConfigError(f"{path}.extra.{key}", f"not a lightning.Trainer argument{hint}")
+            hint = errors.did_you_mean(key, params)
+            raise errors.ConfigError(f"{path}.extra.{key}", f"not a lightning.Trainer argument{hint}")
     if tcfg.logger == "tensorboard":
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise ConfigError(f"{path}.logger", "'tensorboard' needs the tensorboard package "
-                              "(pip install tensorboard)") from None
+            raise errors.ConfigError(f"{path}.logger", "'tensorboard' needs the tensorboard package "
+                                     "(pip install tensorboard)") from None
 
 
 def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None = None, path: str = "trainer",
@@ -69,8 +71,8 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
 
     check_trainer(tcfg, path)
     if tcfg.num_nodes > 1 and not run.explicit_dir:
-        raise ConfigError("run.dir", "a multi-node job needs an explicit run.dir on a shared filesystem "
-                          "(each node would otherwise create its own timestamped folder)")
+        raise errors.ConfigError("run.dir", "a multi-node job needs an explicit run.dir on a shared filesystem "
+                                 "(each node would otherwise create its own timestamped folder)")
     kwargs = {k: v for k, v in vars(tcfg).items() if k not in OWN_KEYS}
     kwargs["strategy"] = _strategy(tcfg)
     kwargs.update(tcfg.extra)
@@ -85,6 +87,8 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *(callbacks or [])]
     if tcfg.threads:
+        import torch
+
         torch.set_num_threads(tcfg.threads)
     # Our dataloaders yield whole items or step numbers: worker processes and batch indices do not apply.
     warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")
@@ -93,22 +97,23 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     try:
         return lightning.Trainer(**kwargs)
     except (ValueError, TypeError, RuntimeError) as err:  # MisconfigurationException is a ValueError
-        raise ConfigError(path, " ".join(str(err).split())) from None
+        raise errors.ConfigError(path, " ".join(str(err).split())) from None
 
 
-def _device_count(devices: Any) -> int | None:
+def device_count(devices: Any) -> int | None:
+    """The number of processes per node ``devices`` asks for, when it says (None for ``auto``, -1)."""
     if isinstance(devices, int) and not isinstance(devices, bool):
-        return devices
+        return devices if devices >= 1 else None
     if isinstance(devices, (list, tuple)):
         return len(devices)
-    return None   # "auto", "-1", "0,1": Lightning decides
+    return None   # "auto", -1, "0,1": Lightning decides
 
 
 def _strategy(tcfg: TrainerConfig) -> Any:
     """``ddp*`` strategy names become a DDPStrategy carrying the backend and timeout; so does
     ``auto`` with several devices or nodes (where Lightning would pick plain DDP)."""
     name = tcfg.strategy
-    if name == "auto" and ((_device_count(tcfg.devices) or 1) > 1 or tcfg.num_nodes > 1):
+    if name == "auto" and ((device_count(tcfg.devices) or 1) > 1 or tcfg.num_nodes > 1):
         name = "ddp"
     if not name.startswith("ddp"):
         return name
@@ -125,6 +130,7 @@ class AtomicCheckpointIO:
     """Lightning checkpoint IO that writes ``path`` through a temporary file and a rename."""
 
     def __new__(cls):
+        import torch
         from lightning.pytorch.plugins.io import TorchCheckpointIO
 
         class _Atomic(TorchCheckpointIO):
@@ -144,6 +150,8 @@ def newest_checkpoint(folder: Path) -> Path | None:
 
     Files are written atomically, so a listed file is complete; loading it once more guards
     against files copied in by hand."""
+    import torch
+
     found = sorted(((int(m.group(1)), p) for p in Path(folder).glob("step-*.ckpt")
                     if (m := _STEP.search(p.name))), reverse=True)
     for _, path in found:

@@ -3,6 +3,9 @@
 Writes ``gallery.png`` (one panel per guider and scale, the true conditional overlaid) and
 ``metrics.json`` (per guider and scale: distance to the true conditional, precision, coverage,
 overshoot, NFE and forward passes).
+
+torch, the core and the zoo are imported inside the functions: importing this module (``omniguide
+show`` imports every runner) only defines the schema.
 """
 
 from __future__ import annotations
@@ -12,21 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
-from ...core.errors import ConfigError
-from ...core.registry import build_guider
-from ...core.sampler import sample
-from ...core.schedulers import build_scheduler
-from ...zoo import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
-from ...zoo.metrics import all_metrics
+from .. import errors
 from ..registry import register_recipe
 from ..run import RunContext
+from ..schema import MixtureSection
 
 
 @dataclass
-class TestbedConfig(MixtureSpec):
+class TestbedConfig(MixtureSection):
     weak_std_factor: float = 1.5   # autoguidance's "bad version": the same mixture, blurrier
 
 
@@ -75,27 +73,40 @@ def _row_label(sweep: GuiderSweep) -> str:
 
 
 def check_quickstart(cfg: QuickstartConfig) -> None:
+    """Every setting and every guider of the sweep, built without sampling. (The loader has already
+    checked that every scale of ``scales`` is a finite number.)"""
+    from ...core.schedulers import build_scheduler
+    from ..components import make_guider
+
     if cfg.testbed.weak_std_factor <= 0:
-        raise ConfigError("testbed.weak_std_factor", f"must be > 0, got {cfg.testbed.weak_std_factor}")
+        raise errors.ConfigError("testbed.weak_std_factor", f"must be > 0, got {cfg.testbed.weak_std_factor}")
     if cfg.sampler.steps < 1:
-        raise ConfigError("sampler.steps", f"must be >= 1, got {cfg.sampler.steps}")
+        raise errors.ConfigError("sampler.steps", f"must be >= 1, got {cfg.sampler.steps}")
     if cfg.sampler.samples < 2:
-        raise ConfigError("sampler.samples", f"must be >= 2, got {cfg.sampler.samples}")
+        raise errors.ConfigError("sampler.samples", f"must be >= 2, got {cfg.sampler.samples}")
     if not 0 <= cfg.sampler.label < cfg.testbed.classes:
-        raise ConfigError("sampler.label", f"must be a class in [0, {cfg.testbed.classes - 1}]")
+        raise errors.ConfigError("sampler.label", f"must be a class in [0, {cfg.testbed.classes - 1}]")
     build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
     if not cfg.guiders:
-        raise ConfigError("guiders", "empty; list at least one {guider: {name: ...}, scales: [...]}")
+        raise errors.ConfigError("guiders", "empty; list at least one {guider: {name: ...}, scales: [...]}")
     for i, sweep in enumerate(cfg.guiders):
         if not sweep.scales:
-            raise ConfigError(f"guiders.{i}.scales", "empty")
+            raise errors.ConfigError(f"guiders.{i}.scales", "empty")
         for value in sweep.scales:
-            build_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
+            make_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
 
 
 @register_recipe("quickstart", QuickstartConfig, check=check_quickstart)
 def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
     """Sample the 2-D mixture with every guider; write gallery.png and metrics.json."""
+    import torch
+
+    from ...core.sampler import sample
+    from ...core.schedulers import build_scheduler
+    from ...zoo import UNCOND, GaussianMixture, denoiser_for, label_branches
+    from ...zoo.metrics import all_metrics
+    from ..components import make_guider
+
     tb = cfg.testbed
     mixture = tb.mixture()
     n, label = cfg.sampler.samples, cfg.sampler.label
@@ -111,7 +122,7 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
         row = _row_label(sweep)
         metrics[row] = {}
         for value in sweep.scales:
-            guider = build_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
+            guider = make_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
             scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
             model = denoiser_for(mixture, scheduler)
             branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))

@@ -6,26 +6,26 @@
     guider: {name: cfg, scale: 3}
     prompts: [0, 1, 2, {prompt: 0, seed: 7, guider: {scale: 5}}]
     trainer: {accelerator: cpu, devices: 2, strategy: ddp}
+
+torch, Lightning and the components are imported inside the functions: importing this module
+(``omniguide show`` imports every runner) only defines the schema.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from omegaconf import OmegaConf
-
-from ...core.errors import ConfigError
-from ...core.registry import build_guider
-from ...core.sampler import sample
-from ..components import make_callbacks, make_model, make_scheduler
-from ..predict import Generator, Item, ItemData, ItemStore, ItemWriter, load_items
+from .. import errors
 from ..registry import register_recipe
 from ..run import RunContext
-from ..runtime import build_trainer, check_trainer
 from ..schema import TrainerConfig, option
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..predict import Item
 
 
 @dataclass
@@ -51,23 +51,29 @@ def item_settings(cfg: SampleConfig, item: Item) -> tuple[dict, int, int]:
     if "guider" in item.overrides:
         own = item.overrides["guider"]
         if not isinstance(own, dict):
-            raise ConfigError(f"{item.where}.guider", "expected a mapping")
+            raise errors.ConfigError(f"{item.where}.guider", "expected a mapping")
+        from omegaconf import OmegaConf
+
         guider = OmegaConf.to_container(OmegaConf.merge(cfg.guider, own))
     steps, n = item.overrides.get("steps", cfg.steps), item.overrides.get("num_samples", cfg.num_samples)
     for key, value in (("steps", steps), ("num_samples", n)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{item.where}.{key}", f"expected an int >= 1, got {value!r}")
+            raise errors.ConfigError(f"{item.where}.{key}", f"expected an int >= 1, got {value!r}")
     return guider, steps, n
 
 
 def check_sample(cfg: SampleConfig) -> None:
     """Build every component and every item's settings without generating anything."""
+    from ..components import make_callbacks, make_guider, make_model, make_scheduler
+    from ..predict import load_items
+    from ..runtime import check_trainer
+
     scheduler = make_scheduler(cfg.scheduler)
     model = make_model(cfg.model, scheduler)
-    build_guider(cfg.guider, "guider")
+    make_guider(cfg.guider, "guider")
     for item in load_items(cfg.prompts, cfg.prompts_file, cfg.seed):
         guider, _, _ = item_settings(cfg, item)
-        build_guider(guider, f"{item.where}.guider")
+        make_guider(guider, f"{item.where}.guider")
         model.label(item.prompt, item.where)
     make_callbacks(cfg.callbacks)
     check_trainer(cfg.trainer)
@@ -75,10 +81,15 @@ def check_sample(cfg: SampleConfig) -> None:
 
 def generate_item(cfg: SampleConfig, item: Item) -> tuple[torch.Tensor, dict]:
     """One item: its own seed, scheduler and guider, so the result is independent of sharding."""
+    import torch
+
+    from ...core.sampler import sample
+    from ..components import make_guider, make_model, make_scheduler
+
     guider_cfg, steps, n = item_settings(cfg, item)
     scheduler = make_scheduler(cfg.scheduler)
     model = make_model(cfg.model, scheduler)
-    guider = build_guider(guider_cfg, f"{item.where}.guider")
+    guider = make_guider(guider_cfg, f"{item.where}.guider")
     label = model.label(item.prompt, item.where)
     gen = torch.Generator().manual_seed(item.seed)
     noise = torch.randn(n, model.dim, generator=gen)
@@ -95,6 +106,10 @@ def generate_item(cfg: SampleConfig, item: Item) -> tuple[torch.Tensor, dict]:
 @register_recipe("sample", SampleConfig, check=check_sample)
 def run_sample(cfg: SampleConfig, run: RunContext) -> dict | None:
     """Generate every prompt with the guider; items/NNNNNN.{pt,json}; resumable, shardable."""
+    from ..components import make_callbacks
+    from ..predict import Generator, ItemData, ItemStore, ItemWriter, load_items
+    from ..runtime import build_trainer
+
     items = load_items(cfg.prompts, cfg.prompts_file, cfg.seed)
     store = ItemStore(run.dir)
     trainer = build_trainer(cfg.trainer, run, callbacks=[ItemWriter(store), *make_callbacks(cfg.callbacks)],
