@@ -8,10 +8,18 @@ dotted path, the problem and the nearest valid choice.
 Top-level keys every recipe understands besides its schema's fields:
 ``kind`` (the recipe), ``extends`` (base recipe file(s), relative to this file), ``run`` (the
 run folder section) and ``plugins`` (modules to import first, which register components).
+
+Layers merge key by key (lists replace), except **component sections**: a mapping with a ``name``
+under a ``dict``-typed field (``guider``, ``model``, ``scheduler``, an inner ``guider.guider`` ...)
+*replaces* the schema's default outright, and replaces a lower layer's mapping when it names a
+different component; without a ``name``, or with the same one, it merges. So ``guider: {name:
+interval, guider: {name: cfg}, sigma: [0.28, 5.42]}`` does not inherit the default CFG's
+``scale``, while a child recipe's ``guider: {scale: 5}`` keeps its base's guider.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import types
@@ -65,15 +73,17 @@ def load_yaml(path: str | Path, where: str = "") -> DictConfig:
     return cfg
 
 
-def load_with_extends(path: str | Path, seen: tuple[Path, ...] = ()) -> DictConfig:
-    """A recipe file merged over its ``extends`` base file(s) (recursively, left to right)."""
+def load_layers(path: str | Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+    """The recipe's layers as plain data, lowest first: its ``extends`` base file(s) (recursively,
+    left to right), then the file itself. Interpolations stay unresolved (``${...}`` text)."""
     path = Path(path).resolve()
     if path in seen:
         raise errors.ConfigError("extends", f"circular extends: {' -> '.join(p.name for p in (*seen, path))}")
     cfg = load_yaml(path, str(path) if seen else "")
     bases = cfg.pop("extends", None)
+    own = OmegaConf.to_container(cfg, resolve=False)
     if bases is None:
-        return cfg
+        return [own]
     if isinstance(bases, str):
         bases = [bases]
     layers = []
@@ -83,8 +93,77 @@ def load_with_extends(path: str | Path, seen: tuple[Path, ...] = ()) -> DictConf
         base_path = path.parent / base
         if not base_path.is_file():
             raise errors.ConfigError("extends", f"file not found: {base} (relative to {path.parent})")
-        layers.append(load_with_extends(base_path, (*seen, path)))
-    return OmegaConf.merge(*layers, cfg)
+        layers += load_layers(base_path, (*seen, path))
+    return [*layers, own]
+
+
+# -- merging layers: component sections replace, everything else merges --------------------------
+def merge_recipe(lower: Mapping, upper: Mapping, schema_cls: type, over_defaults: bool = False) -> dict:
+    """``upper`` over ``lower`` (plain recipe data at the top level, ``run`` included); see the
+    module docstring. ``over_defaults``: ``lower`` is the schema's defaults, which a named
+    component mapping replaces even when it has the same name."""
+    hints = {**typing.get_type_hints(schema_cls), "run": RunSection}
+    out = dict(lower)
+    for key, value in upper.items():
+        out[key] = merge_data(lower[key], value, hints.get(key), over_defaults) if key in lower else value
+    return out
+
+
+def merge_data(lower: Any, upper: Any, hint: Any, over_defaults: bool = False) -> Any:
+    """``upper`` over ``lower`` for a value of type ``hint`` (None: unknown, merged like a section)."""
+    if not (isinstance(lower, Mapping) and isinstance(upper, Mapping)):
+        return copy.deepcopy(upper)
+    if is_component(hint) and replaces(lower, upper, over_defaults):
+        return copy.deepcopy(upper)
+    out = dict(lower)
+    for key, value in upper.items():
+        out[key] = merge_data(lower[key], value, field_hint(hint, key), over_defaults) if key in lower else value
+    return out
+
+
+def merge_component(base: Mapping, own: Mapping) -> dict:
+    """A component config ``own`` over ``base`` by the same rule (e.g. a prompt item's ``guider``
+    over the recipe's): replaced when ``own`` names another component, else merged key by key."""
+    return merge_data(base, own, Any)
+
+
+def replaces(lower: Mapping, upper: Mapping, over_defaults: bool = False) -> bool:
+    """True when a component mapping ``upper`` replaces ``lower`` instead of merging into it."""
+    return "name" in upper and (over_defaults or upper["name"] != lower.get("name"))
+
+
+def is_component(hint: Any) -> bool:
+    """A value under a ``dict``-typed field (or an untyped one): where components are configured."""
+    return hint is Any or typing.get_origin(hint) in (dict, Mapping) or hint in (dict, Mapping)
+
+
+def field_hint(hint: Any, key: Any) -> Any:
+    """The type of ``key`` inside a value of type ``hint`` (None when the schema does not say)."""
+    hint = _strip_optional(hint)
+    if is_component(hint):
+        return Any
+    if dataclasses.is_dataclass(hint):
+        return typing.get_type_hints(hint).get(str(key))
+    if typing.get_origin(hint) in (list, tuple, Sequence):
+        args = typing.get_args(hint)
+        return args[0] if args else Any
+    return None
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any
+    return hint
+
+
+def _path_hint(schema_cls: type, dotted: str) -> Any:
+    """The schema type at a dotted path (``guider.guider`` -> Any, ``trainer`` -> TrainerConfig)."""
+    parts = dotted.split(".")
+    hint = {**typing.get_type_hints(schema_cls), "run": RunSection}.get(parts[0])
+    for part in parts[1:]:
+        hint = field_hint(hint, part)
+    return hint
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
@@ -102,30 +181,67 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def apply_overrides(cfg: DictConfig, pairs: Sequence[tuple[str, Any]]) -> DictConfig:
-    """Set each dotted key (list items by index: ``guiders.1.scale=5``) with ``OmegaConf.update``."""
+def apply_overrides(cfg: DictConfig, pairs: Sequence[tuple[str, Any]], schema_cls: type | None = None) -> DictConfig:
+    """Set each dotted key (list items by index: ``guiders.1.scale=5``) with ``OmegaConf.update``.
+
+    With the recipe's schema, an override that names another component (``guider.name=apg``, or
+    ``guider={name: apg}``) first resets that section to the new component, whatever the order of
+    the overrides, so fields of the old one do not leak into it."""
+    def in_component(dotted: str) -> bool:
+        return schema_cls is not None and bool(dotted) and is_component(_path_hint(schema_cls, dotted))
+
+    for key, value in pairs:   # renames first: `guider.scale=5 guider.name=apg` keeps the scale
+        parent, _, leaf = key.rpartition(".")
+        if leaf == "name" and in_component(parent) and _select(cfg, key) != value:
+            _update(cfg, parent, {"name": value}, merge=False)
     for key, value in pairs:
-        try:
-            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
-        except Exception as err:
-            raise errors.ConfigError(key, f"cannot apply override: {_first_line(err)}") from None
+        current = _select(cfg, key)
+        reset = (isinstance(value, Mapping) and OmegaConf.is_dict(current) and in_component(key)
+                 and replaces(current, value))
+        _update(cfg, key, value, merge=not reset)
     return cfg
 
 
+def _select(cfg: DictConfig, key: str) -> Any:
+    """The value at a dotted key, or None where there is none (or the path cannot be followed:
+    ``prompts.x`` on a list; applying the override reports that)."""
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except Exception:
+        return None
+
+
+def _update(cfg: DictConfig, key: str, value: Any, merge: bool) -> None:
+    try:
+        OmegaConf.update(cfg, key, value, merge=merge, force_add=True)
+    except Exception as err:
+        raise errors.ConfigError(key, f"cannot apply override: {_first_line(err)}") from None
+
+
 def load_raw(path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
-    """The merged, untyped recipe: schema defaults, the file with its bases, then overrides."""
+    """The merged, untyped recipe: schema defaults, the file with its bases, then overrides
+    (component sections follow the replace rule of the module docstring)."""
     pairs = parse_overrides(overrides)
     for key, _ in pairs:
         if key.split(".")[0] == "extends":
             raise errors.ConfigError(key, "base recipes can only be named in the recipe file")
-    cfg = load_with_extends(path) if path is not None else OmegaConf.create({})
-    kind = dict(pairs).get("kind", cfg.get("kind"))
-    plugins = dict(pairs).get("plugins", cfg.get("plugins")) or []
+    layers = load_layers(path) if path is not None else []
+    kind = dict(pairs).get("kind", _last(layers, "kind"))
+    plugins = dict(pairs).get("plugins", _last(layers, "plugins")) or []
     if isinstance(plugins, (list, ListConfig)):
         import_plugins(list(plugins))
     recipe = get_recipe(kind)
-    defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(recipe.schema)))
-    return apply_overrides(OmegaConf.merge(defaults, cfg), pairs)
+    data: dict = {}
+    for layer in layers:
+        data = merge_recipe(data, layer, recipe.schema)
+    defaults = OmegaConf.to_container(OmegaConf.structured(recipe.schema))
+    merged = OmegaConf.create(merge_recipe(defaults, data, recipe.schema, over_defaults=True))
+    return apply_overrides(merged, pairs, recipe.schema)
+
+
+def _last(layers: Sequence[Mapping], key: str) -> Any:
+    """``key``'s value in the highest layer that sets it (None if none does)."""
+    return next((layer[key] for layer in reversed(layers) if key in layer), None)
 
 
 def import_plugins(modules: Sequence[str], path: str = "plugins") -> None:
@@ -210,7 +326,11 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Resol
 
 
 def typed(cls: type, data: Mapping, path: str) -> Any:
-    """A ``cls`` instance from plain ``data`` through an omegaconf structured merge."""
+    """A ``cls`` instance from plain ``data`` through an omegaconf structured merge.
+
+    The merge would fold each ``dict`` field's default into the data's mapping again (a default
+    ``{name: cfg, scale: 3}`` under a given ``{name: interval, ...}``); component mappings with a
+    ``name`` are put back as the data gives them (omegaconf converts nothing inside ``dict[str, Any]``)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), data)
     except Exception as err:
@@ -219,7 +339,25 @@ def typed(cls: type, data: Mapping, path: str) -> Any:
     if missing:
         key = str(missing[0]).replace("[", ".").replace("]", "")
         raise errors.ConfigError(_join(path, key), "required value is missing")
-    return OmegaConf.to_object(merged)
+    obj = OmegaConf.to_object(merged)
+    _keep_named_components(obj, data)
+    return obj
+
+
+def _keep_named_components(obj: Any, data: Any) -> None:
+    """Set every ``dict`` field of the dataclass tree ``obj`` whose ``data`` is a named mapping to
+    that mapping (see :func:`typed`); sections and lists of sections are followed."""
+    if dataclasses.is_dataclass(obj) and isinstance(data, Mapping):
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            given = data.get(f.name)
+            if is_component(_strip_optional(hints[f.name])) and isinstance(given, Mapping) and "name" in given:
+                setattr(obj, f.name, copy.deepcopy(dict(given)))
+            else:
+                _keep_named_components(getattr(obj, f.name), given)
+    elif isinstance(obj, list) and isinstance(data, list):
+        for item, given in zip(obj, data):
+            _keep_named_components(item, given)
 
 
 def check_structure(target: Any, data: Any, path: str, extra_keys: Sequence[str] = ()) -> None:
@@ -271,8 +409,6 @@ def _check_scalar(target: type, data: Any, path: str) -> None:
         # a node outside a config leaves omegaconf's template unfilled; fill it as omegaconf would
         message = message.replace("$VALUE_TYPE", type(data).__name__).replace("$VALUE", str(data))
         raise errors.ConfigError(path, message) from None
-
-
 
 
 def translate_omegaconf_error(err: Exception, prefix: str = "") -> Exception:

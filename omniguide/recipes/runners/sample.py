@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
+from ..config import merge_component
 from ..registry import register_recipe
 from ..run import RunContext
 from ..schema import TrainerConfig, option
@@ -52,9 +53,7 @@ def item_settings(cfg: SampleConfig, item: Item) -> tuple[dict, int, int]:
         own = item.overrides["guider"]
         if not isinstance(own, dict):
             raise errors.ConfigError(f"{item.where}.guider", "expected a mapping")
-        from omegaconf import OmegaConf
-
-        guider = OmegaConf.to_container(OmegaConf.merge(cfg.guider, own))
+        guider = merge_component(cfg.guider, own)   # replaced when it names another guider
     steps, n = item.overrides.get("steps", cfg.steps), item.overrides.get("num_samples", cfg.num_samples)
     for key, value in (("steps", steps), ("num_samples", n)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
