@@ -7,7 +7,8 @@
     omniguide --version
 
 A user error (bad key, type, range, file, component, YAML) prints one line on stderr and exits
-with code 2; ``--debug`` shows the traceback. ``run`` prints the run folder as its last stdout line.
+with code 2; ``--debug`` shows the traceback. ``run`` prints the run folder as its last stdout line;
+a run whose recipe fails leaves a ``FAILED`` marker in its folder (see :func:`_run`).
 
 This module and what ``--help`` and ``show`` import stay free of torch, Lightning and diffusers:
 those are imported by the commands that build something (``validate``, ``run``, ``list``).
@@ -21,10 +22,12 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from . import errors
 
 EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +55,7 @@ def _add_common(parser: argparse.ArgumentParser, default: bool) -> None:
                         metavar="MODULE",
                         help="import MODULE (dotted name or .py file) first; it may register components")
     parser.add_argument("--debug", action="store_true", default=False if default else argparse.SUPPRESS,
-                        help="show tracebacks for user errors")
+                        help="show tracebacks for errors")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,13 +64,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (errors.ConfigError, errors.OmniguideError) as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {_one_line(str(err))}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
+        return _report(err, args.debug, EXIT_USER_ERROR)
+    except RecipeFailed as failed:
+        return _report(failed.error, args.debug, EXIT_FAILED, failed.where)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def _report(err: BaseException, debug: bool, code: int, where: str = "") -> int:
+    """Print ``err`` as one ``error:`` line (after its traceback with ``--debug``); return ``code``."""
+    if debug:
+        traceback.print_exception(type(err), err, err.__traceback__)
+    print(f"error: {one_line(err)}{where}", file=sys.stderr, flush=True)
+    return code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -91,7 +101,23 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _run(resolved)
 
 
-def _run(resolved) -> int:
+class RecipeFailed(Exception):
+    """A recipe function raised something other than a user error; ``where`` points at the run
+    folder (for the message line)."""
+
+    def __init__(self, error: BaseException, where: str):
+        super().__init__(str(error))
+        self.error, self.where = error, where
+
+
+def _run(resolved: Any) -> int:
+    """Run a checked recipe in a run folder; print the folder as the last stdout line.
+
+    Everything ``validate`` checks has been checked before the folder is created. If the recipe
+    function then fails, the folder keeps what it wrote but gets a ``FAILED`` file holding the
+    error line, and a freshly created timestamped folder is renamed ``<name>.failed`` (a folder
+    named with ``run.dir`` or inherited through ``OMNIGUIDE_RUN_DIR`` keeps its name: it may be
+    continued). A later successful run in the same folder removes the marker."""
     from .run import RUN_DIR_ENV, RunContext
 
     trainer = getattr(resolved.cfg, "trainer", None)
@@ -109,6 +135,11 @@ def _run(resolved) -> int:
     lightning_logger.addHandler(handler)
     try:
         metrics = resolved.recipe.fn(resolved.cfg, run)
+    except (Exception, KeyboardInterrupt) as err:
+        folder = run.mark_failed(one_line(err)) if run.is_main else run.dir
+        if isinstance(err, (errors.ConfigError, errors.OmniguideError, KeyboardInterrupt)):
+            raise
+        raise RecipeFailed(err, f" (run folder: {folder}; --debug shows the traceback)") from err
     finally:
         lightning_logger.removeHandler(handler)
         handler.close()
@@ -117,6 +148,7 @@ def _run(resolved) -> int:
     if run.is_main:
         if metrics is not None:
             run.write_json("metrics.json", metrics)
+        run.clear_failed()
         print(run.dir, flush=True)
     return 0
 
@@ -142,8 +174,14 @@ def _list(kind: str | None) -> int:
     return 0
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def one_line(err: BaseException) -> str:
+    """An exception as one line: a user error's own message, anything else prefixed with its type."""
+    text = " ".join(str(err).split())
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, (errors.ConfigError, errors.OmniguideError)):
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 if __name__ == "__main__":
