@@ -8,7 +8,9 @@
 
 A user error (bad key, type, range, file, component, YAML) prints one line on stderr and exits
 with code 2; ``--debug`` shows the traceback. ``run`` prints the run folder as its last stdout line;
-a run whose recipe fails leaves a ``FAILED`` marker in its folder (see :func:`_run`).
+a run whose recipe fails leaves a ``FAILED`` marker in its folder (see :func:`_run`). Library
+chatter (Lightning's banners and tips, warnings) goes to the run's ``log.txt``, and to the terminal
+too with ``--verbose``.
 
 This module and what ``--help`` and ``show`` import stay free of torch, Lightning and diffusers:
 those are imported by the commands that build something (``validate``, ``run``, ``list``).
@@ -17,7 +19,6 @@ those are imported by the commands that build something (``validate``, ``run``, 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
@@ -31,7 +32,7 @@ EXIT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands share ``--plugin`` and ``--debug``)."""
+    """The argument parser (subcommands share ``--plugin``, ``--debug`` and ``--verbose``)."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="omniguide", description="Run omniguide YAML recipes.")
@@ -56,20 +57,41 @@ def _add_common(parser: argparse.ArgumentParser, default: bool) -> None:
                         help="import MODULE (dotted name or .py file) first; it may register components")
     parser.add_argument("--debug", action="store_true", default=False if default else argparse.SUPPRESS,
                         help="show tracebacks for errors")
+    parser.add_argument("--verbose", action="store_true", default=False if default else argparse.SUPPRESS,
+                        help="show the libraries' messages and warnings (Lightning's banners and tips, "
+                             "deprecations); they always go to the run's log.txt")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``omniguide`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except (errors.ConfigError, errors.OmniguideError) as err:
-        return _report(err, args.debug, EXIT_USER_ERROR)
-    except RecipeFailed as failed:
-        return _report(failed.error, args.debug, EXIT_FAILED, failed.where)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    from .console import console
+
+    args = parse_args(argv)
+    with console(verbose=args.verbose):
+        try:
+            return _dispatch(args)
+        except (errors.ConfigError, errors.OmniguideError) as err:
+            return _report(err, args.debug, EXIT_USER_ERROR)
+        except RecipeFailed as failed:
+            return _report(failed.error, args.debug, EXIT_FAILED, failed.where)
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with flags anywhere: ``run recipe.yaml --verbose guider.scale=5`` too.
+
+    argparse stops filling ``overrides`` at the first flag after them; the overrides that follow
+    the flag come back as unknown arguments and are put back in order."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    flags = [a for a in unknown if a.startswith("-")]
+    if flags or (unknown and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(flags or unknown)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
+    return args
 
 
 def _report(err: BaseException, debug: bool, code: int, where: str = "") -> int:
@@ -118,6 +140,7 @@ def _run(resolved: Any) -> int:
     error line, and a freshly created timestamped folder is renamed ``<name>.failed`` (a folder
     named with ``run.dir`` or inherited through ``OMNIGUIDE_RUN_DIR`` keeps its name: it may be
     continued). A later successful run in the same folder removes the marker."""
+    from .console import log_to_file
     from .run import RUN_DIR_ENV, RunContext
 
     trainer = getattr(resolved.cfg, "trainer", None)
@@ -129,20 +152,15 @@ def _run(resolved: Any) -> int:
     # Lightning re-executes this command line for ranks > 0; they must join this folder.
     inherited = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run.dir)
-    handler = logging.FileHandler(run.dir / ("log.txt" if run.is_main else f"log.rank{run.rank}.txt"))
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s: %(message)s", "%H:%M:%S"))
-    lightning_logger = logging.getLogger("lightning")
-    lightning_logger.addHandler(handler)
     try:
-        metrics = resolved.recipe.fn(resolved.cfg, run)
+        with log_to_file(run.dir / ("log.txt" if run.is_main else f"log.rank{run.rank}.txt")):
+            metrics = resolved.recipe.fn(resolved.cfg, run)
     except (Exception, KeyboardInterrupt) as err:
         folder = run.mark_failed(one_line(err)) if run.is_main else run.dir
         if isinstance(err, (errors.ConfigError, errors.OmniguideError, KeyboardInterrupt)):
             raise
         raise RecipeFailed(err, f" (run folder: {folder}; --debug shows the traceback)") from err
     finally:
-        lightning_logger.removeHandler(handler)
-        handler.close()
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
     if run.is_main:

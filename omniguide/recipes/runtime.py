@@ -11,6 +11,10 @@ into its arguments and plugs in the two behaviours recipes promise on top:
   the reverse case (a child dies) is handled by Lightning's own child-process observer, and the
   DDP ``timeout_s`` bounds everything else.
 
+And two for the terminal: progress bars on stderr that leave no finished bar behind (the run
+folder stays the last line of stdout), and the model summary as a log record (``log.txt``; the
+terminal with ``--verbose``) instead of Rich's table.
+
 torch and Lightning are imported inside the functions, so importing this module is cheap.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -67,6 +72,7 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     """A :class:`lightning.Trainer` for the recipe: run folder as root, CSV/TensorBoard logger,
     atomic checkpoint IO, DDP with the configured backend and timeout."""
     import lightning
+    from lightning.pytorch.callbacks import ModelSummary
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     check_trainer(tcfg, path)
@@ -86,6 +92,10 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     kwargs.setdefault("default_root_dir", str(run.dir))
     kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *(callbacks or [])]
+    kwargs["callbacks"] += terminal_callbacks(kwargs["callbacks"], kwargs.get("enable_progress_bar", True),
+                                              kwargs.get("enable_model_summary", True))
+    if any(isinstance(c, ModelSummary) for c in kwargs["callbacks"]):
+        kwargs["enable_model_summary"] = False   # a summary callback is there; Lightning need not add one
     if tcfg.threads:
         import torch
 
@@ -98,6 +108,50 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
         return lightning.Trainer(**kwargs)
     except (ValueError, TypeError, RuntimeError) as err:  # MisconfigurationException is a ValueError
         raise errors.ConfigError(path, " ".join(str(err).split())) from None
+
+
+def terminal_callbacks(given: list, progress_bar: bool, model_summary: bool) -> list:
+    """The progress bar and model summary Lightning would add by default, unless ``given`` has its
+    own: :func:`progress_bar_callback` instead of Lightning's (which writes to stdout and keeps the finished
+    bar), a plain ``ModelSummary`` (a log record) instead of Rich's table printed to the terminal."""
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+
+    out = []
+    if progress_bar and not any(isinstance(c, ProgressBar) for c in given):
+        out.append(progress_bar_callback())
+    if model_summary and not any(isinstance(c, ModelSummary) for c in given):
+        out.append(ModelSummary())
+    return out
+
+
+def progress_bar_callback() -> Any:
+    """Lightning's tqdm progress bar, on stderr, leaving no finished bar behind."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    class StderrProgressBar(TQDMProgressBar):
+        """Every bar as Lightning makes it, but on stderr and with ``leave=False``."""
+
+        def _bar(self, desc: str, offset: int = 0, **kwargs: Any) -> Tqdm:
+            return Tqdm(desc=desc, position=2 * self.process_position + offset, disable=self.is_disabled,
+                        leave=False, dynamic_ncols=True, file=sys.stderr, bar_format=self.BAR_FORMAT, **kwargs)
+
+        def init_sanity_tqdm(self) -> Tqdm:
+            return self._bar(self.sanity_check_description)
+
+        def init_train_tqdm(self) -> Tqdm:
+            return self._bar(self.train_description, smoothing=0)
+
+        def init_predict_tqdm(self) -> Tqdm:
+            return self._bar(self.predict_description, smoothing=0)
+
+        def init_validation_tqdm(self) -> Tqdm:
+            return self._bar(self.validation_description, offset=int(self.trainer.state.fn != "validate"))
+
+        def init_test_tqdm(self) -> Tqdm:
+            return self._bar("Testing")
+
+    return StderrProgressBar()
 
 
 def device_count(devices: Any) -> int | None:
