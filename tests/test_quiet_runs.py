@@ -4,13 +4,16 @@ lines, and ``log.txt`` keeps them either way."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from omniguide.recipes.cli import main
+from omniguide.recipes.console import console, log_to_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "tests" / "data" / "recipes"
@@ -76,3 +79,22 @@ def test_verbose_shows_lightnings_lines(tmp_path, capsys):
     assert rc == 0, err
     assert "GPU available" in err and "Tip" in err
     assert Path(out.splitlines()[-1]).parent == tmp_path
+
+
+def test_lightning_records_and_warnings_go_to_the_log_not_the_terminal(tmp_path, capsys):
+    """What a GPU run would print (Lightning's LOCAL_RANK line), without a GPU."""
+    import lightning  # noqa: F401  (sets its loggers up as in a run)
+
+    cuda = logging.getLogger("lightning.pytorch.accelerators.cuda")
+    log = tmp_path / "log.txt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with console(verbose=False), log_to_file(log):
+            cuda.info("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]")
+            warnings.warn("an old API", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == ""
+    text = log.read_text()
+    assert "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]" in text and "UserWarning: an old API" in text
+    with console(verbose=True):
+        cuda.info("LOCAL_RANK: 1 - CUDA_VISIBLE_DEVICES: [0,1]")
+    assert capsys.readouterr().err == "LOCAL_RANK: 1 - CUDA_VISIBLE_DEVICES: [0,1]\n"
