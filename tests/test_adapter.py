@@ -107,7 +107,7 @@ def guider_configs(weak, condition=None) -> dict[str, omniguide.Guider]:
         "schedule": build_guider({"name": "schedule", "guider": {"name": "cfg", "scale": 3.0}, "shape": "cosine"}),
         "terms": build_guider({"name": "terms", "terms": {"uncond": 2.0}}),
         "fdg": build_guider({"name": "fdg", "transform": "fft"}),
-        "rescale": build_guider({"name": "rescale", "guider": {"name": "cfg", "scale": 3.0}}),
+        "rescale": build_guider({"name": "rescale", "guider": {"name": "apg", "scale": 3.0}, "rescale": 0.7}),
         "prior-guidance": PriorGuidance(scale=3.0, base_model=weak),
         "tsg": build_guider({"name": "tsg", "t": [0.0, 1.0]}),
         "scorer-guidance": ScorerGuidance(scale=50.0, scorer=LatentScorer()),
