@@ -99,7 +99,7 @@ def check_sample(cfg: SampleConfig) -> None:
         build_corrector(dict(cfg.corrector), "corrector")
         if not isinstance(sampler, MixtureSampler):
             raise errors.ConfigError("corrector", "correctors act between the core sampler's steps; a diffusers "
-                                     "pipeline runs its own loop (use model: {name: mixture} or the library's sample())")
+                                     "pipeline runs its own loop (use model: {name: mixture} or sample())")
     for item in load_items(cfg.prompts, cfg.prompts_file, cfg.seed):
         settings = item_settings(cfg, item, sampler.default_samples)
         make_guider(settings.guider, f"{item.where}.guider")
