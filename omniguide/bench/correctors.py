@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
-from ..core.correctors import FKC, PCG
-from ..core.errors import ConfigError
-from ..core.methods import CFG
-from ..core.sampler import sample
-from ..core.schedulers import build_scheduler
+from ..recipes import errors
 from ..recipes.benchkit import markdown_table
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.schema import option
-from ..zoo import GaussianMixture, denoiser_for, label_branches
-from ..zoo.metrics import sliced_wasserstein
-from ..zoo.scorers import component_log_density
+
+if TYPE_CHECKING:   # torch, the core and the zoo are imported inside the functions (omniguide show stays light)
+    import torch
+    from torch import Tensor
+
+    from ..zoo import GaussianMixture
 
 METHODS = ("cfg-ddim", "cfg-ddpm", "pcg", "fkc")
 
@@ -56,6 +52,10 @@ class MixtureComponents:
     labels: list[int] = field(default_factory=lambda: [0, 0, 1, 1])
 
     def mixture(self) -> GaussianMixture:
+        import torch
+
+        from ..zoo import GaussianMixture
+
         return GaussianMixture(torch.tensor(self.means, dtype=torch.float64), torch.tensor(self.stds),
                                torch.tensor(self.weights), torch.tensor(self.labels))
 
@@ -88,24 +88,26 @@ def check_bench_correctors(cfg: BenchCorrectorsConfig) -> None:
     mixture = cfg.mixture
     k = len(mixture.means)
     if not k or any(len(m) != 2 for m in mixture.means):
-        raise ConfigError("mixture.means", "give 2-D means, one per component")
+        raise errors.ConfigError("mixture.means", "give 2-D means, one per component")
     for name in ("stds", "weights", "labels"):
         if len(getattr(mixture, name)) != k:
-            raise ConfigError(f"mixture.{name}", f"needs one entry per component ({k})")
+            raise errors.ConfigError(f"mixture.{name}", f"needs one entry per component ({k})")
     if cfg.label not in mixture.labels:
-        raise ConfigError("label", f"{cfg.label} is not a class of the mixture ({sorted(set(mixture.labels))})")
+        raise errors.ConfigError("label", f"{cfg.label} is not a class of the mixture ({sorted(set(mixture.labels))})")
     for i, m in enumerate(cfg.methods):
         if m not in METHODS:
-            raise ConfigError(f"methods.{i}", f"unknown method '{m}'; valid: {', '.join(METHODS)}")
+            raise errors.ConfigError(f"methods.{i}", f"unknown method '{m}'; valid: {', '.join(METHODS)}")
     for i, p in enumerate(cfg.fkc_particles):
         if p < 2 or cfg.samples % p:
-            raise ConfigError(f"fkc_particles.{i}", f"{p} must be >= 2 and divide samples ({cfg.samples})")
+            raise errors.ConfigError(f"fkc_particles.{i}", f"{p} must be >= 2 and divide samples ({cfg.samples})")
     if not cfg.gammas or any(g < 1 for g in cfg.gammas):
-        raise ConfigError("gammas", "give guidance strengths gamma >= 1")
+        raise errors.ConfigError("gammas", "give guidance strengths gamma >= 1")
 
 
 # -- the exact tempered target on a grid --------------------------------------------------------------------
 def grid_points(limit: float, size: int) -> tuple[Tensor, float]:
+    import torch
+
     centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 * limit - limit
     xx, yy = torch.meshgrid(centres, centres, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1), (2 * limit / size) ** 2
@@ -113,6 +115,8 @@ def grid_points(limit: float, size: int) -> tuple[Tensor, float]:
 
 def tempered_log_density(mixture: GaussianMixture, label: int, gamma: float, points: Tensor) -> Tensor:
     """``gamma log p(x|c) + (1 - gamma) log p(x)`` (unnormalised) at ``points``."""
+    from ..zoo.scorers import component_log_density
+
     comp = component_log_density(mixture, points)
     log_joint = comp.logsumexp(1)
     log_cond = comp[:, mixture.labels == label].logsumexp(1)
@@ -121,11 +125,15 @@ def tempered_log_density(mixture: GaussianMixture, label: int, gamma: float, poi
 
 def grid_mass(log_density: Tensor) -> Tensor:
     """Cell masses (normalised to 1 over the grid) from log densities at the cell centres."""
+    import torch
+
     return torch.softmax(log_density, 0)
 
 
 def sample_grid(mass: Tensor, limit: float, size: int, n: int, generator: torch.Generator) -> Tensor:
     """Exact samples of the gridded density: a cell by its mass, a uniform point inside it."""
+    import torch
+
     cells = torch.multinomial(mass, n, replacement=True, generator=generator)
     width = 2 * limit / size
     i, j = cells // size, cells % size
@@ -141,6 +149,8 @@ def binned(mass: Tensor, size: int, bins: int) -> Tensor:
 
 def histogram(x: Tensor, limit: float, bins: int) -> Tensor:
     """Share of ``x`` in each of ``bins x bins`` cells of the square (points outside count as lost mass)."""
+    import torch
+
     idx = ((x + limit) / (2 * limit) * bins).floor().long()
     inside = ((idx >= 0) & (idx < bins)).all(1)
     flat = idx[inside, 0] * bins + idx[inside, 1]
@@ -156,6 +166,14 @@ def total_variation(x: Tensor, target_bins: Tensor, limit: float, bins: int) -> 
 # -- sampling ----------------------------------------------------------------------------------------------
 def run_method(method: str, setting: int | None, gamma: float, mixture: GaussianMixture, noise: Tensor,
                cfg: BenchCorrectorsConfig) -> tuple[Tensor, float, dict]:
+    import torch
+
+    from ..core.correctors import FKC, PCG
+    from ..core.methods import CFG
+    from ..core.sampler import sample
+    from ..core.schedulers import build_scheduler
+    from ..zoo import denoiser_for, label_branches
+
     labels = torch.full((len(noise),), cfg.label, dtype=torch.long)
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     corrector, guider, scheduler = None, CFG(scale=gamma), "ddpm"
@@ -192,6 +210,10 @@ def plan(cfg: BenchCorrectorsConfig) -> list[tuple[str, int | None]]:
 @register_recipe("bench-correctors", BenchCorrectorsConfig, check=check_bench_correctors)
 def run_bench_correctors(cfg: BenchCorrectorsConfig, run: RunContext) -> dict:
     """Benchmark: CFG (DDIM, DDPM), PCG and FKC samples against the exact tempered density on a grid."""
+    import torch
+
+    from ..zoo.metrics import sliced_wasserstein
+
     check_bench_correctors(cfg)
     start = time.perf_counter()
     mixture = cfg.mixture.mixture()
