@@ -134,8 +134,8 @@ WORK = {"pag": (3, 2), "seg": (3, 2), "skip-layer": (3, 2), "autoguidance": (2, 
 REFUSED = {("sag", "sd3"): "joint text-image attention", ("sag", "flux"): "joint text-image attention"}
 
 
-# Methods II's guiders (issue 11) run in their own test below: two steps, three families by default and
-# the other three under -m slow, to keep the default run short
+# Methods II's guiders (issue 11) run in their own test below: two steps, SD (UNet) and Flux (joint DiT) by
+# default, the other four families under -m slow (SD3's joint order is also covered in test_perturbations2)
 METHODS_II = {"cfg-norm", "fresca", "gfcg", "icg", "magnitude-aware", "momentum", "nag", "perp-neg", "pladis",
               "prior-guidance", "residual-cfg", "s2-guidance", "sag", "scale-search", "scorer-guidance", "smc-cfg",
               "tpg", "tsg", "vsf"}
@@ -177,7 +177,7 @@ def test_every_guider_runs_on_every_family(pipes, name):
     check_guiders(pipes[name], name, set(GUIDERS.names()) - METHODS_II, steps=3)
 
 
-@pytest.mark.parametrize("name", [n if n in ("sd", "sd3", "flux") else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n in ("sd", "flux") else pytest.param(n, marks=pytest.mark.slow)
                                   for n in TP.BUILDERS])
 def test_methods2_guiders_run_on_every_family(pipes, name):
     """Every Methods II guider on every image family, with its NFE and forward passes per step: the
