@@ -26,6 +26,20 @@ from omniguide import (
     sample,
 )
 from omniguide.core import GuidanceStep, NoiseLevel, Prediction
+from omniguide.core.methods import (
+    GFCG,
+    ICG,
+    SMCCFG,
+    CFGNorm,
+    FreSca,
+    MagnitudeAware,
+    Momentum,
+    PerpNeg,
+    PriorGuidance,
+    ResidualCFG,
+    ScaleSearch,
+    ScorerGuidance,
+)
 from omniguide.core.registry import GUIDERS
 
 SHAPES = {
@@ -66,7 +80,23 @@ def methods(layout, shape):
         "autoguidance": AutoGuidance(2.0, weak_model=weak),
         "terms": Terms({"uncond": 2.0}),
         "rescale": Rescale(APG(3.0), rescale=0.7),
+        # Methods II
+        "icg": ICG(2.0, pool={"labels": [0, 1]}),
+        "prior-guidance": PriorGuidance(3.0, base_model=weak),
+        "residual-cfg": ResidualCFG(1.5),
+        "momentum": Momentum(3.0),
+        "smc-cfg": SMCCFG(3.0),
+        "magnitude-aware": MagnitudeAware(5.0, alpha=1.0),
+        "perp-neg": PerpNeg(3.0, negatives={"negative": 0.5}),
+        "fresca": FreSca(3.0, cutoff=1),
+        "cfg-norm": CFGNorm(3.0),
+        "scorer-guidance": ScorerGuidance(0.2, scorer=lambda x0: -(x0.flatten(1) ** 2).sum(1)),
+        "gfcg": GFCG(scale=2.0, classifier=lambda x0: x0.flatten(1)[:, :2], target=0),
+        "scale-search": ScaleSearch(4.0, candidates=3, evaluator=lambda x0: (x0.flatten(1) ** 2).sum(1)),
     }
+
+
+PLUGGED = {"scorer-guidance", "gfcg", "scale-search"}
 
 
 def run(guider, layout, num_steps=8):
@@ -75,6 +105,7 @@ def run(guider, layout, num_steps=8):
     labels = {
         "cond": {"labels": torch.zeros(n, dtype=torch.long)},
         "uncond": {"labels": torch.ones(n, dtype=torch.long)},
+        "negative": {"labels": torch.ones(n, dtype=torch.long)},
     }
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     scheduler = DDIMScheduler(clip_sample=False)
@@ -85,7 +116,8 @@ def run(guider, layout, num_steps=8):
 
 def test_every_registered_method_is_covered():
     own = set(methods("BCHW", SHAPES["BCHW"])) | {"interval", "schedule"}
-    perturbed = {"pag", "seg", "skip-layer"}  # another suite covers the perturbed-branch methods
+    # other suites cover the perturbed-branch and attention methods (tests/test_perturbations*.py)
+    perturbed = {"pag", "seg", "skip-layer", "tsg", "tpg", "s2-guidance", "nag", "vsf", "pladis", "sag"}
     assert set(GUIDERS.names()) - perturbed == own
 
 
@@ -180,6 +212,8 @@ def test_tensor_scales(make):
 
 def test_configs_round_trip():
     for name, guider in methods("BCHW", SHAPES["BCHW"]).items():
+        if name in PLUGGED:   # plain callables as plugins here; registered plugins round-trip in test_methods2_golden
+            continue
         cfg = guider.config()
         rebuilt = build_guider(cfg)
         assert type(rebuilt) is type(guider) and rebuilt.config() == cfg, name

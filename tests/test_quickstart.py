@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 # Guiders that need something the 2-D mixture does not have (an attention model to perturb).
-NOT_ON_THE_TESTBED = {"pag", "seg", "skip-layer"}
+NOT_ON_THE_TESTBED = {"pag", "seg", "skip-layer", "tsg", "tpg", "s2-guidance", "nag", "vsf", "pladis", "sag"}
 
 
 def _names(cfg):

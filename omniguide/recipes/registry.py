@@ -111,6 +111,23 @@ def _guiders() -> Registry:
 register_listing("guiders", _guiders)
 
 
+def _correctors() -> Registry:
+    from ..core.correctors import CORRECTORS
+
+    return CORRECTORS
+
+
+def _scorers() -> Registry:
+    from ..core.scorers import SCORERS
+    from ..zoo import scorers  # noqa: F401  (registers the testbed's analytic scorers)
+
+    return SCORERS
+
+
+register_listing("correctors", _correctors)
+register_listing("scorers", _scorers)
+
+
 def all_components() -> dict[str, Registry]:
     """Every registry by kind, in listing order (recipes, guiders, models, ...).
 

@@ -38,6 +38,7 @@ class ItemSettings:
     steps: int
     num_samples: int
     negative_prompt: Any = None
+    corrector: dict | None = None
 
 
 @dataclass
@@ -75,17 +76,19 @@ class MixtureSampler:
                               "it has no negative prompt")
 
     def generate(self, item: Item, settings: ItemSettings, device: torch.device, progress: bool) -> Generated:
+        from ..core.correctors import build_corrector
         from ..core.sampler import sample
 
         scheduler, model = self._model()
         guider = make_guider(settings.guider, f"{item.where}.guider")
+        corrector = build_corrector(settings.corrector)
         label = model.label(item.prompt, item.where)
         gen = torch.Generator().manual_seed(item.seed)
         noise = torch.randn(settings.num_samples, model.dim, generator=gen)
         out = sample(model.denoiser, scheduler, guider, noise, model.branches(label, settings.num_samples),
                      num_steps=settings.steps, parameterization=model.parameterization, generator=gen,
-                     progress=progress, batch=self.batch)
-        meta = {"nfe": out.nfe, **model.evaluate(out.sample, label)}
+                     progress=progress, batch=self.batch, corrector=corrector)
+        meta = {"nfe": out.nfe, **model.evaluate(out.sample, label), **({"report": out.report} if out.report else {})}
         return Generated("points", out.sample.float(), meta)
 
 

@@ -1,5 +1,6 @@
 """The zoo: the analytic testbed and small models used by tests, benchmarks and the quickstart."""
 
+from . import scorers  # noqa: F401  (registers the testbed's scorers)
 from .gaussian_mixture import UNCOND, GaussianMixture, MixtureDenoiser, MixtureSpec, denoiser_for, label_branches
 
 __all__ = ["UNCOND", "GaussianMixture", "MixtureDenoiser", "MixtureSpec", "denoiser_for", "label_branches"]

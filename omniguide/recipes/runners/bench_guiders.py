@@ -48,7 +48,15 @@ PERTURBED = {
     "pag": "needs an attention model (perturbs self-attention maps); the mixture has none",
     "seg": "needs an attention model (blurs self-attention queries); the mixture has none",
     "skip-layer": "needs a layered model (skips transformer blocks); the mixture has none",
+    "sag": "needs an attention model (blurs where self-attention looks); the mixture has none",
+    "tpg": "needs a transformer (shuffles block input tokens); the mixture has none",
+    "s2-guidance": "needs a layered model (drops random blocks); the mixture has none",
+    "tsg": "needs a time-step embedding to perturb; the mixture has none",
+    "nag": "needs cross- or joint attention (acts on attention outputs); the mixture has none",
+    "vsf": "needs cross- or joint attention (flips attention values); the mixture has none",
+    "pladis": "needs cross- or joint attention (sparse attention maps); the mixture has none",
 }
+
 
 
 @dataclass
@@ -77,6 +85,7 @@ class MethodSweep:
     label: str | None = None
     family: str | None = None
     tied: dict[str, float] = field(default_factory=dict)  # other fields set to factor x the swept value
+    steps: int | None = None   # sampler steps of this row (None: the sampler's); equal-NFE comparisons
 
 
 @dataclass
@@ -98,6 +107,7 @@ class BenchGuidersConfig:
 def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
     """Every setting and every configured guider of the sweep, built without sampling."""
     from ...core.schedulers import build_scheduler
+    from ...zoo.scorers import bind_testbed
     from ..components import make_guider
 
     load_guider_modules()
@@ -123,8 +133,10 @@ def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
     for i, sweep in enumerate(cfg.methods):
         if not sweep.scales:
             raise errors.ConfigError(f"methods.{i}.scales", "empty")
+        if sweep.steps is not None and sweep.steps < 1:
+            raise errors.ConfigError(f"methods.{i}.steps", f"must be >= 1, got {sweep.steps}")
         for value in sweep.scales:
-            make_guider(guider_config(sweep, value), f"methods.{i}.guider")
+            make_guider(bind_testbed(guider_config(sweep, value), cfg.testbeds[0]), f"methods.{i}.guider")
 
 
 def guider_config(sweep: MethodSweep, value: float) -> dict:
@@ -192,6 +204,7 @@ def run_one(
     weak: GaussianMixture,
     noise: Tensor,
     cfg: BenchGuidersConfig,
+    steps: int | None = None,
 ) -> tuple[Tensor, float, float]:
     """Samples of one guider, and its NFE and forward passes per sampler batch."""
     import torch
@@ -208,9 +221,9 @@ def run_one(
         labels = torch.full((len(part),), cfg.sampler.label, dtype=torch.long)
         scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
         model = denoiser_for(mixture, scheduler)
-        branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
+        branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler), classes=len(mixture.classes))
         guider = make_guider(guider_cfg, path)
-        steps = cfg.sampler.steps
+        steps = steps or cfg.sampler.steps
         out = sample(model, scheduler, guider, part, branches, num_steps=steps, axes=cfg.axes, progress=False)
         xs.append(out.sample)
         nfe, passes, batches = nfe + out.nfe, passes + out.forward_passes, batches + 1
@@ -268,6 +281,7 @@ def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, r
 
     from ...core.errors import OmniguideError
     from ...zoo.metrics import all_metrics, sliced_wasserstein
+    from ...zoo.scorers import bind_testbed
 
     mixture = tb.mixture()
     weak = weak_mixture(mixture, cfg.weak_std_factor)
@@ -284,7 +298,8 @@ def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, r
         for value in sweep.scales:
             t0 = time.perf_counter()
             try:
-                x, nfe, passes = run_one(guider_config(sweep, value), f"methods.{i}.guider", mixture, weak, noise, cfg)
+                guider_cfg = bind_testbed(guider_config(sweep, value), tb)
+                x, nfe, passes = run_one(guider_cfg, f"methods.{i}.guider", mixture, weak, noise, cfg, sweep.steps)
             except OmniguideError as err:  # a method that cannot run on this testbed (e.g. FDG on 2 entries)
                 entry["error"] = first_line(err)
                 break

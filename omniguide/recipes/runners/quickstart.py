@@ -81,6 +81,7 @@ def check_quickstart(cfg: QuickstartConfig) -> None:
     """Every setting and every guider of the sweep, built without sampling. (The loader has already
     checked that every scale of ``scales`` is a finite number.)"""
     from ...core.schedulers import build_scheduler
+    from ...zoo.scorers import bind_testbed
     from ..components import make_guider
 
     if cfg.testbed.weak_std_factor <= 0:
@@ -98,7 +99,7 @@ def check_quickstart(cfg: QuickstartConfig) -> None:
         if not sweep.scales:
             raise errors.ConfigError(f"guiders.{i}.scales", "empty")
         for value in sweep.scales:
-            make_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
+            make_guider(bind_testbed(_guider_cfg(sweep, value), cfg.testbed), f"guiders.{i}.guider")
 
 
 @register_recipe("quickstart", QuickstartConfig, check=check_quickstart)
@@ -110,6 +111,7 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
     from ...core.schedulers import build_scheduler
     from ...zoo import UNCOND, GaussianMixture, denoiser_for, label_branches
     from ...zoo.metrics import all_metrics
+    from ...zoo.scorers import bind_testbed
     from ..components import make_guider
 
     tb = cfg.testbed
@@ -127,10 +129,10 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
         row = _row_label(sweep)
         metrics[row] = {}
         for value in sweep.scales:
-            guider = make_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
+            guider = make_guider(bind_testbed(_guider_cfg(sweep, value), tb), f"guiders.{i}.guider")
             scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
             model = denoiser_for(mixture, scheduler)
-            branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
+            branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler), classes=len(mixture.classes))
             start = time.perf_counter()
             out = sample(model, scheduler, guider, noise, branches, num_steps=cfg.sampler.steps, axes=cfg.axes,
                          batch=cfg.sampler.batch, progress=False)

@@ -4,6 +4,7 @@
     model: {name: diffusers, path: omniguide/zoo/weights/shapes}   # or {name: mixture} (the testbed)
     scheduler: {name: dpm++}          # optional: swap the model's scheduler (a pipeline keeps its config)
     guider: {name: apg, scale: 7}
+    corrector: {name: fkc, gamma: 3}  # optional, core sampler only: pcg (Langevin) or fkc (SMC)
     negative_prompt: blurry
     prompts: ["a red circle on the left", {prompt: "a blue square", seed: 7, guider: {scale: 5}}]
     trainer: {accelerator: cpu, devices: 2, strategy: ddp}
@@ -48,6 +49,7 @@ class SampleConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mixture"})
     scheduler: dict[str, Any] = field(default_factory=dict)   # empty: the model's own (the testbed: ddim)
     guider: dict[str, Any] = field(default_factory=lambda: {"name": "cfg", "scale": 3.0})
+    corrector: dict[str, Any] | None = None    # a sampler option between steps (pcg, fkc); the testbed only
     negative_prompt: str | None = None         # every item's negative prompt unless it sets one
     prompts: list[Any] = field(default_factory=list)
     prompts_file: str | None = option(None, file=True)
@@ -80,17 +82,24 @@ def item_settings(cfg: SampleConfig, item: Item, default_samples: int) -> ItemSe
     negative = item.overrides.get("negative_prompt", cfg.negative_prompt)
     if negative is not None and not isinstance(negative, str):
         raise errors.ConfigError(f"{item.where}.negative_prompt", f"expected a string, got {negative!r}")
-    return ItemSettings(guider, steps, n, negative)
+    return ItemSettings(guider, steps, n, negative, cfg.corrector)
 
 
 def check_sample(cfg: SampleConfig) -> None:
     """Build every component and every item's settings without generating anything."""
+    from ...core.correctors import build_corrector
     from ..components import make_callbacks, make_guider, make_sampler
     from ..predict import load_items
     from ..runtime import check_trainer
+    from ..sample_models import MixtureSampler
 
     sampler = make_sampler(cfg.model, cfg.scheduler, cfg.batch)
     make_guider(cfg.guider, "guider")
+    if cfg.corrector is not None:
+        build_corrector(dict(cfg.corrector), "corrector")
+        if not isinstance(sampler, MixtureSampler):
+            raise errors.ConfigError("corrector", "correctors act between the core sampler's steps; a diffusers "
+                                     "pipeline runs its own loop (use model: {name: mixture} or sample())")
     for item in load_items(cfg.prompts, cfg.prompts_file, cfg.seed):
         settings = item_settings(cfg, item, sampler.default_samples)
         make_guider(settings.guider, f"{item.where}.guider")
