@@ -16,7 +16,9 @@ What a guider needs from whoever drives it is declared by ``requires()`` and che
 sampling or distillation starts (:func:`check_requirements`):
 
 * ``step-index`` -- a sampler step index (state between steps, the ``step`` coordinate);
-* ``reanchor``   -- a sampler that steps from an inconsistent ``(x0, eps)`` pair (CFG++).
+* ``reanchor``   -- a sampler that steps from an inconsistent ``(x0, eps)`` pair (CFG++);
+* ``progress``   -- a training-progress coordinate in ``[0, 1]`` (score distillation provides it;
+  samplers do not): a scale scheduled over ``progress`` anneals over training.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from .axes import Axes
@@ -34,9 +37,11 @@ from .prediction import Guided, Prediction
 
 STEP_INDEX = "step-index"
 REANCHOR = "reanchor"
+PROGRESS = "progress"
 REQUIREMENTS = {
     STEP_INDEX: "a sampler step index",
     REANCHOR: "a sampler that re-anchors the sample to the guided (x0, eps) pair",
+    PROGRESS: "a training-progress coordinate",
 }
 
 
@@ -45,7 +50,8 @@ class GuidanceStep:
     """What a guider may read at one model evaluation.
 
     ``x`` and ``noise`` describe the sample the model sees; ``index`` / ``num_steps`` exist only
-    inside a sampler loop; ``axes`` are the sample's declared reduction and frequency axes."""
+    inside a sampler loop; ``axes`` are the sample's declared reduction and frequency axes;
+    ``progress`` (training progress in ``[0, 1]``) exists only in score distillation."""
 
     x: Tensor
     noise: NoiseLevel
@@ -53,9 +59,15 @@ class GuidanceStep:
     index: int | None = None
     num_steps: int | None = None
     axes: Axes | None = None
+    progress: float | None = None
 
     def coordinate(self, name: str) -> Tensor:
-        """``sigma``, ``t`` or ``step`` at this evaluation (see :mod:`omniguide.core.noise`)."""
+        """``sigma``, ``t`` or ``step`` at this evaluation (see :mod:`omniguide.core.noise`), or
+        ``progress`` (training progress in [0, 1], score distillation only)."""
+        if name == PROGRESS:
+            if self.progress is None:
+                raise GuidanceError(f"the 'progress' coordinate exists only in score distillation, not at {self.where}")
+            return torch.as_tensor(float(self.progress), dtype=self.noise.sigma.dtype)
         return self.noise.coordinate(name, self.index, self.num_steps)
 
     def require_axes(self, who: str, own: Axes | None = None) -> Axes:
@@ -116,6 +128,8 @@ class Guider:
                 needs = {**value.requires(), **needs}
             elif isinstance(value, ScaleSchedule) and value.coordinate == "step":
                 needs.setdefault(STEP_INDEX, f"{f.name} is scheduled over the 'step' coordinate")
+            elif isinstance(value, ScaleSchedule) and value.coordinate == PROGRESS:
+                needs.setdefault(PROGRESS, f"{f.name} is scheduled over training 'progress'")
         return needs
 
     def branch_defaults(self) -> dict:
