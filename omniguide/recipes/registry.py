@@ -18,6 +18,8 @@ from typing import Any
 
 from ..core.errors import ConfigError, did_you_mean
 from ..core.registry import GUIDERS, Registry
+from ..distillation.registry import OBJECTIVES as _DISTILL_OBJECTIVES
+from ..distillation.registry import register_objective as _register_objective
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,8 @@ RECIPES = Registry("recipe")
 MODELS = Registry("model")            # name -> factory(cfg: dict, path: str) -> model
 SCHEDULERS = Registry("scheduler")    # name -> diffusers scheduler class
 CALLBACKS = Registry("callback")      # name -> factory(**kwargs) -> lightning.Callback
-# Score-distillation objectives: the slot a later issue fills (omniguide.distillation registers here).
-OBJECTIVES = Registry("distillation objective")
+# Score-distillation objectives live in the library, next to the guiders (omniguide.distillation.registry).
+OBJECTIVES = _DISTILL_OBJECTIVES
 
 COMPONENTS: dict[str, Registry] = {
     "recipes": RECIPES,
@@ -107,5 +109,6 @@ def register_callback(name: str) -> Callable:
 
 
 def register_objective(name: str) -> Callable:
-    """Decorator for a score-distillation objective (used by ``kind: distill``)."""
-    return OBJECTIVES.register(name)
+    """Decorator for a score-distillation objective (used by ``kind: distill``); the same as
+    :func:`omniguide.distillation.registry.register_objective`."""
+    return _register_objective(name)

@@ -224,12 +224,12 @@ class Objective:
             if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
                 raise DivergenceError(f"objective '{self.name}' at step {ctx.step}: term '{name}' is non-finite "
                                       "(the run stops; the last checkpoint is the last good state)")
-        if not bool(torch.isfinite(g).all()):
-            raise DivergenceError(f"objective '{self.name}' at step {ctx.step}: the gradient is non-finite")
         g = g * self.scale
         clip = None if self.grad_clip is None else at(self.grad_clip, ctx.progress)
         if clip is not None:
             g = g.clamp(-clip, clip)
+        if not bool(torch.isfinite(g).all()):
+            raise DivergenceError(f"objective '{self.name}' at step {ctx.step}: the gradient is non-finite")
         x = ctx.x
         loss = 0.5 * torch.nn.functional.mse_loss(x, (x - g).detach(), reduction="sum") / x.shape[0]
         logs = {"grad_norm": float(norm(g))}

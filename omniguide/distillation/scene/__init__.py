@@ -1,7 +1,7 @@
 """The scene: a representation behind a small interface (a radiance grid for now), a pure-PyTorch
 volume renderer and background, cameras with view-dependent prompts, and exports."""
 
-from .cameras import VIEWS, CameraSampler, Cameras, ViewPrompts, orbit, turntable
+from .cameras import VIEWS, Cameras, CameraSampler, ViewPrompts, orbit, turntable
 from .render import RenderOutput, SolidBackground, box_interval, render
 from .representation import RadianceGrid, Representation
 

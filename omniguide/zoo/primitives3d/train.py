@@ -52,7 +52,8 @@ def build_pipeline(arch: PriorArchitecture, spec: ViewsSpec) -> PixelDiffusionPi
     from transformers import CLIPTextConfig, CLIPTextModel
 
     if arch.prediction not in PREDICTIONS:
-        raise ConfigError("model.prediction", f"unknown prediction '{arch.prediction}'; valid: {', '.join(PREDICTIONS)}")
+        raise ConfigError("model.prediction",
+                          f"unknown prediction '{arch.prediction}'; valid: {', '.join(PREDICTIONS)}")
     tokenizer = build_tokenizer(vocabulary(spec), arch.max_length)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=arch.text_hidden, intermediate_size=2 * arch.text_hidden,
