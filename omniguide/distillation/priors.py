@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.axes import Axes
-from ..core.errors import ConfigError, GuidanceError
+from ..core.errors import ConfigError
 from ..core.model_call import ModelCall
 from ..core.noise import NoiseLevel, NoiseSchedule, per_sample
 from ..modalities.base import Family, family_for, replace_input
@@ -44,6 +44,7 @@ class Prior:
     make_call: Callable[[nn.Module], ModelCall] = ModelCall
     check_prompt: Callable[[str, str], None] = lambda prompt, path: None
     name: str = "prior"
+    text_keyword: str = "encoder_hidden_states"      # the denoiser keyword that takes text embeddings
 
     @property
     def num_train_timesteps(self) -> int:
@@ -153,7 +154,7 @@ def prior_from_pipeline(pipe: Any, name: str = "prior", encode_kwargs: Mapping[s
         _, positive, _ = family.encode(encoder, args, {})
         inputs: dict[str, Any] = {}
         for path, key in family.conditions.items():
-            inputs = replace_input(inputs, path, positive[key]) if "." not in path else inputs
+            inputs = replace_input(inputs, path, positive[key])
         return inputs
 
     vae = getattr(pipe, "vae", None)
@@ -173,8 +174,3 @@ def prior_from_pipeline(pipe: Any, name: str = "prior", encode_kwargs: Mapping[s
                  size_multiple=multiple, max_size=top, make_call=family.model_call, check_prompt=_check_prompt(pipe),
                  name=name)
 
-
-def guard_finite(value: Tensor, what: str) -> Tensor:
-    if not bool(torch.isfinite(value).all()):
-        raise GuidanceError(f"{what} has non-finite values")
-    return value
