@@ -135,3 +135,29 @@ def test_a_diverging_run_stops_naming_step_and_term_and_keeps_the_last_good_chec
     assert "objective 'sds' at step 3: term 'guided - noise' is non-finite" in err
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002.ckpt"]
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_the_bench_runs_every_variant_and_reports_quality_and_time_shares(sd_folder, tmp_path):
+    recipe = tmp_path / "bench.yaml"
+    recipe.write_text(f"""
+kind: bench-distill3d
+prompts: ["a red cube"]
+base:
+  prior: {{name: pretrained, path: "{sd_folder}"}}
+  scene: {{resolution: 16}}
+  render_size: 16
+  samples: 8
+  batch_size: 2
+  export: {{video: [], mesh: []}}
+  trainer: {{accelerator: cpu, devices: 1, max_steps: 5, enable_progress_bar: false, logger: none, threads: 1}}
+variants:
+  - {{label: sds-apg, objective: {{name: sds}}, guider: {{name: apg, scale: 5, axes: BCHW}}}}
+  - {{label: nfsd, objective: {{name: nfsd, negative_prompt: a blue sphere}}}}
+""")
+    assert main(["run", str(recipe), f"run.root={tmp_path / 'runs'}"]) == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
+    assert set(summary) == {"sds-apg", "nfsd"}
+    for row in summary.values():
+        assert 0 <= row["iou"] <= 1 and 0 <= row["color_error"] <= 1 and row["seconds_per_iteration"] > 0
+    assert "| sds-apg |" in (run_dir / "table.md").read_text()

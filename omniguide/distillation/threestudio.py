@@ -42,6 +42,7 @@ from ..core.guider import PROGRESS, check_requirements
 from ..core.registry import build_guider
 from .estimators import Estimator
 from .objectives.base import Context, Draws
+from .priors import load_pipeline as load_folder
 from .priors import prior_from_pipeline
 from .registry import OBJECTIVES, build_objective
 
@@ -49,8 +50,13 @@ PREFIX = "omniguide-"
 
 
 def load_pipeline(path: str, pipeline_class: str = "auto", dtype: torch.dtype = torch.float32):
-    """``DiffusionPipeline.from_pretrained(path)``, or ``module:Class.from_pretrained`` for a custom class."""
+    """A local pipeline folder (:func:`omniguide.distillation.priors.load_pipeline`), or
+    ``module:Class.from_pretrained(path)`` for a class given by name (and for hub ids)."""
+    from pathlib import Path
+
     if pipeline_class == "auto":
+        if (Path(path) / "model_index.json").is_file():
+            return load_folder(path, dtype, "guidance.pretrained_model_name_or_path")
         from diffusers import DiffusionPipeline
 
         cls = DiffusionPipeline

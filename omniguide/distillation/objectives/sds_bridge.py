@@ -33,11 +33,15 @@ class SDSBridge(Objective):
     source_modifier: str = DEGRADATION
     target_modifier: str = ", detailed high resolution, high quality, sharp"
     bridge_scale: float = 1.0
+    source_prompt: str | None = None
     weighting: str = "uniform"
 
     def prompt_sets(self, prompt: str) -> dict[str, str]:
-        # per-view prompts: the system appends each modifier to every view prompt
-        return {"source": "{prompt}" + self.source_modifier, "target": "{prompt}" + self.target_modifier}
+        """Per-view prompts (``{prompt}`` is each view's prompt) with the modifiers appended;
+        ``source_prompt`` replaces the source entirely (e.g. ``""``: the unconditional
+        distribution, for priors whose vocabulary has no words for degradations)."""
+        source = self.source_prompt if self.source_prompt is not None else "{prompt}" + self.source_modifier
+        return {"source": source, "target": "{prompt}" + self.target_modifier}
 
     def gradient(self, ctx: Context) -> Tensor:
         t = self.sample_timesteps(ctx, ctx.x.shape[0])

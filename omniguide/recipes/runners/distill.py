@@ -19,7 +19,6 @@ seconds per iteration and the time shares of render, prior and update).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,28 +117,8 @@ class DistillConfig:
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=1000))
 
 
-def load_pipeline(folder: str | Path, dtype: torch.dtype = torch.float32, path: str = "prior.path"):
-    """A diffusers pipeline folder, loaded with ``from_pretrained`` by the class its ``model_index.json`` names."""
-    import diffusers
-
-    folder = Path(folder)
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise ConfigError(path, f"{folder} is not a diffusers pipeline folder (no model_index.json)")
-    name = json.loads(index.read_text())["_class_name"]
-    if name == "PixelDiffusionPipeline":
-        from ...zoo.primitives3d.pipeline import PixelDiffusionPipeline as cls
-    else:
-        cls = getattr(diffusers, name, None)
-        if cls is None:
-            raise ConfigError(path, f"{folder}: unknown pipeline class '{name}'")
-    pipe = cls.from_pretrained(str(folder), torch_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def build_prior(cfg: PriorConfig):
-    from ...distillation.priors import prior_from_pipeline
+    from ...distillation.priors import load_pipeline, prior_from_pipeline
 
     if cfg.name == "zoo":
         folder, label = ZOO_PRIORS[cfg.prediction], f"the zoo's 3D prior ({cfg.prediction})"
