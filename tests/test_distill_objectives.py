@@ -261,3 +261,27 @@ def test_a_guider_scale_scheduled_over_progress():
     xt = a * x.detach() + s * eps
     c, un = model_at(xt, t, "cond"), model_at(xt, t, "uncond")
     check(late, x, s ** 2 * (un + 7.0 * (c - un) - eps))
+
+
+def test_sd_and_sd3_pipelines_are_priors():
+    """Real diffusers code paths: the family's prompt encoder and denoiser call, VAE encoding with
+    gradients, SD3 as a flow prior (RFDS), resolution limits."""
+    import tiny_pipelines as tp
+
+    from omniguide.core.errors import ConfigError
+    from omniguide.distillation.priors import prior_from_pipeline
+
+    for name, objective in (("sd", "sds"), ("sd3", "rfds")):
+        pipe = getattr(tp, name)()
+        prior = prior_from_pipeline(pipe, name, {"max_sequence_length": 16})
+        assert prior.is_flow == (name == "sd3")
+        texts = prior.encode_prompts({"cond": ["a red circle"], "uncond": [""]})
+        rgb = torch.rand(2, 3, 16, 16, requires_grad=True)
+        x = prior.encode_image(rgb)
+        inputs = {k: {n: v.expand(2, *v.shape[1:]) for n, v in enc.items()} for k, enc in texts.items()}
+        out = build_objective(objective)(Context(prior, CFG(5.0), x, inputs, Draws(torch.Generator().manual_seed(0))))
+        out.loss.backward()
+        assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+        with pytest.raises(ConfigError, match="render_size"):
+            prior.check_resolution(18, 18, "render_size")
+    assert prior.size_multiple == 2 and prior.max_size == 32       # SD3: patch 2 x VAE 1, 16 positions

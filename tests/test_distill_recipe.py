@@ -161,3 +161,24 @@ variants:
     for row in summary.values():
         assert 0 <= row["iou"] <= 1 and 0 <= row["color_error"] <= 1 and row["seconds_per_iteration"] > 0
     assert "| sds-apg |" in (run_dir / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_killing_a_rank_ends_the_ddp_job_nonzero_within_a_bound(sd_folder, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    run_dir = tmp_path / "run"
+    proc = launch(sd_folder, f"run.dir={run_dir}", "callbacks=[{name: step-delay, seconds: 0.1}]",
+                  "trainer.max_steps=100000", "trainer.devices=2", "trainer.strategy=ddp", "trainer.timeout_s=60")
+    target = run_dir / "checkpoints" / "step-000004.ckpt"
+    end = time.monotonic() + 150
+    while not target.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert children, "no rank-1 process found"
+    start = time.monotonic()
+    os.kill(children[0], signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 60

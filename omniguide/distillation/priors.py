@@ -51,7 +51,7 @@ def load_pipeline(folder, dtype: torch.dtype = torch.float32, path: str = "prior
         cls = getattr(diffusers, name, None)
         if cls is None:
             raise ConfigError(path, f"{folder}: unknown pipeline class '{name}'")
-    pipe = cls.from_pretrained(str(folder), torch_dtype=dtype)
+    pipe = cls.from_pretrained(str(folder), dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

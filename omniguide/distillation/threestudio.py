@@ -63,7 +63,7 @@ def load_pipeline(path: str, pipeline_class: str = "auto", dtype: torch.dtype = 
     else:
         module, _, name = pipeline_class.partition(":")
         cls = getattr(importlib.import_module(module), name)
-    pipe = cls.from_pretrained(path, torch_dtype=dtype)
+    pipe = cls.from_pretrained(path, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

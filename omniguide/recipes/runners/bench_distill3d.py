@@ -56,8 +56,20 @@ def variant_configs(cfg: BenchDistillConfig) -> list[tuple[str, str, DistillConf
     return out
 
 
+def missing_prior(distill: DistillConfig) -> str | None:
+    """Why a variant cannot run here: its zoo prior has not been trained (None when it can)."""
+    from .distill import ZOO_PRIORS
+
+    p = distill.prior
+    if p.name == "zoo" and not (ZOO_PRIORS[p.prediction] / "model_index.json").is_file():
+        return f"the zoo's {p.prediction} prior is not trained (configs/train/primitives_prior.yaml)"
+    return None
+
+
 def check_bench(cfg: BenchDistillConfig) -> None:
     for label, _, distill in variant_configs(cfg):
+        if missing_prior(distill):
+            continue
         try:
             build(distill)
         except ConfigError as err:
@@ -77,7 +89,13 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 def run_bench(cfg: BenchDistillConfig, run: RunContext) -> dict:
     """Every objective and SDS under several guiders at one budget: IoU, colour, consistency, timings."""
     per_run: dict[str, dict[str, dict]] = {}
+    skipped: dict[str, str] = {}
     for label, prompt, distill in variant_configs(cfg):
+        why = missing_prior(distill)
+        if why:
+            skipped[label] = why
+            run.log(f"{label}: skipped, {why}")
+            continue
         slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
         sub = RunContext(run.path(f"{label}/{slug}"), "distill", explicit_dir=True)
         sub.dir.mkdir(parents=True, exist_ok=True)
@@ -94,4 +112,4 @@ def run_bench(cfg: BenchDistillConfig, run: RunContext) -> dict:
                 row[column] = sum(values) / len(values)
         summary[label] = row
     run.write_text("table.md", table(summary))
-    return {"prompts": cfg.prompts, "summary": summary, "runs": per_run}
+    return {"prompts": cfg.prompts, "summary": summary, "skipped": skipped, "runs": per_run}

@@ -97,6 +97,8 @@ class _Steps(torch.utils.data.IterableDataset):
 class PriorModule(lightning.LightningModule):
     """Trains the UNet and the text encoder of a :class:`PixelDiffusionPipeline` (see the module docstring)."""
 
+    model = None          # the train runner's single-file ``model.save``; this module saves a folder instead
+
     def __init__(self, arch: PriorArchitecture, spec: ViewsSpec, settings: PriorSettings):
         super().__init__()
         self.save_hyperparameters({"model": asdict(arch), "data": asdict(spec), "settings": asdict(settings)})
@@ -175,6 +177,15 @@ class PriorModule(lightning.LightningModule):
         self.pipeline().save_pretrained(tmp, safe_serialization=True)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+
+
+def export_checkpoint(ckpt: str, folder: str) -> None:
+    """Write the ``pipeline/`` folder of a training checkpoint into ``folder`` (the run's ``save_outputs``)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    hp = state["hyper_parameters"]
+    module = PriorModule(PriorArchitecture(**hp["model"]), ViewsSpec(**hp["data"]), PriorSettings(**hp["settings"]))
+    module.load_state_dict(state["state_dict"])
+    module.save_outputs(folder)
 
 
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> PriorModule:
