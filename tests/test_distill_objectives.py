@@ -282,6 +282,8 @@ def test_sd_and_sd3_pipelines_are_priors():
         out = build_objective(objective)(Context(prior, CFG(5.0), x, inputs, Draws(torch.Generator().manual_seed(0))))
         out.loss.backward()
         assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
-        with pytest.raises(ConfigError, match="render_size"):
-            prior.check_resolution(18, 18, "render_size")
+        with pytest.raises(ConfigError, match="render_size: 17x17 cannot be used"):
+            prior.check_resolution(17, 17, "render_size")
     assert prior.size_multiple == 2 and prior.max_size == 32       # SD3: patch 2 x VAE 1, 16 positions
+    with pytest.raises(ConfigError, match="larger than"):
+        prior.check_resolution(48, 48, "render_size")
