@@ -60,10 +60,19 @@ class Family:
     ``negatives``: the pipeline's negative-input arguments (``guide`` accepts the same names);
     ``encode(original, arguments, negatives) -> (result for the pipeline, positive, negative)``
     runs the pipeline's encoder once with the negative and returns the encoded values by name;
-    ``conditions``: denoiser keyword (dotted into mappings) -> the encoded value it carries;
+    ``conditions``: denoiser keyword (dotted into mappings) -> the encoded value it carries (the
+    unconditional inputs replace each by its negative); ``uncond(inputs, positive, negative)``
+    builds them instead when the pipeline assembles the condition after encoding (Stable Audio's
+    text + duration sequence);
     ``shared``: denoiser inputs without a batch dimension; ``output(module)`` / ``pack(module,
     guided)``: where the prediction sits in the denoiser's output and how the guided prediction is
-    handed back (a learned variance next to the noise); ``check(pipe)``: family-specific refusals."""
+    handed back (a learned variance next to the noise); ``check(pipe)``: family-specific refusals.
+
+    For recipes that run the pipeline (``kind: sample``): ``modality`` (``image``, ``audio``,
+    ``video``: which writer stores the outputs), ``samples_kwarg`` (outputs per prompt),
+    ``output_kwargs`` (arguments that make the pipeline return tensors) and
+    ``read_output(pipe, result) -> (data, rate)``: images ``[N, 3, H, W]`` in [0, 1], audio
+    ``[N, C, T]`` with its sample rate, video ``[N, F, 3, H, W]`` in [0, 1] with its frame rate."""
 
     name: str
     pipelines: tuple[str, ...]
@@ -82,6 +91,11 @@ class Family:
     output: Callable[[nn.Module], Callable[[Any], Tensor]] = lambda module: default_output
     pack: Callable[[nn.Module, Tensor], Tensor] | None = None
     check: Callable[[Any], None] | None = None
+    uncond: Callable[[dict, dict, dict], dict] | None = None
+    modality: str = "image"
+    samples_kwarg: str = "num_images_per_prompt"
+    output_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"output_type": "pt"})
+    read_output: Callable[[Any, Any], tuple[Tensor, int | None]] = lambda pipe, result: (result.images, None)
 
     def classes(self) -> tuple[type, ...]:
         """The pipeline classes, imported."""
@@ -125,12 +139,17 @@ def load_families() -> dict[str, Family]:
 
 def family_for(pipe: Any) -> Family:
     """The family serving ``pipe``; a one-line error listing the supported ones otherwise."""
+    return family_for_class(type(pipe), "guide()")
+
+
+def family_for_class(cls: type, where: str = "guide()") -> Family:
+    """The family serving pipelines of class ``cls`` (subclasses included)."""
     for family in load_families().values():
-        if isinstance(pipe, family.classes()):
+        if issubclass(cls, family.classes()):
             return family
     supported = ", ".join(f"{f.name} ({', '.join(c.rpartition(':')[2] for c in f.pipelines)})"
                           for f in FAMILIES.values())
-    raise GuidanceError(f"guide(): no pipeline family serves {type(pipe).__name__}; supported: {supported}")
+    raise GuidanceError(f"{where}: no pipeline family serves {cls.__name__}; supported: {supported}")
 
 
 # -- small helpers ------------------------------------------------------------------------------------
@@ -401,6 +420,8 @@ class Guide:
     def _uncond_inputs(self, inputs: dict) -> dict:
         """The conditional inputs with each condition replaced by its negative counterpart."""
         call, out = self._call, inputs
+        if self.family.uncond is not None:
+            return self.family.uncond(inputs, call.positive, call.negative)
         for path, name in self.family.conditions.items():
             cond = get_input(inputs, path)
             if cond is None:

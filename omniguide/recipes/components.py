@@ -3,9 +3,11 @@
     scheduler: {name: ddim}                               # any name in omniguide.core.schedulers
     model: {name: mixture, classes: 3}                    # the analytic testbed (exact scores)
     model: {name: small-denoiser, weights: runs/.../model.safetensors}   # one trained by `train`
+    model: {name: diffusers, path: <pipeline folder or model id>}        # any pipeline guide() serves
 
-A sample model turns a prompt into branch inputs and evaluates what it generated; register your
-own with ``@register_model("name")`` on a dataclass whose ``build(path)`` returns one.
+A sample model's config is a dataclass registered with ``@register_model("name")`` whose
+``sampler(scheduler_cfg, batch, path)`` returns what generates items (see
+:mod:`omniguide.recipes.sample_models`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError, did_you_mean
-from ..core.schedulers import BY_NAME, SCHEDULER_NAMES, build_scheduler
+from ..core.schedulers import ALIASES, BY_NAME, SCHEDULER_NAMES, build_scheduler
 from ..zoo.gaussian_mixture import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
 from ..zoo.small_denoiser import SmallDenoiser
 from .registry import MODELS, SCHEDULERS, register_model
-from .schema import build_dataclass, find_file
+from .schema import build_dataclass, find_file, option
 
 for _name in SCHEDULER_NAMES:
     SCHEDULERS.register(_name)(BY_NAME[_name][0])
+for _alias, (_short, _) in ALIASES.items():   # ComfyUI's names for the same solvers
+    SCHEDULERS.register(_alias)(BY_NAME[_short][0])
 
 
 def make_scheduler(cfg: Mapping[str, Any], path: str = "scheduler") -> Any:
@@ -100,6 +104,11 @@ class SampleModel:
 class MixtureModel(MixtureSpec):
     """The analytic Gaussian-mixture testbed (:meth:`GaussianMixture.ring` arguments)."""
 
+    def sampler(self, scheduler_cfg: dict, batch: bool = True, path: str = "model"):
+        from .sample_models import MixtureSampler
+
+        return MixtureSampler(self, scheduler_cfg, batch)
+
     def build(self, scheduler, path: str = "model") -> SampleModel:
         """The exact denoiser on the scheduler's noise path (VP, or flow for flow-matching schedulers)."""
         gm = self.mixture()
@@ -114,6 +123,11 @@ class SmallDenoiserModel:
 
     weights: str = "???"                                  # model.safetensors of a train run
     data: dict[str, Any] = field(default_factory=dict)    # the mixture it learned (for evaluation)
+
+    def sampler(self, scheduler_cfg: dict, batch: bool = True, path: str = "model"):
+        from .sample_models import MixtureSampler
+
+        return MixtureSampler(self, scheduler_cfg, batch)
 
     def build(self, scheduler, path: str = "model") -> SampleModel:
         """Load the weights (CPU, eval mode) and check they match the data's dimension and classes."""
@@ -135,11 +149,44 @@ class SmallDenoiserModel:
         return SampleModel(denoiser, "eps", spec.dim, spec.mixture())
 
 
-def make_model(cfg: Mapping[str, Any], scheduler, path: str = "model") -> SampleModel:
-    """A sample model from ``{name: ..., **fields}`` (the dataclass registered under the name)."""
+@register_model("diffusers")
+@dataclass
+class DiffusersModel:
+    """Any diffusers pipeline that :func:`omniguide.guide` serves, loaded with ``from_pretrained``."""
+
+    path: str = "???"                       # a local pipeline folder or a model id
+    pipeline_class: str | None = None       # "module:Class" when the folder's class is not in diffusers
+    dtype: str = option("float32", choices=("float32", "float16", "bfloat16"))
+    device: str = "auto"                    # auto: the Lightning rank's device; or cpu, cuda, cuda:1, mps
+    attention: str = option("sdpa", choices=("sdpa", "xformers"))
+    scorer: str | None = None               # score outputs against their prompts (a zoo scorer's name)
+    call: dict[str, Any] = field(default_factory=dict)   # other pipeline arguments (height, width, ...)
+
+    def sampler(self, scheduler_cfg: dict, batch: bool = True, path: str = "model"):
+        from .sample_models import PipelineSampler
+
+        self.check(path)
+        return PipelineSampler(self, scheduler_cfg, batch, path)
+
+    def check(self, path: str = "model") -> None:
+        """Settings that only fail on the device at run time, checked now."""
+        if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
+            raise ConfigError(f"{path}.device", f"'{self.device}' is not a device; use auto, cpu, cuda, cuda:N, mps")
+        if self.attention == "xformers":
+            import importlib.util
+
+            if importlib.util.find_spec("xformers") is None:
+                raise ConfigError(f"{path}.attention", "xformers is not installed (pip install xformers); use sdpa")
+            if not torch.cuda.is_available() or self.device in ("cpu", "mps"):
+                raise ConfigError(f"{path}.attention", "xformers needs a CUDA device; use sdpa on this machine")
+
+
+def make_sampler(cfg: Mapping[str, Any], scheduler_cfg: Mapping[str, Any], batch: bool = True,
+                 path: str = "model"):
+    """What generates items for ``model:`` (the dataclass registered under its name)."""
     cfg = _named(cfg, path)
     cls = MODELS.get(cfg["name"], f"{path}.name")
-    return build_dataclass(cls, cfg, path).build(scheduler, path)
+    return build_dataclass(cls, cfg, path).sampler(dict(scheduler_cfg or {}), batch, path)
 
 
 # -- Lightning callbacks -----------------------------------------------------------------------

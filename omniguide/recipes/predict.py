@@ -2,16 +2,19 @@
 
 Items (prompts with a global index, a seed and per-item overrides) come from an inline list or a
 file (``.txt``: one prompt per line; ``.jsonl``: one object per line with ``prompt`` and optional
-``seed``, ``guider``, ``steps``, ``num_samples``). Each rank takes a disjoint shard of the items
-not yet complete; a writer callback stores each result under its global index
-(``items/000012.pt`` then ``items/000012.json``, both atomic; the JSON marks the item complete),
-so a rerun in the same folder skips finished items and results do not depend on the sharding.
+``seed``, ``guider``, ``steps``, ``num_samples``, ``negative_prompt``). Each rank takes a disjoint
+shard of the items not yet complete; a writer callback stores each result under its global index
+with the writer of its kind (``items/000012.pt`` for points, ``items/000012_0.png`` ... for images,
+WAV for audio, MP4/GIF for video), then ``items/000012.json`` listing those files -- all atomic; the
+JSON marks the item complete, so a rerun in the same folder skips finished items and results do
+not depend on the sharding.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,16 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ..core.errors import ConfigError, did_you_mean
-from .run import atomic_path
+from ..io import atomic_path
 
-ITEM_KEYS = ("prompt", "seed", "guider", "steps", "num_samples")
+ITEM_KEYS = ("prompt", "seed", "guider", "steps", "num_samples", "negative_prompt")
+# output kind -> "module:function" writing one item's files (``write_outputs(folder, stem, data, rate,
+# options) -> names``); points are written here
+WRITERS = {
+    "image": "omniguide.modalities.image.io:write_outputs",
+    "audio": "omniguide.modalities.audio.io:write_outputs",
+    "video": "omniguide.modalities.video.io:write_outputs",
+}
 
 
 @dataclass
@@ -81,27 +91,45 @@ def _read_prompt_file(path: Path) -> list[tuple[Any, str]]:
     return out
 
 
+def write_points(folder: Path, stem: str, data: torch.Tensor, rate: int | None, options: Mapping) -> list[str]:
+    """Points (the testbed's samples) as ``<stem>.pt``."""
+    with atomic_path(Path(folder) / f"{stem}.pt") as tmp:
+        torch.save(data.detach().cpu(), tmp)
+    return [f"{stem}.pt"]
+
+
+def writer(kind: str) -> Callable:
+    """The function that writes outputs of ``kind``."""
+    if kind == "points":
+        return write_points
+    module, _, attr = WRITERS[kind].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 class ItemStore:
-    """``folder/items/NNNNNN.pt`` + ``NNNNNN.json``; an item is complete when its JSON exists."""
+    """``folder/items/``: each item's output files, then ``NNNNNN.json`` listing them; an item is
+    complete when its JSON and every file it lists exist."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, options: Mapping | None = None):
         self.folder = Path(folder) / "items"
+        self.options = dict(options or {})
 
-    def paths(self, index: int) -> tuple[Path, Path]:
-        """The tensor and metadata files of item ``index``."""
-        return self.folder / f"{index:06d}.pt", self.folder / f"{index:06d}.json"
+    def meta_path(self, index: int) -> Path:
+        return self.folder / f"{index:06d}.json"
 
     def done(self, index: int) -> bool:
         """True when item ``index`` was written completely (its JSON is written last)."""
-        tensor, meta = self.paths(index)
-        return meta.is_file() and tensor.is_file()
+        path = self.meta_path(index)
+        if not path.is_file():
+            return False
+        files = json.loads(path.read_text()).get("files", [])
+        return all((self.folder / f).is_file() for f in files)
 
-    def write(self, index: int, value: torch.Tensor, meta: dict) -> None:
-        """Write the tensor, then the metadata, each atomically."""
-        tensor_path, meta_path = self.paths(index)
-        with atomic_path(tensor_path) as tmp:
-            torch.save(value.detach().cpu(), tmp)
-        with atomic_path(meta_path) as tmp:
+    def write(self, index: int, kind: str, data: torch.Tensor, rate: int | None, meta: dict) -> None:
+        """Write the outputs with the writer of their kind, then the metadata, each atomically."""
+        files = writer(kind)(self.folder, f"{index:06d}", data, rate, self.options)
+        meta = {**meta, "kind": kind, "files": files, **({"rate": rate} if rate else {})}
+        with atomic_path(self.meta_path(index)) as tmp:
             tmp.write_text(json.dumps(meta, indent=1) + "\n")
 
     def read_all(self) -> list[dict]:
@@ -134,18 +162,17 @@ def _identity(x: Any) -> Any:
 
 
 class Generator(lightning.LightningModule):
-    """``predict_step(item)`` -> ``(item, tensor, meta)`` through a generation function."""
+    """``predict_step(item)`` -> ``(item, generated)`` through a generation function."""
 
-    def __init__(self, generate: Callable[[Item, torch.device], tuple[torch.Tensor, dict]]):
+    def __init__(self, generate: Callable[[Item, torch.device], Any]):
         super().__init__()
         self.generate = generate
 
-    def predict_step(self, item: Item | None, batch_idx: int = 0) -> tuple[Item, torch.Tensor, dict] | None:
+    def predict_step(self, item: Item | None, batch_idx: int = 0) -> tuple[Item, Any] | None:
         """Generate one item."""
         if item is None:   # padding of a short shard
             return None
-        value, meta = self.generate(item, self.device)
-        return item, value, meta
+        return item, self.generate(item, self.device)
 
 
 class ItemWriter(BasePredictionWriter):
@@ -160,5 +187,5 @@ class ItemWriter(BasePredictionWriter):
         """Store a finished item under its global index."""
         if prediction is None:
             return
-        item, value, meta = prediction
-        self.store.write(item.index, value, meta)
+        item, generated = prediction
+        self.store.write(item.index, generated.kind, generated.data, generated.rate, generated.meta)

@@ -15,12 +15,13 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..io import atomic_path
 
 RUN_DIR_ENV = "OMNIGUIDE_RUN_DIR"
 
@@ -105,26 +106,6 @@ class RunContext:
         print(line, file=sys.stderr, flush=True)
         with open(self.dir / "log.txt", "a") as f:
             f.write(line + "\n")
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """A hidden temporary file next to ``final``, renamed onto it when the block succeeds.
-
-    The temporary name keeps the suffix (``.x.png.tmp123.png``) so writers that pick a format
-    from the extension still work. On error it is removed and ``final`` is untouched."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp", suffix=final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)   # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _check_same_kind(existing: Path, config_yaml: str) -> None:

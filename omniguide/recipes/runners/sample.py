@@ -1,31 +1,43 @@
 """``kind: sample`` -- guided generation over a prompt list, as a Lightning predict loop.
 
     kind: sample
-    model: {name: mixture}             # or {name: small-denoiser, weights: .../model.safetensors}
-    scheduler: {name: ddim}
-    guider: {name: cfg, scale: 3}
-    prompts: [0, 1, 2, {prompt: 0, seed: 7, guider: {scale: 5}}]
+    model: {name: diffusers, path: omniguide/zoo/weights/shapes}   # or {name: mixture} (the testbed)
+    scheduler: {name: dpm++}          # optional: swap the model's scheduler (a pipeline keeps its config)
+    guider: {name: apg, scale: 7}
+    negative_prompt: blurry
+    prompts: ["a red circle on the left", {prompt: "a blue square", seed: 7, guider: {scale: 5}}]
     trainer: {accelerator: cpu, devices: 2, strategy: ddp}
+
+Each item is written under its global index with the writer of the model's output kind (PNG for
+images, WAV for audio, MP4/GIF for video, ``.pt`` for the testbed's points) and a JSON with its
+metrics; the run ends with ``metrics.json`` and, for images, a contact sheet.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 from ...core.errors import ConfigError
 from ...core.registry import build_guider
-from ...core.sampler import sample
-from ..components import make_callbacks, make_model, make_scheduler
+from ..components import make_callbacks, make_sampler
 from ..predict import Generator, Item, ItemData, ItemStore, ItemWriter, load_items
 from ..registry import register_recipe
 from ..run import RunContext
 from ..runtime import build_trainer, check_trainer
+from ..sample_models import ItemSettings
 from ..schema import TrainerConfig, option
+
+# output kind -> "module:function" summarising a finished run (contact sheets, aggregate metrics)
+SUMMARIES = {
+    "image": "omniguide.modalities.image.io:summarize",
+    "audio": "omniguide.modalities.audio.io:summarize",
+    "video": "omniguide.modalities.video.io:summarize",
+}
 
 
 @dataclass
@@ -33,85 +45,105 @@ class SampleConfig:
     """Generation over a prompt list."""
 
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mixture"})
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "ddim"})
+    scheduler: dict[str, Any] = field(default_factory=dict)   # empty: the model's own (the testbed: ddim)
     guider: dict[str, Any] = field(default_factory=lambda: {"name": "cfg", "scale": 3.0})
+    negative_prompt: str | None = None         # every item's negative prompt unless it sets one
     prompts: list[Any] = field(default_factory=list)
     prompts_file: str | None = option(None, file=True)
     steps: int = option(30, ge=1, le=10_000)
-    num_samples: int = option(256, ge=1)       # samples per item (points of the prompt's class)
+    num_samples: int | None = option(None, ge=1)   # outputs per item (None: the model's default)
     seed: int = 0                              # item i uses seed + i unless it sets its own
+    batch: bool = True                         # branches in one forward pass (False: one at a time)
+    output: dict[str, Any] = field(default_factory=dict)   # options of the output writer
     progress: bool | None = None               # a bar per item over sampling steps (None: trainer's setting)
     callbacks: list[dict[str, Any]] = field(default_factory=list)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def item_settings(cfg: SampleConfig, item: Item) -> tuple[dict, int, int]:
-    """The guider config, steps and sample count of one item (recipe values merged with its own)."""
+def item_settings(cfg: SampleConfig, item: Item, default_samples: int) -> ItemSettings:
+    """The guider config, steps, sample count and negative prompt of one item (recipe values merged
+    with its own)."""
     guider = cfg.guider
     if "guider" in item.overrides:
         own = item.overrides["guider"]
         if not isinstance(own, dict):
             raise ConfigError(f"{item.where}.guider", "expected a mapping")
         guider = OmegaConf.to_container(OmegaConf.merge(cfg.guider, own))
-    steps, n = item.overrides.get("steps", cfg.steps), item.overrides.get("num_samples", cfg.num_samples)
+    steps = item.overrides.get("steps", cfg.steps)
+    n = item.overrides.get("num_samples", cfg.num_samples or default_samples)
     for key, value in (("steps", steps), ("num_samples", n)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{item.where}.{key}", f"expected an int >= 1, got {value!r}")
-    return guider, steps, n
+    negative = item.overrides.get("negative_prompt", cfg.negative_prompt)
+    if negative is not None and not isinstance(negative, str):
+        raise ConfigError(f"{item.where}.negative_prompt", f"expected a string, got {negative!r}")
+    return ItemSettings(guider, steps, n, negative)
 
 
 def check_sample(cfg: SampleConfig) -> None:
     """Build every component and every item's settings without generating anything."""
-    scheduler = make_scheduler(cfg.scheduler)
-    model = make_model(cfg.model, scheduler)
+    sampler = make_sampler(cfg.model, cfg.scheduler, cfg.batch)
     build_guider(cfg.guider, "guider")
     for item in load_items(cfg.prompts, cfg.prompts_file, cfg.seed):
-        guider, _, _ = item_settings(cfg, item)
-        build_guider(guider, f"{item.where}.guider")
-        model.label(item.prompt, item.where)
+        settings = item_settings(cfg, item, sampler.default_samples)
+        build_guider(settings.guider, f"{item.where}.guider")
+        sampler.check_item(item)
     make_callbacks(cfg.callbacks)
     check_trainer(cfg.trainer)
 
 
-def generate_item(cfg: SampleConfig, item: Item) -> tuple[torch.Tensor, dict]:
-    """One item: its own seed, scheduler and guider, so the result is independent of sharding."""
-    guider_cfg, steps, n = item_settings(cfg, item)
-    scheduler = make_scheduler(cfg.scheduler)
-    model = make_model(cfg.model, scheduler)
-    guider = build_guider(guider_cfg, f"{item.where}.guider")
-    label = model.label(item.prompt, item.where)
-    gen = torch.Generator().manual_seed(item.seed)
-    noise = torch.randn(n, model.dim, generator=gen)
-    start = time.perf_counter()
-    out = sample(model.denoiser, scheduler, guider, noise, model.branches(label, n), num_steps=steps,
-                 parameterization=model.parameterization, generator=gen,
-                 progress=cfg.trainer.enable_progress_bar if cfg.progress is None else cfg.progress)
-    meta = {"index": item.index, "prompt": item.prompt, "seed": item.seed, "guider": guider_cfg,
-            "steps": steps, "num_samples": n, "nfe": out.nfe, "seconds": time.perf_counter() - start,
-            **model.evaluate(out.sample, label)}
-    return out.sample.float(), meta
-
-
 @register_recipe("sample", SampleConfig, check=check_sample)
 def run_sample(cfg: SampleConfig, run: RunContext) -> dict | None:
-    """Generate every prompt with the guider; items/NNNNNN.{pt,json}; resumable, shardable."""
+    """Generate every prompt with the guider; items/NNNNNN.*; resumable, shardable."""
     items = load_items(cfg.prompts, cfg.prompts_file, cfg.seed)
-    store = ItemStore(run.dir)
+    store = ItemStore(run.dir, cfg.output)
+    sampler = make_sampler(cfg.model, cfg.scheduler, cfg.batch)
     trainer = build_trainer(cfg.trainer, run, callbacks=[ItemWriter(store), *make_callbacks(cfg.callbacks)],
                             use_distributed_sampler=False)
     run.rank = trainer.global_rank
     done_before = sum(store.done(item.index) for item in items)
+    progress = cfg.trainer.enable_progress_bar if cfg.progress is None else cfg.progress
     start = time.perf_counter()
-    generator = Generator(lambda item, device: generate_item(cfg, item))
-    trainer.predict(generator, datamodule=ItemData(items, store), return_predictions=False)
+
+    def generate(item: Item, device):
+        began = time.perf_counter()
+        settings = item_settings(cfg, item, sampler.default_samples)
+        generated = sampler.generate(item, settings, device, progress)
+        generated.meta = {"index": item.index, "prompt": item.prompt, "seed": item.seed, "guider": settings.guider,
+                          "steps": settings.steps, "num_samples": settings.num_samples,
+                          **({"negative_prompt": settings.negative_prompt} if settings.negative_prompt else {}),
+                          **generated.meta, "seconds": time.perf_counter() - began}
+        return generated
+
+    trainer.predict(Generator(generate), datamodule=ItemData(items, store), return_predictions=False)
     trainer.strategy.barrier("omniguide-sample-done")
     if not trainer.is_global_zero:
         return None
-    metas = store.read_all()
     missing = [item.index for item in items if not store.done(item.index)]
     if missing:
         raise RuntimeError(f"items {missing[:5]} were not written")
+    metas = store.read_all()
     run.log(f"{len(items)} items ({done_before} already done) in {time.perf_counter() - start:.2f}s")
-    return {"items": len(items), "skipped": done_before, "world_size": trainer.world_size,
-            "accuracy": sum(m["accuracy"] for m in metas) / len(metas),
-            "nfe": sum(m["nfe"] for m in metas), "seconds": time.perf_counter() - start}
+    metrics = {"items": len(items), "skipped": done_before, "world_size": trainer.world_size,
+               **aggregate(metas), "seconds": time.perf_counter() - start}
+    kind = metas[0].get("kind", "points") if metas else "points"
+    if kind in SUMMARIES:
+        module, _, attr = SUMMARIES[kind].partition(":")
+        metrics.update(getattr(importlib.import_module(module), attr)(run.dir, metas, cfg.output) or {})
+    return metrics
+
+
+def aggregate(metas: list[dict]) -> dict:
+    """Totals of the work (nfe, forward passes) and means of every other numeric per-item metric."""
+    skip = {"index", "prompt", "seed", "steps", "num_samples", "seconds", "rate"}
+    out: dict[str, float] = {}
+    for key in ("nfe", "forward_passes"):
+        if metas and all(key in m for m in metas):
+            out[key] = sum(m[key] for m in metas)
+    numeric = {k for m in metas for k, v in m.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip and k not in out}
+    for key in sorted(numeric):
+        values = [m[key] for m in metas if key in m]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = sum(values) / len(values)
+    return out

@@ -1,0 +1,241 @@
+"""What ``kind: sample`` generates with: a *sample model* turns one item (a prompt, a seed, a
+guider) into outputs of one kind -- ``points`` (the testbed), ``image``, ``audio`` or ``video`` --
+with per-item metrics. The runner stores the outputs with the writer of their kind.
+
+    model: {name: mixture}                                      # the analytic testbed
+    model: {name: small-denoiser, weights: ...}                 # a zoo model trained by `train`
+    model: {name: diffusers, path: <folder or model id>}        # any pipeline guide() serves
+
+Models are built once per process (a pipeline is loaded once, not per item); everything an item
+sets (seed, guider, steps, negative prompt) is applied per item, so results do not depend on how
+items are sharded over ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..core.errors import ConfigError
+from ..core.registry import build_guider
+from .predict import Item
+
+KINDS = ("points", "image", "audio", "video")
+
+
+@dataclass
+class ItemSettings:
+    """The settings of one item: the recipe's, overridden by the item's own."""
+
+    guider: dict
+    steps: int
+    num_samples: int
+    negative_prompt: Any = None
+
+
+@dataclass
+class Generated:
+    """One item's outputs: ``data`` of ``kind`` (points ``[N, D]``, images ``[N, 3, H, W]`` in [0, 1],
+    audio ``[N, C, T]``, video ``[N, F, 3, H, W]`` in [0, 1]), the sample or frame ``rate`` where it
+    applies, and the item's metrics."""
+
+    kind: str
+    data: Tensor
+    meta: dict = field(default_factory=dict)
+    rate: int | None = None
+
+
+# -- the testbed ---------------------------------------------------------------------------------------
+class MixtureSampler:
+    """The analytic testbed or a small denoiser trained on it: prompts are class labels."""
+
+    kind = "points"
+    default_samples = 256
+
+    def __init__(self, model_cfg: Any, scheduler_cfg: dict, batch: bool = True):
+        self.model_cfg, self.scheduler_cfg, self.batch = model_cfg, scheduler_cfg or {"name": "ddim"}, batch
+
+    def _model(self, path: str = "model"):
+        from .components import make_scheduler
+
+        scheduler = make_scheduler(self.scheduler_cfg)
+        return scheduler, self.model_cfg.build(scheduler, path)
+
+    def check_item(self, item: Item) -> None:
+        self._model()[1].label(item.prompt, item.where)
+        if item.overrides.get("negative_prompt") is not None:
+            raise ConfigError(f"{item.where}.negative_prompt", "the testbed's prompts are class labels; "
+                              "it has no negative prompt")
+
+    def generate(self, item: Item, settings: ItemSettings, device: torch.device, progress: bool) -> Generated:
+        from ..core.sampler import sample
+
+        scheduler, model = self._model()
+        guider = build_guider(settings.guider, f"{item.where}.guider")
+        label = model.label(item.prompt, item.where)
+        gen = torch.Generator().manual_seed(item.seed)
+        noise = torch.randn(settings.num_samples, model.dim, generator=gen)
+        out = sample(model.denoiser, scheduler, guider, noise, model.branches(label, settings.num_samples),
+                     num_steps=settings.steps, parameterization=model.parameterization, generator=gen,
+                     progress=progress, batch=self.batch)
+        meta = {"nfe": out.nfe, **model.evaluate(out.sample, label)}
+        return Generated("points", out.sample.float(), meta)
+
+
+# -- diffusers pipelines through the adapter --------------------------------------------------------------
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_pipeline_folder(path: str, where: str) -> Path:
+    """A local pipeline folder with ``model_index.json`` and every component it lists (config and
+    weights for models); or a model id present in the local Hugging Face cache. One-line errors
+    name the missing file."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        if "/" in path and not path.startswith((".", "/", "~")):
+            return _cached_model_id(path, where)
+        raise ConfigError(where, f"pipeline folder not found: {path}")
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ConfigError(where, f"{folder} is not a diffusers pipeline folder: model_index.json is missing")
+    try:
+        components = json.loads(index.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(where, f"{index}: invalid JSON: {err.msg}") from None
+    for name, spec in components.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        sub = folder / name
+        if not sub.is_dir() or not any(sub.iterdir()):
+            raise ConfigError(where, f"{folder} is incomplete: component '{name}' has no folder {name}/")
+        if (sub / "config.json").is_file() and not any(sub.glob("*.safetensors")) and not any(sub.glob("*.bin")):
+            raise ConfigError(where, f"{folder} is incomplete: {name}/ has no weights (*.safetensors or *.bin)")
+    return folder
+
+
+def _cached_model_id(model_id: str, where: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ConfigError(where, f"'{model_id}' is neither a local folder nor in the local Hugging Face cache, "
+                              "and downloads are off (HF_HUB_OFFLINE=1)") from None
+        return Path(model_id)   # from_pretrained will download it
+
+
+def pipeline_class(folder: Path, class_path: str | None, where: str) -> type:
+    """The pipeline class: ``class_path`` (``"module:Class"``) or the folder's ``_class_name`` in diffusers."""
+    import importlib
+
+    import diffusers
+
+    if class_path:
+        module, _, name = class_path.partition(":")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(where, f"cannot import pipeline class '{class_path}': {err}") from None
+    index = folder / "model_index.json"
+    name = json.loads(index.read_text())["_class_name"] if index.is_file() else "DiffusionPipeline"
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ConfigError(where, f"{name} is not a diffusers pipeline class; give pipeline_class: 'module:Class'")
+    return cls
+
+
+class PipelineSampler:
+    """A diffusers pipeline driven by :func:`omniguide.guide`; prompts are text."""
+
+    default_samples = 1
+
+    def __init__(self, model_cfg: Any, scheduler_cfg: dict, batch: bool = True, path: str = "model"):
+        from ..modalities.base import family_for_class
+
+        self.cfg, self.scheduler_cfg, self.batch, self.path = model_cfg, scheduler_cfg, batch, path
+        self.folder = check_pipeline_folder(model_cfg.path, f"{path}.path")
+        self.cls = pipeline_class(self.folder, model_cfg.pipeline_class, f"{path}.pipeline_class")
+        self.family = family_for_class(self.cls, f"{path}.path")
+        self.kind = self.family.modality
+        self.scorer = _scorer(model_cfg.scorer, f"{path}.scorer")
+        self._pipe = None
+        self._check_scheduler()
+
+    def _check_scheduler(self) -> None:
+        if self.scheduler_cfg:
+            from .components import make_scheduler
+
+            make_scheduler(self.scheduler_cfg)   # names and keys are checked now, applied at load
+
+    def pipeline(self, device: torch.device):
+        """The pipeline, loaded once per process onto ``device`` (the model's own, or the rank's)."""
+        if self._pipe is None:
+            cfg = self.cfg
+            pipe = self.cls.from_pretrained(str(self.folder), torch_dtype=DTYPES[cfg.dtype])
+            target = device if cfg.device == "auto" else torch.device(cfg.device)
+            pipe = pipe.to(target)
+            pipe.set_progress_bar_config(disable=True)
+            if cfg.attention == "xformers":
+                pipe.enable_xformers_memory_efficient_attention()
+            if self.scheduler_cfg:
+                pipe.scheduler = _swap_scheduler(pipe.scheduler, self.scheduler_cfg)
+            self._pipe = pipe
+        return self._pipe
+
+    def check_item(self, item: Item) -> None:
+        if not isinstance(item.prompt, str) or not item.prompt.strip():
+            raise ConfigError(item.where, f"expected a text prompt, got {item.prompt!r}")
+
+    def generate(self, item: Item, settings: ItemSettings, device: torch.device, progress: bool) -> Generated:
+        from ..modalities.base import guide
+
+        pipe, family = self.pipeline(device), self.family
+        guider = build_guider(settings.guider, f"{item.where}.guider")
+        generator = torch.Generator().manual_seed(item.seed)
+        start = time.perf_counter()
+        with guide(pipe, guider, negative_prompt=settings.negative_prompt, batch=self.batch) as handle:
+            result = pipe(item.prompt, num_inference_steps=settings.steps, generator=generator,
+                          **{family.samples_kwarg: settings.num_samples}, **family.output_kwargs, **self.cfg.call)
+        data, rate = family.read_output(pipe, result)
+        seconds = time.perf_counter() - start
+        meta = {"nfe": handle.nfe, "forward_passes": handle.forward_passes, "generate_seconds": seconds}
+        if self.scorer is not None:
+            meta.update(self.scorer(data, item.prompt))
+        return Generated(self.kind, data.detach().float().cpu(), meta, rate)
+
+
+def _swap_scheduler(current, cfg: dict):
+    """The pipeline's scheduler replaced by ``cfg['name']``, keeping its training noise schedule."""
+    import diffusers
+
+    from ..core.schedulers import BY_NAME, resolve_scheduler_name
+
+    short, implied = resolve_scheduler_name(cfg["name"], "scheduler.name")
+    cls = getattr(diffusers, BY_NAME[short][0])
+    overrides = {k: v for k, v in cfg.items() if k != "name"}
+    return cls.from_config(current.config, **{**implied, **overrides})
+
+
+# scorers of generated outputs against their prompts: name -> "module:function" building one
+SCORERS: dict[str, str] = {}
+
+
+def _scorer(name: str | None, where: str):
+    if name is None:
+        return None
+    import importlib
+
+    from ..core.errors import did_you_mean
+
+    if name not in SCORERS:
+        raise ConfigError(where, f"unknown scorer '{name}'{did_you_mean(name, SCORERS) if SCORERS else ''}")
+    module, _, attr = SCORERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)()
