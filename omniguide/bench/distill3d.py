@@ -18,11 +18,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ...core.errors import ConfigError
-from ..registry import register_recipe
-from ..run import RunContext
-from ..schema import build_dataclass
-from .distill import DistillConfig, build, run_distill
+from ..core.errors import ConfigError
+from ..recipes.registry import register_recipe
+from ..recipes.run import RunContext
+from ..recipes.runners.distill import DistillConfig, build, run_distill
+from ..recipes.schema import build_dataclass
 
 COLUMNS = ("iou", "color_error", "view_consistency", "silhouette_iou", "seconds_per_iteration", "render_share",
            "prior_share", "update_share", "overhead_share")
@@ -58,7 +58,7 @@ def variant_configs(cfg: BenchDistillConfig) -> list[tuple[str, str, DistillConf
 
 def missing_prior(distill: DistillConfig) -> str | None:
     """Why a variant cannot run here: its zoo prior has not been trained (None when it can)."""
-    from .distill import ZOO_PRIORS
+    from ..recipes.runners.distill import ZOO_PRIORS
 
     p = distill.prior
     if p.name == "zoo" and not (ZOO_PRIORS[p.prediction] / "model_index.json").is_file():
