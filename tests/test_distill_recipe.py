@@ -18,6 +18,7 @@ import tiny_pipelines as tp
 import torch
 
 from omniguide import CFG, Guided, register_guider
+from omniguide.core.registry import GUIDERS
 from omniguide.recipes.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -112,7 +113,6 @@ def test_bad_input_is_refused_at_validate(sd_folder, override, message, capsys):
     assert __import__("re").search(message, capsys.readouterr().err), capsys.readouterr()
 
 
-@register_guider("test-explode")
 @dataclass
 class Explode(CFG):
     """CFG whose guided prediction turns infinite from training progress ``at`` on."""
@@ -126,7 +126,16 @@ class Explode(CFG):
         return out
 
 
-def test_a_diverging_run_stops_naming_step_and_term_and_keeps_the_last_good_checkpoint(sd_folder, tmp_path, capsys):
+@pytest.fixture
+def explode_guider():
+    """Registered for one test only: tests elsewhere iterate over every registered guider."""
+    register_guider("test-explode")(Explode)
+    yield
+    GUIDERS._items.pop("test-explode")
+
+
+def test_a_diverging_run_stops_naming_step_and_term_and_keeps_the_last_good_checkpoint(sd_folder, tmp_path, capsys,
+                                                                                      explode_guider):
     run_dir = tmp_path / "diverge"
     guider = "guider={name: test-explode, at: 0.25}"
     code = main(["run", RECIPE, f"prior.path={sd_folder}", f"run.dir={run_dir}", guider, "checkpoint_every=2"])
