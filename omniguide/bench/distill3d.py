@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..core.errors import ConfigError
+from ..recipes import errors
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.runners.distill import DistillConfig, build, run_distill
@@ -40,13 +40,13 @@ class BenchDistillConfig:
 def variant_configs(cfg: BenchDistillConfig) -> list[tuple[str, str, DistillConfig]]:
     """``(label, prompt, distill config)`` for every variant and prompt."""
     if not cfg.variants:
-        raise ConfigError("variants", "a bench needs at least one variant")
+        raise errors.ConfigError("variants", "a bench needs at least one variant")
     out, seen = [], set()
     for i, variant in enumerate(cfg.variants):
         variant = dict(variant)
         label = variant.pop("label", None)
         if not label or label in seen:
-            raise ConfigError(f"variants.{i}.label", f"each variant needs a unique label, got {label!r}")
+            raise errors.ConfigError(f"variants.{i}.label", f"each variant needs a unique label, got {label!r}")
         seen.add(label)
         for prompt in cfg.prompts:
             merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(cfg.base)),
@@ -72,8 +72,8 @@ def check_bench(cfg: BenchDistillConfig) -> None:
             continue
         try:
             build(distill)
-        except ConfigError as err:
-            raise ConfigError(f"variants[{label}].{err.path}", err.message) from None
+        except errors.ConfigError as err:
+            raise errors.ConfigError(f"variants[{label}].{err.path}", err.message) from None
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:

@@ -24,22 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ...core.errors import ConfigError, did_you_mean
-from ...core.guider import PROGRESS, check_requirements
-from ...core.registry import build_guider
-from ...distillation import objectives as _objectives  # noqa: F401  (registers the built-in objectives)
-from ...distillation.registry import build_objective
-from ..components import make_callbacks
+from .. import errors
 from ..registry import register_recipe
 from ..run import RunContext
-from ..runtime import build_trainer, check_trainer, newest_checkpoint
 from ..schema import TrainerConfig, find_file, option
 
+# torch, Lightning and the distillation library are imported inside the functions: importing this
+# module (``omniguide show`` imports every runner) only defines the schema.
 ZOO = Path(__file__).resolve().parents[2] / "zoo" / "weights"
 ZOO_PRIORS = {"eps": ZOO / "primitives_prior", "flow": ZOO / "primitives_prior_flow"}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -50,7 +44,7 @@ class PriorConfig:
     name: str = "zoo"
     prediction: str = option("eps", choices=("eps", "flow"))
     path: str | None = None
-    dtype: str = option("float32", choices=tuple(DTYPES))
+    dtype: str = option("float32", choices=DTYPES)
     encode: dict[str, Any] = field(default_factory=dict)     # extra encode_prompt arguments (max_sequence_length)
 
 
@@ -118,21 +112,25 @@ class DistillConfig:
 
 
 def build_prior(cfg: PriorConfig):
+    import torch
+
     from ...distillation.priors import load_pipeline, prior_from_pipeline
 
     if cfg.name == "zoo":
         folder, label = ZOO_PRIORS[cfg.prediction], f"the zoo's 3D prior ({cfg.prediction})"
         if not (folder / "model_index.json").is_file():
-            raise ConfigError("prior.name", f"{folder} is missing; train it with configs/train/primitives_prior.yaml")
+            raise errors.ConfigError("prior.name",
+                                     f"{folder} is missing; train it with configs/train/primitives_prior.yaml")
     elif cfg.name == "pretrained":
         if not cfg.path:
-            raise ConfigError("prior.path", "a pretrained prior needs the path of a diffusers pipeline folder")
+            raise errors.ConfigError("prior.path", "a pretrained prior needs the path of a diffusers pipeline folder")
         folder = Path(cfg.path) if Path(cfg.path).is_dir() else find_file(str(Path(cfg.path) / "model_index.json"),
                                                                              "prior.path").parent
         label = str(folder)
     else:
-        raise ConfigError("prior.name", f"unknown prior '{cfg.name}'{did_you_mean(cfg.name, ('zoo', 'pretrained'))}")
-    return prior_from_pipeline(load_pipeline(folder, DTYPES[cfg.dtype]), label, cfg.encode)
+        hint = errors.did_you_mean(cfg.name, ("zoo", "pretrained"))
+        raise errors.ConfigError("prior.name", f"unknown prior '{cfg.name}'{hint}")
+    return prior_from_pipeline(load_pipeline(folder, getattr(torch, cfg.dtype)), label, cfg.encode)
 
 
 @dataclass
@@ -156,7 +154,7 @@ def truth_for(cfg: DistillConfig):
 
     try:
         color, shape = parse_prompt(cfg.prompt, "prompt")
-    except ConfigError:
+    except errors.ConfigError:
         if cfg.evaluate == "true":
             raise
         return None
@@ -165,18 +163,22 @@ def truth_for(cfg: DistillConfig):
 
 def build(cfg: DistillConfig) -> Built:
     """Build and check every component (``omniguide validate`` runs this)."""
+    from ...core.guider import PROGRESS, check_requirements
+    from ...core.registry import build_guider
+    from ...distillation import objectives  # noqa: F401  (registers the built-in objectives)
+    from ...distillation.registry import build_objective
     from ...distillation.scene import CameraSampler, RadianceGrid, SolidBackground, ViewPrompts
 
     if not cfg.prompt or cfg.prompt == "???":
-        raise ConfigError("prompt", "a distill recipe needs a prompt")
+        raise errors.ConfigError("prompt", "a distill recipe needs a prompt")
     objective = build_objective(cfg.objective, "objective")
     guider = build_guider(cfg.guider, "guider")
     check_requirements(guider, (PROGRESS,), "score distillation")
     if cfg.scene.type != "grid":
-        raise ConfigError("scene.type", f"unknown representation '{cfg.scene.type}'; valid: grid")
+        raise errors.ConfigError("scene.type", f"unknown representation '{cfg.scene.type}'; valid: grid")
     scene = RadianceGrid(cfg.scene.resolution, cfg.scene.radius, cfg.scene.blob_density, cfg.scene.blob_radius)
     if len(cfg.background) != 3:
-        raise ConfigError("background", f"expected an RGB triple, got {list(cfg.background)}")
+        raise errors.ConfigError("background", f"expected an RGB triple, got {list(cfg.background)}")
     views = ViewPrompts(cfg.cameras.views.front_threshold, cfg.cameras.views.back_threshold,
                         cfg.cameras.views.overhead_threshold, cfg.cameras.views.suffix, cfg.cameras.views.enabled)
     c = cfg.cameras
@@ -196,10 +198,14 @@ def build(cfg: DistillConfig) -> Built:
 
 def check_distill(cfg: DistillConfig) -> None:
     """Build every component and check the trainer settings, without training."""
+    from ..components import make_callbacks
+    from ..runtime import check_trainer
+
     check_trainer(cfg.trainer)
     make_callbacks(cfg.callbacks)
     if cfg.trainer.max_steps < 1:
-        raise ConfigError("trainer.max_steps", f"a distill recipe needs max_steps >= 1, got {cfg.trainer.max_steps}")
+        raise errors.ConfigError("trainer.max_steps",
+                                 f"a distill recipe needs max_steps >= 1, got {cfg.trainer.max_steps}")
     if cfg.resume not in ("auto", "never"):
         find_file(cfg.resume, "resume")
     build(cfg)
@@ -237,7 +243,7 @@ def export_and_measure(cfg: DistillConfig, system, built: Built, run: RunContext
                 with run.atomic(f"mesh.{fmt}") as tmp:
                     write_mesh(mesh, tmp)
             out["mesh_faces"] = int(len(mesh.faces))
-        except ConfigError as err:
+        except errors.ConfigError as err:
             out["mesh_error"] = err.message
             run.log(f"no mesh: {err}")
     if built.truth is not None:
@@ -251,6 +257,9 @@ def run_distill(cfg: DistillConfig, run: RunContext) -> dict | None:
     """Distil a 3D scene from a prior with a score-distillation objective; writes turntable, mesh, metrics."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from ..components import make_callbacks
+    from ..runtime import build_trainer, check_trainer, newest_checkpoint
+
     check_trainer(cfg.trainer)
     built = build(cfg)
     system = make_system(cfg, built)
@@ -260,7 +269,7 @@ def run_distill(cfg: DistillConfig, run: RunContext) -> dict | None:
     trainer = build_trainer(cfg.trainer, run, callbacks=[checkpoints, *make_callbacks(cfg.callbacks)])
     run.rank = trainer.global_rank
     if cfg.batch_size % trainer.world_size:
-        raise ConfigError("batch_size",
+        raise errors.ConfigError("batch_size",
                           f"{cfg.batch_size} views are not divisible by the {trainer.world_size} processes")
     ckpt = None
     if cfg.resume == "auto":
