@@ -82,8 +82,6 @@ RECIPES = Registry("recipe")
 MODELS = Registry("model")            # name -> factory(cfg: dict, path: str) -> model
 SCHEDULERS = Registry("scheduler")    # name -> diffusers scheduler class
 CALLBACKS = Registry("callback")      # name -> factory(**kwargs) -> lightning.Callback
-# Score-distillation objectives: the slot a later issue fills (omniguide.distillation registers here).
-OBJECTIVES = Registry("distillation objective")
 
 # The registries ``omniguide list`` shows. Guiders live in the core (torch), so they are listed
 # through a loader; so may other kinds whose names live in heavier modules (``register_listing``).
@@ -92,7 +90,6 @@ COMPONENTS: dict[str, Registry] = {
     "models": MODELS,
     "schedulers": SCHEDULERS,
     "callbacks": CALLBACKS,
-    "objectives": OBJECTIVES,
 }
 LISTINGS: dict[str, Callable[[], Registry]] = {}
 
@@ -126,6 +123,24 @@ def _scorers() -> Registry:
 
 register_listing("correctors", _correctors)
 register_listing("scorers", _scorers)
+
+
+def _objectives() -> Registry:
+    from ..distillation import objectives  # noqa: F401  (registers the built-in objectives)
+    from ..distillation.registry import OBJECTIVES
+
+    return OBJECTIVES
+
+
+# Score-distillation objectives live in the library, next to the guiders (omniguide.distillation.registry,
+# which imports torch); ``OBJECTIVES`` here is that registry, loaded when first used.
+register_listing("objectives", _objectives)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OBJECTIVES":
+        return _objectives()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def all_components() -> dict[str, Registry]:
@@ -197,5 +212,6 @@ def register_callback(name: str) -> Callable:
 
 
 def register_objective(name: str) -> Callable:
-    """Decorator for a score-distillation objective (used by ``kind: distill``)."""
-    return OBJECTIVES.register(name)
+    """Decorator for a score-distillation objective (used by ``kind: distill``): the same as
+    :func:`omniguide.distillation.registry.register_objective`."""
+    return _objectives().register(name)
