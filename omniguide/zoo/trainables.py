@@ -15,6 +15,7 @@ from ..core.errors import ConfigError, did_you_mean
 
 TRAINABLES: dict[str, str] = {
     "small-denoiser": "omniguide.zoo.small_denoiser:build_trainable",
+    "shapes": "omniguide.zoo.shapes.training:build_trainable",
 }
 
 
