@@ -31,6 +31,7 @@ class ShapesModel:
     text_hidden: int = 64             # CLIP width = the UNet's cross_attention_dim
     text_layers: int = 2
     text_intermediate: int = 128
+    prediction_type: str = "epsilon"  # what the UNet predicts: epsilon | v_prediction (the scheduler's name)
     ema_decay: float = 0.999          # EMA of the trained weights (0 disables); the EMA weights are saved
     warmup_steps: int = 200           # linear warm-up, then cosine decay to 0.1 * lr at max_steps
     fp16_weights: bool = True         # store the saved pipeline in float16 (loaded back as float32)
@@ -99,10 +100,16 @@ def build_unet(cfg: ShapesModel) -> diffusers.UNet2DConditionModel:
         attention_head_dim=cfg.attention_heads, norm_num_groups=cfg.norm_num_groups)
 
 
-def build_scheduler() -> diffusers.DDIMScheduler:
-    """DDIM on the training schedule (DDPM's linear betas 1e-4..0.02 over 1000 steps), eps
-    prediction, no x0 clipping (so over-saturation stays measurable), trailing timesteps."""
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def build_scheduler(prediction_type: str = "epsilon", clip_sample: bool = False) -> diffusers.DDIMScheduler:
+    """DDIM on the training schedule (DDPM's linear betas 1e-4..0.02 over 1000 steps), trailing
+    timesteps; ``clip_sample`` clamps each step's x0 estimate to [-1, 1] (off by default, so
+    over-saturation stays measurable)."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type '{prediction_type}'; valid: {', '.join(PREDICTION_TYPES)}")
     return diffusers.DDIMScheduler(
         num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+        prediction_type=prediction_type, clip_sample=clip_sample, set_alpha_to_one=True, steps_offset=0,
         timestep_spacing="trailing")

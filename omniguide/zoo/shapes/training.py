@@ -1,4 +1,5 @@
-"""Training the shapes model: UNet and text encoder jointly, eps-MSE, with caption dropout for CFG.
+"""Training the shapes model: UNet and text encoder jointly, MSE on eps (or v), with caption dropout
+for CFG.
 
 Like :mod:`omniguide.zoo.small_denoiser`, the data is a pure function of ``(seed, global step)``:
 each step draws a fresh global batch of images, captions, timesteps and noise from its own
@@ -66,11 +67,12 @@ class ShapesModule(lightning.LightningModule):
         self.model = nn.ModuleDict({"unet": build_unet(self.arch),
                                     "text_encoder": build_text_encoder(self.arch, len(self.tokenizer))})
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if self.arch.ema_decay > 0 else None
-        self.noise_scheduler = build_scheduler()
+        self.noise_scheduler = build_scheduler(self.arch.prediction_type)
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
 
     def global_batch(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(x_t, t, token ids, eps)`` of step ``step``: identical on every rank and every rerun."""
+        """``(x_t, t, token ids, target)`` of step ``step``: identical on every rank and every rerun.
+        The target is ``eps``, or ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` for v-prediction."""
         s = self.settings
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         x0, captions, _ = self.data.draw(s.batch_size, gen)
@@ -80,24 +82,25 @@ class ShapesModule(lightning.LightningModule):
         eps = torch.randn(x0.shape, generator=gen)
         abar = self.alphas_cumprod.cpu()[t].view(-1, 1, 1, 1)
         xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+        target = abar.sqrt() * eps - (1 - abar).sqrt() * x0 if self.arch.prediction_type == "v_prediction" else eps
         ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
-        return xt, t, ids, eps
+        return xt, t, ids, target
 
     def forward(self, xt: Tensor, t: Tensor, ids: Tensor) -> Tensor:
-        """The trained weights' ``eps`` prediction for noisy images ``xt`` and caption token ids."""
+        """The trained weights' prediction (eps or v) for noisy images ``xt`` and caption token ids."""
         text = self.model["text_encoder"](ids)[0]
         return self.model["unet"](xt, t, encoder_hidden_states=text, return_dict=False)[0]
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """eps-MSE on this rank's rows of the step's global batch (``batch`` is only a step number)."""
-        xt, t, ids, eps = self.global_batch(self.global_step)
+        """MSE to the target on this rank's rows of the step's global batch (``batch`` is only a step number)."""
+        xt, t, ids, target = self.global_batch(self.global_step)
         world = self.trainer.world_size
         if xt.shape[0] % world:
             raise ConfigError("batch_size", f"{xt.shape[0]} is not divisible by the {world} processes")
         rows = slice(self.global_rank, None, world)
-        xt, t, ids, eps = (v[rows].to(self.device) for v in (xt, t, ids, eps))
-        loss = nn.functional.mse_loss(self(xt, t, ids), eps)
+        xt, t, ids, target = (v[rows].to(self.device) for v in (xt, t, ids, target))
+        loss = nn.functional.mse_loss(self(xt, t, ids), target)
         self.log("train/loss", loss, prog_bar=True, sync_dist=False)
         return loss
 
@@ -136,7 +139,8 @@ class ShapesModule(lightning.LightningModule):
         """A :class:`ShapesPipeline` holding copies of the EMA (or the raw) weights, in eval mode."""
         source = self.ema if ema and self.ema is not None else self.model
         parts = copy.deepcopy(source).cpu().eval()
-        return ShapesPipeline(parts["unet"], parts["text_encoder"], self.tokenizer, build_scheduler())
+        scheduler = build_scheduler(self.arch.prediction_type)
+        return ShapesPipeline(parts["unet"], parts["text_encoder"], self.tokenizer, scheduler)
 
     def save_outputs(self, run_dir: str | Path) -> Path:
         """Write ``run_dir/pipeline/`` (``save_pretrained``; float16 when ``fp16_weights``) through
