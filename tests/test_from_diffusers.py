@@ -9,6 +9,7 @@ import test_diffusers_parity_perturbed as Q
 import torch
 
 from omniguide import APG, CFG, FDG, PAG, SEG, TCFG, CFGZeroStar, GuidanceError, Interval, Rescale, SkipLayer
+from omniguide.core.methods import MagnitudeAware
 from omniguide.modalities.from_diffusers import from_diffusers
 
 guiders = pytest.importorskip("diffusers.guiders")
@@ -43,6 +44,24 @@ def test_mapped_guider_gives_diffusers_result(name):
         torch.testing.assert_close(ours_guider.combine(preds, step).eps, theirs, **TOL)
 
 
+@pytest.mark.parametrize("original", [False, True])
+def test_magnitude_aware_gives_diffusers_result(original):
+    """diffusers' ``mambo_guidance`` takes ``torch.norm`` over dims ``[1, 2, 3]`` of an image-shaped
+    tensor, which torch refuses (a matrix norm needs two dims): it runs only on 3-D (packed token)
+    predictions. Its Frobenius norm over ``[C, H*W]`` equals ours over ``C, H, W``."""
+    def make():
+        return guiders.MagnitudeAwareGuidance(guidance_scale=3.0 if original else 6.0, alpha=2.0,
+                                              use_original_formulation=original)
+
+    ours_guider = from_diffusers(make())
+    assert isinstance(ours_guider, MagnitudeAware) and ours_guider.alpha == 2.0
+    step, preds, c, u = P.inputs(index=3)
+    theirs = P.run_diffusers(make(), c.flatten(2), u.flatten(2)).view_as(c)
+    torch.testing.assert_close(ours_guider.combine(preds, step).eps, theirs, **TOL)
+    with pytest.raises(RuntimeError, match="matrix_norm"):   # the defect, pinned: fixed upstream -> drop this
+        P.run_diffusers(make(), c, u)
+
+
 def test_step_windows_and_disabled_guiders():
     mapped = from_diffusers(guiders.ClassifierFreeGuidance(guidance_scale=4.0, start=0.2, stop=0.8))
     assert isinstance(mapped, Interval) and mapped.step == (0.2, 0.8) and mapped.guider.scale == 4.0
@@ -72,7 +91,7 @@ def test_perturbed_guiders_map_layers_windows_and_results(request):
 unet_case = Q.unet_case
 
 
-@pytest.mark.parametrize("name", ["AutoGuidance", "MagnitudeAwareGuidance", "AdaptiveProjectedMixGuidance"])
+@pytest.mark.parametrize("name", ["AutoGuidance", "AdaptiveProjectedMixGuidance"])
 def test_guiders_without_an_equivalent_are_refused(name):
     with pytest.raises(GuidanceError, match=f"from_diffusers: {name} has no exact omniguide equivalent"):
         kwargs = {"auto_guidance_layers": [0], "dropout": 1.0} if name == "AutoGuidance" else {}

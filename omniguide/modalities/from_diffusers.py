@@ -9,6 +9,8 @@ and the axes their driver declares (the pipeline adapter's family layout covers 
   ``APG(w, eta, norm_threshold=r, momentum, form="diffusers" | "comfyui", space=None)``
 * ``ClassifierFreeZeroStarGuidance(w, zero_init_steps)`` -> ``CFGZeroStar(w, zero_init_steps, space=None)``
 * ``TangentialClassifierFreeGuidance(w)`` -> ``TCFG(w, space=None)``
+* ``MagnitudeAwareGuidance(w, alpha)`` -> ``MagnitudeAware(w, alpha, space=None)`` (diffusers' own
+  version fails on 4-D image predictions: its ``torch.norm`` over three dims is refused by torch)
 * ``FrequencyDecoupledGuidance([w_high, ..., w_low], parallel_weights)`` ->
   ``FDG(w_low, scale_high, levels, parallel_weight)``
 * ``PerturbedAttentionGuidance`` / ``SkipLayerGuidance`` / ``SmoothedEnergyGuidance`` ->
@@ -20,8 +22,8 @@ and the axes their driver declares (the pipeline adapter's family layout covers 
 Step windows are approximate: diffusers guides where ``int(start N) <= i < int(stop N)``, omniguide's
 ``step`` coordinate is ``i / (N - 1)`` with a closed window, so the two agree at 0 and 1 and may
 differ by one step at other boundaries. ``AutoGuidance`` (layer skips on the unconditional pass,
-not the paper's weak model), ``AdaptiveProjectedMixGuidance``, ``MagnitudeAwareGuidance`` and
-``LTX2Guidance`` have no exact equivalent here and are refused with the closest composition named.
+not the paper's weak model), ``AdaptiveProjectedMixGuidance`` and ``LTX2Guidance``
+have no exact equivalent here and are refused with the closest composition named.
 """
 
 from __future__ import annotations
@@ -31,14 +33,13 @@ from typing import Any
 
 from ..core.errors import GuidanceError
 from ..core.guider import Guider
-from ..core.methods import APG, CFG, FDG, PAG, SEG, TCFG, CFGZeroStar, Interval, Rescale, SkipLayer
+from ..core.methods import APG, CFG, FDG, PAG, SEG, TCFG, CFGZeroStar, Interval, MagnitudeAware, Rescale, SkipLayer
 
 _REFUSED = {
     "AutoGuidance": "it perturbs the unconditional pass with layer skips, which is not the paper's weak-model "
                     "autoguidance; compose Terms with a SkipBlocks-perturbed branch instead",
     "AdaptiveProjectedMixGuidance": "it switches from CFG to APG at an integer step; compose Interval(CFG) and "
                                     "Interval(APG) over 'step' with Terms",
-    "MagnitudeAwareGuidance": "omniguide has no magnitude-aware guider yet",
     "LTX2Guidance": "its perturbed passes are LTX-2 transformer keyword arguments; use Terms with named branches",
 }
 
@@ -76,6 +77,8 @@ def _core(guider: Any) -> Guider:
                    form="comfyui" if config.get("use_original_formulation") else "diffusers", space=None, axes=axes)
     if name == "ClassifierFreeZeroStarGuidance":
         return CFGZeroStar(scale=w, zero_init_steps=int(config["zero_init_steps"]), form=_form(guider), space=None)
+    if name == "MagnitudeAwareGuidance":   # diffusers' mambo_guidance: norms over all but the batch axis
+        return MagnitudeAware(scale=w, alpha=float(config["alpha"]), form=_form(guider), space=None)
     if name == "TangentialClassifierFreeGuidance":
         return TCFG(scale=w, form=_form(guider), space=None)
     if name == "FrequencyDecoupledGuidance":

@@ -100,7 +100,11 @@ def check_pipeline_folder(path: str, where: str) -> Path:
     """A local pipeline folder with ``model_index.json`` and every component it lists (config and
     weights for models); or a model id present in the local Hugging Face cache. One-line errors
     name the missing file."""
+    from .schema import RECIPE_DIRS
+
     folder = Path(path).expanduser()
+    if not folder.exists() and not folder.is_absolute():   # relative to the recipe file, as weights are
+        folder = next((Path(d) / folder for d in RECIPE_DIRS if (Path(d) / folder).exists()), folder)
     if not folder.exists():
         if "/" in path and not path.startswith((".", "/", "~")):
             return _cached_model_id(path, where)
@@ -228,7 +232,7 @@ def _swap_scheduler(current, cfg: dict):
 
 
 # scorers of generated outputs against their prompts: name -> "module:function" building one
-SCORERS: dict[str, str] = {}
+SCORERS: dict[str, str] = {"shapes": "omniguide.zoo.shapes.scorer:PromptScorer"}
 
 
 def _scorer(name: str | None, where: str):

@@ -16,6 +16,7 @@ from ..core.errors import ConfigError, did_you_mean
 TRAINABLES: dict[str, str] = {
     "small-denoiser": "omniguide.zoo.small_denoiser:build_trainable",
     "primitives-prior": "omniguide.zoo.primitives3d.train:build_trainable",
+    "shapes": "omniguide.zoo.shapes.training:build_trainable",
 }
 
 
