@@ -1,7 +1,8 @@
 """The commands a new user types first answer without importing the heavy libraries.
 
-``--help``, ``--version`` and ``show`` import none of torch, Lightning, diffusers, transformers;
-``list`` imports torch (the guider registry) but none of the others. Asserted on the modules a fresh
+``--help``, ``--version``, ``show`` and ``list`` import none of torch, Lightning, diffusers,
+transformers (``list`` prints the committed index of built-in names, checked here against the
+live registries; with plugins it imports the registries). Asserted on the modules a fresh
 interpreter has loaded after the command, not on wall time (machines are noisy)."""
 
 from __future__ import annotations
@@ -52,10 +53,30 @@ def test_help_version_and_show_import_no_heavy_library(argv):
         assert "kind:" in out
 
 
-def test_list_imports_torch_but_not_lightning_diffusers_or_transformers():
+def test_list_imports_no_heavy_library_and_prints_every_builtin():
     loaded, out = loaded_after("list")
-    assert loaded == ["torch"]
-    assert "  cfg" in out and "  lr-monitor" in out and "  small-denoiser" in out
+    assert loaded == []
+    assert "  cfg" in out and "  lr-monitor" in out and "  small-denoiser" in out and "  bench-image-guiders" in out
+    loaded, out = loaded_after("list", "guiders")
+    assert loaded == [] and "magnitude-aware" in out.split()
+
+
+def test_the_committed_name_index_matches_the_live_registries():
+    code = ("import json; from omniguide.recipes.registry import builtin_names, committed_names; "
+            "print(json.dumps([builtin_names(), committed_names()]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    live, committed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert live == committed, ("omniguide/recipes/builtin_components.json is stale; regenerate it with "
+                               'python -c "from omniguide.recipes.registry import write_builtin_index as w; w()"')
+
+
+def test_list_with_a_plugin_shows_the_plugins_components(tmp_path):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text("from dataclasses import dataclass\nfrom omniguide.core.registry import GUIDERS\n"
+                      "from omniguide.core.methods import CFG\n\n@GUIDERS.register('my-cfg')\n"
+                      "@dataclass\nclass MyCFG(CFG):\n    pass\n")
+    loaded, out = loaded_after("list", "guiders", "--plugin", str(plugin))
+    assert "my-cfg" in out.split() and "cfg" in out.split() and "torch" in loaded
 
 
 def test_version_prints_the_package_version():

@@ -110,7 +110,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     load_entry_point_plugins()
     import_plugins(args.plugin, path="--plugin")
     if args.command == "list":
-        return _list(args.kind)
+        return _list(args.kind, args.plugin)
     resolved = load_recipe(args.config, args.overrides)
     if args.command == "show":
         print(resolved.yaml, end="")
@@ -171,23 +171,27 @@ def _run(resolved: Any) -> int:
     return 0
 
 
-def _list(kind: str | None) -> int:
-    from .registry import all_components, component_kind
+def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
+    from .config import entry_point_plugins
+    from .registry import all_components, committed_names, component_kind
     from .runners import FAILED
 
     for module, why in FAILED.items():
         print(f"warning: runner module '{module}' could not be imported: {why}", file=sys.stderr)
+    # without plugins the committed index of built-in names is the listing: no torch import
+    index = {} if plugins or entry_point_plugins() else committed_names()
     if kind:
-        registry = component_kind(kind)
-        names = registry.names()
+        key = next((k for k in (kind, kind + "s") if k in index), None)
+        names = index[key] if key else component_kind(kind).names()
         if not names:
-            print(f"(no {registry.kind}s are registered yet)", file=sys.stderr)
+            print(f"(no {key or kind}s are registered yet)", file=sys.stderr)
         for name in names:
             print(name)
         return 0
-    for key, registry in all_components().items():
+    listing = index or {key: registry.names() for key, registry in all_components().items()}
+    for key, names in listing.items():
         print(f"{key}:")
-        for name in registry.names():
+        for name in names:
             print(f"  {name}")
     return 0
 

@@ -279,11 +279,16 @@ def _import_file(file: Path) -> None:
         raise
 
 
-def load_entry_point_plugins() -> None:
-    """Import every module registered under the ``omniguide.plugins`` entry-point group."""
+def entry_point_plugins() -> list:
+    """The installed ``omniguide.plugins`` entry points."""
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group="omniguide.plugins"):
+    return list(entry_points(group="omniguide.plugins"))
+
+
+def load_entry_point_plugins() -> None:
+    """Import every module registered under the ``omniguide.plugins`` entry-point group."""
+    for ep in entry_point_plugins():
         try:
             ep.load()
         except Exception as err:

@@ -16,8 +16,10 @@ time, and ``omniguide show`` imports every runner module.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import errors
@@ -190,6 +192,31 @@ def get_recipe(kind: Any, path: str = "kind") -> Recipe:
         hint = errors.did_you_mean(kind, RECIPES.names())
         raise errors.ConfigError(path, f"unknown recipe '{kind}'{hint}{broken}")
     return RECIPES.get(kind, path)
+
+
+# The built-in components' names, committed, so that ``omniguide list`` answers without importing
+# torch (1.2 s of a 1.7 s listing). tests/test_cli_startup.py checks it against the live registries;
+# regenerate with ``python -c "from omniguide.recipes.registry import write_builtin_index as w; w()"``.
+BUILTIN_INDEX = Path(__file__).with_name("builtin_components.json")
+
+
+def builtin_names() -> dict[str, list[str]]:
+    """Every registry's names by kind, as the live registries hold them (imports torch)."""
+    from . import runners
+
+    runners.load_all()
+    return {kind: list(registry.names()) for kind, registry in all_components().items()}
+
+
+def write_builtin_index() -> None:
+    """Rewrite :data:`BUILTIN_INDEX` from the live registries (built-in components only: run it in
+    a fresh interpreter with no plugins loaded)."""
+    BUILTIN_INDEX.write_text(json.dumps(builtin_names(), indent=1) + "\n")
+
+
+def committed_names() -> dict[str, list[str]]:
+    """The committed index of built-in names (``{}`` if the file is missing)."""
+    return json.loads(BUILTIN_INDEX.read_text()) if BUILTIN_INDEX.is_file() else {}
 
 
 def component_kind(kind: str) -> Registry:
