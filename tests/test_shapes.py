@@ -212,3 +212,46 @@ def test_image_bench_writes_rows_and_the_overhead(tmp_path, capsys):
     assert rows["cfg scale=1"]["nfe"] == 2 and rows["cfg scale=5"]["nfe"] == 4 and rows["pag scale=3"]["nfe"] == 6
     assert all(0 <= r["accuracy"] <= 1 and r["diversity"] > 0 for r in rows.values())
     assert metrics["overhead"]["ratio"] > 0 and "Adapter overhead" in (run / "table.md").read_text()
+
+
+# -- the attribute classifier and scorer guidance ------------------------------------------------
+def test_classifier_scorer_prefers_the_true_caption_of_ground_truth_renders():
+    from omniguide.core.scorers import build_scorer, check_scores
+
+    images, captions, _ = draw_batch(32, 11)
+    scorer = build_scorer({"name": "shapes-classifier", "prompt": captions})
+    shuffled = build_scorer({"name": "shapes-classifier", "prompt": captions[1:] + captions[:1]})
+    right = check_scores(scorer(images), 32, "test")
+    assert (right > shuffled(images)).float().mean() > 0.9 and right.mean() > -0.5
+    x = images.clone().requires_grad_(True)
+    check_scores(build_scorer({"name": "shapes-classifier", "prompt": "a red ring"})(x), 32, "test", gradient=True)
+    with pytest.raises(ConfigError, match="names no colour, shape or position"):
+        build_scorer({"name": "shapes-classifier", "prompt": "a photo of a cat"})
+    with pytest.raises(ConfigError, match="3 captions for a batch of 32"):
+        scorer.__class__(prompt=captions[:3])(images)
+
+
+def test_classifier_train_recipe_writes_loadable_weights(tmp_path, capsys):
+    from omniguide.zoo.shapes.classifier import ShapesClassifier, load_classifier
+
+    recipe = Path(__file__).parent / "data" / "recipes" / "train_shapes_classifier_tiny.yaml"
+    assert main(["run", str(recipe), f"run.root={tmp_path}"]) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    with pytest.raises(RuntimeError):   # the tiny run's width differs from the default architecture
+        load_classifier(run / "classifier.safetensors")
+    from safetensors.torch import load_file
+
+    state = load_file(str(run / "classifier.safetensors"))
+    model = ShapesClassifier(width=8, hidden=16)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    assert set(model(torch.zeros(2, 3, 32, 32))) == {"colour", "shape", "position"}
+
+
+def test_scorer_guidance_with_the_classifier_raises_shape_accuracy():
+    """Measured (16 prompts, 1 seed, 10 steps, on CFG 3): shape accuracy 0.50 alone, 0.69 with
+    scorer guidance at s = 1; graded by the analytic scorer, which shares nothing with the classifier."""
+    from omniguide.zoo.shapes.evaluate import scorer_guidance
+
+    plain, guided = scorer_guidance(load_pipeline(), scales=(0.0, 1.0), cfg_scale=3.0, prompts=16, seeds=(0,), steps=10)
+    assert guided["shape"] >= plain["shape"] + 0.1, (plain, guided)
+    assert guided["colour"] >= 0.9 and guided["position"] >= 0.9

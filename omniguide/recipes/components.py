@@ -48,6 +48,8 @@ def make_guider(cfg: Any, path: str = "guider") -> Any:
     """A guider from its recipe config: :func:`check_guider_values`, then the core's ``build_guider``
     (which reports unknown names and keys). Recipes build every guider through this function, in
     ``check`` and in the run alike, so ``validate`` rejects what the run would."""
+    from .. import zoo  # noqa: F401  (registers the built-in scorers a guider may name)
+
     check_guider_values(cfg, path)
     return build_guider(cfg, path)
 

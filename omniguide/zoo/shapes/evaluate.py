@@ -5,6 +5,7 @@ rows come from guidance alone. Images are scored as a user sees them (clamped to
 
     python -m omniguide.zoo.shapes.evaluate                      # the committed pipeline
     python -m omniguide.zoo.shapes.evaluate --pipeline runs/shapes-.../pipeline --scales 1 3 5 7.5
+    python -m omniguide.zoo.shapes.evaluate --scorer-guidance --cfg 3 --scales 0 1 2 4   # classifier guidance
 """
 
 from __future__ import annotations
@@ -46,6 +47,32 @@ def evaluate(pipe: ShapesPipeline, scales: Sequence[float] = (1.0, 3.0, 5.0, 7.5
     return rows
 
 
+def scorer_guidance(pipe: ShapesPipeline, scales: Sequence[float] = (0.0, 1.0, 2.0, 4.0), cfg_scale: float = 3.0,
+                    prompts: int = 32, seeds: Sequence[int] = (0, 1), steps: int = 20) -> list[dict[str, float]]:
+    """One row per scorer-guidance scale ``s`` on top of CFG ``cfg_scale`` (``s = 0`` is CFG alone),
+    the classifier scoring each image against its own prompt; graded by the analytic scorer, which
+    shares nothing with the classifier. Same prompts and initial noise in every row."""
+    from ...core.methods import CFG, ScorerGuidance
+    from ...modalities.base import guide
+    from .classifier import ShapesClassifierScorer
+
+    captions, attrs = prompt_set(prompts)
+    scorer = ShapesClassifierScorer(prompt=captions)
+    rows = []
+    for scale in scales:
+        guider = ScorerGuidance(scale=scale, scorer=scorer, guider=CFG(scale=cfg_scale))
+        images, start = [], time.perf_counter()
+        for seed in seeds:
+            noise = torch.randn(len(captions), 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+            with guide(pipe, guider) as run:
+                out = pipe(captions, num_inference_steps=steps, latents=noise, output_type="latent").images
+            images.append(out.detach().float().clamp(-1, 1).cpu())
+        images = torch.cat(images)
+        rows.append({"scale": scale, **accuracy(images, attrs * len(seeds)), **pixel_stats(images),
+                     "nfe": run.nfe, "seconds": time.perf_counter() - start})
+    return rows
+
+
 def markdown(rows: list[dict[str, float]]) -> str:
     """The rows as a markdown table."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -64,10 +91,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--scorer-guidance", action="store_true",
+                        help="rows are scorer-guidance scales (the classifier) on top of CFG --cfg")
+    parser.add_argument("--cfg", type=float, default=3.0)
     args = parser.parse_args(argv)
     pipe = load_pipeline(args.pipeline)
     start = time.perf_counter()
-    rows = evaluate(pipe, args.scales, args.prompts, args.seeds, args.steps)
+    if args.scorer_guidance:
+        rows = scorer_guidance(pipe, args.scales, args.cfg, args.prompts, args.seeds, args.steps)
+    else:
+        rows = evaluate(pipe, args.scales, args.prompts, args.seeds, args.steps)
     print(markdown(rows))
     print(f"\n{args.prompts} prompts x {len(args.seeds)} seeds, {args.steps} DDIM steps, "
           f"{time.perf_counter() - start:.0f} s")
