@@ -97,7 +97,8 @@ def generate(pipe, family, guider, prompts: list[str], seed: int, steps: int) ->
     return images.float().cpu(), handle.nfe, seconds
 
 
-def measure_row(pipe, family, guider_cfg: dict, prompts: list[str], cfg: BenchImageConfig, score) -> dict:
+def measure_row(pipe, family, guider_cfg: dict, prompts: list[str], cfg: BenchImageConfig, score,
+                steps: int | None = None) -> dict:
     import torch
 
     from ..modalities.image.io import diversity, pixel_stats
@@ -105,7 +106,7 @@ def measure_row(pipe, family, guider_cfg: dict, prompts: list[str], cfg: BenchIm
 
     per_seed, nfe, seconds = [], 0, 0.0
     for seed in cfg.seeds:
-        images, n, s = generate(pipe, family, make_guider(guider_cfg), prompts, seed, cfg.steps)
+        images, n, s = generate(pipe, family, make_guider(guider_cfg), prompts, seed, steps or cfg.steps)
         per_seed.append(images)
         nfe, seconds = nfe + n, seconds + s
     images = torch.cat(per_seed)
@@ -157,8 +158,9 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
         for sweep in cfg.methods:
             label = row_label(sweep)
             for value in sweep.scales:
-                row = measure_row(pipe, sampler.family, guider_config(sweep, value), prompts, cfg, score_fn)
-                rows[f"{label} {sweep.key}={value:g}"] = {"label": label, "scale": value, **row}
+                row = measure_row(pipe, sampler.family, guider_config(sweep, value), prompts, cfg, score_fn, sweep.steps)
+                rows[f"{label} {sweep.key}={value:g}"] = {"label": label, "scale": value,
+                                                         "steps": sweep.steps or cfg.steps, **row}
                 run.log(f"{label} {sweep.key}={value:g}: accuracy {row['accuracy']:.2f} "
                         f"chroma {row['chroma']:.3f} clipped {row['clipped']:.3f} nfe {row['nfe']:.0f}")
         cost = overhead(pipe, sampler.family, prompts, cfg)
@@ -172,8 +174,8 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
 
 def report(rows: dict, cost: dict, env: dict, cfg: BenchImageConfig, prompts: int) -> str:
     attributes = [k for k in ("colour", "shape", "position") if any(k in r for r in rows.values())]
-    header = ["guider", "scale", "accuracy", *attributes, "diversity", "chroma", "clipped", "NFE/image", "images/s"]
-    table = [[r["label"], f"{r['scale']:g}", f"{r['accuracy']:.3f}", *(f"{r[a]:.3f}" for a in attributes),
+    header = ["guider", "scale", "steps", "accuracy", *attributes, "diversity", "chroma", "clipped", "NFE/image", "images/s"]
+    table = [[r["label"], f"{r['scale']:g}", str(r["steps"]), f"{r['accuracy']:.3f}", *(f"{r[a]:.3f}" for a in attributes),
               f"{r.get('diversity', float('nan')):.3f}", f"{r['chroma']:.3f}", f"{r['clipped']:.3f}",
               f"{r['nfe']:.0f}", f"{r['images_per_s']:.1f}"] for r in rows.values()]
     return "\n".join([
