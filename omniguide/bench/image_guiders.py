@@ -158,7 +158,8 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
         for sweep in cfg.methods:
             label = row_label(sweep)
             for value in sweep.scales:
-                row = measure_row(pipe, sampler.family, guider_config(sweep, value), prompts, cfg, score_fn, sweep.steps)
+                row = measure_row(pipe, sampler.family, guider_config(sweep, value), prompts, cfg, score_fn,
+                                  sweep.steps)
                 rows[f"{label} {sweep.key}={value:g}"] = {"label": label, "scale": value,
                                                          "steps": sweep.steps or cfg.steps, **row}
                 run.log(f"{label} {sweep.key}={value:g}: accuracy {row['accuracy']:.2f} "
@@ -174,8 +175,10 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
 
 def report(rows: dict, cost: dict, env: dict, cfg: BenchImageConfig, prompts: int) -> str:
     attributes = [k for k in ("colour", "shape", "position") if any(k in r for r in rows.values())]
-    header = ["guider", "scale", "steps", "accuracy", *attributes, "diversity", "chroma", "clipped", "NFE/image", "images/s"]
-    table = [[r["label"], f"{r['scale']:g}", str(r["steps"]), f"{r['accuracy']:.3f}", *(f"{r[a]:.3f}" for a in attributes),
+    header = ["guider", "scale", "steps", "accuracy", *attributes, "diversity", "chroma", "clipped", "NFE/image",
+              "images/s"]
+    table = [[r["label"], f"{r['scale']:g}", str(r["steps"]), f"{r['accuracy']:.3f}",
+              *(f"{r[a]:.3f}" for a in attributes),
               f"{r.get('diversity', float('nan')):.3f}", f"{r['chroma']:.3f}", f"{r['clipped']:.3f}",
               f"{r['nfe']:.0f}", f"{r['images_per_s']:.1f}"] for r in rows.values()]
     return "\n".join([
