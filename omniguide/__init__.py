@@ -30,7 +30,9 @@ from .core import (
     Term,
     Terms,
     build_guider,
+    preset,
     register_guider,
+    register_preset,
 )
 from .core.sampler import sample
 from .modalities.base import Guide, guide
@@ -40,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "build_guider", "CFG", "CFGCache", "CFGPlusPlus",
     "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "Guide", "guide", "GuidanceError", "Guided", "Guider",
-    "Interval", "ModelCall", "NoiseLevel", "PAG", "Prediction", "register_guider", "sample", "ScaleSchedule",
+    "Interval", "ModelCall", "NoiseLevel", "PAG", "Prediction", "preset", "register_guider", "register_preset",
+    "sample", "ScaleSchedule",
     "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]

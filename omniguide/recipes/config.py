@@ -125,8 +125,14 @@ def load_raw(path: str | Path | None, overrides: Sequence[str] = ()) -> DictConf
     if isinstance(plugins, (list, ListConfig)):
         import_plugins(list(plugins))
     recipe = get_recipe(kind)
-    defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(recipe.schema)))
-    return apply_overrides(OmegaConf.merge(defaults, cfg), pairs)
+    defaults = OmegaConf.to_container(OmegaConf.structured(recipe.schema))
+    for key, value in cfg.items():
+        # a component chosen by name in the file replaces the default component; merging their keys
+        # would leak the default's settings (the default guider's `scale` into an `interval`)
+        default = defaults.get(key)
+        if isinstance(value, DictConfig) and isinstance(default, dict) and "name" in default:
+            defaults.pop(key)
+    return apply_overrides(OmegaConf.merge(OmegaConf.create(defaults), cfg), pairs)
 
 
 def import_plugins(modules: Sequence[str], path: str = "plugins") -> None:
@@ -213,7 +219,13 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Resol
 def typed(cls: type, data: Mapping, path: str) -> Any:
     """A ``cls`` instance from plain ``data`` through an omegaconf structured merge."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), data)
+        base = OmegaConf.structured(cls)
+        for key, value in data.items():   # a component named in data replaces the default one (see load_raw)
+            default = base.get(key) if isinstance(base, DictConfig) else None
+            if isinstance(value, Mapping) and isinstance(default, DictConfig) and "name" in default \
+                    and OmegaConf.get_type(base, key) in (dict, None):
+                base[key] = value
+        merged = OmegaConf.merge(base, data)
     except Exception as err:
         raise translate_omegaconf_error(err, path) from None
     missing = sorted(OmegaConf.missing_keys(merged))

@@ -15,6 +15,7 @@ from ..core.errors import ConfigError, did_you_mean
 
 TRAINABLES: dict[str, str] = {
     "small-denoiser": "omniguide.zoo.small_denoiser:build_trainable",
+    "toy-audio": "omniguide.zoo.toy_audio_train:build_trainable",
 }
 
 

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from ...core.errors import ConfigError
 from ...core.registry import build_guider
 from ..components import make_callbacks, make_sampler
-from ..predict import Generator, Item, ItemData, ItemStore, ItemWriter, load_items
+from ..predict import Generator, Item, ItemData, ItemStore, ItemWriter, check_output_options, load_items
 from ..registry import register_recipe
 from ..run import RunContext
 from ..runtime import build_trainer, check_trainer
@@ -84,6 +84,7 @@ def check_sample(cfg: SampleConfig) -> None:
     """Build every component and every item's settings without generating anything."""
     sampler = make_sampler(cfg.model, cfg.scheduler, cfg.batch)
     build_guider(cfg.guider, "guider")
+    check_output_options(getattr(sampler, "kind", "points"), cfg.output)
     for item in load_items(cfg.prompts, cfg.prompts_file, cfg.seed):
         settings = item_settings(cfg, item, sampler.default_samples)
         build_guider(settings.guider, f"{item.where}.guider")

@@ -8,7 +8,9 @@
     checkpoint_every: 500
 
 Resume by running the same recipe into the same folder: ``run.dir=runs/train-...``.
-Outputs: ``checkpoints/step-NNNNNN.ckpt``, ``checkpoints/final.ckpt``, ``model.safetensors``.
+Outputs: ``checkpoints/step-NNNNNN.ckpt``, ``checkpoints/final.ckpt``, ``model.safetensors`` (when
+the model has ``save(path)``), and whatever the module's ``save_outputs(run_dir)`` writes (e.g. a
+pipeline folder).
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     if save is not None:
         with run.atomic("model.safetensors") as tmp:
             save(tmp)
+    save_outputs: Callable | None = getattr(module, "save_outputs", None)
+    if save_outputs is not None:   # e.g. a whole pipeline folder; the module writes it atomically
+        save_outputs(run.dir)
     loss = trainer.callback_metrics.get("train/loss")
     return {"steps": trainer.global_step, "final_loss": float(loss) if loss is not None else None,
             "resumed_from": ckpt, "world_size": trainer.world_size, "seconds": time.perf_counter() - start}
