@@ -21,10 +21,15 @@ PROMPTS, NEGATIVES = ["a rising chirp", "a dog barking in the rain"], ["noise", 
 
 
 @pytest.fixture(scope="module")
-def pipes(tmp_path_factory):
+def folders(tmp_path_factory):
+    return {name: tmp_path_factory.mktemp(name) for name in TA.BUILDERS}
+
+
+@pytest.fixture(scope="module")
+def pipes(folders):
     out = {}
     for name, build in TA.BUILDERS.items():
-        pipe = TP.saved(build(), tmp_path_factory.mktemp(name))
+        pipe = TP.saved(build(), folders[name])
         if name == "musicldm":   # the deprecated pipeline's own path needs a tensor on transformers 5
             from omniguide.modalities.audio.musicldm import fix_text_features
 
@@ -129,9 +134,13 @@ def guider_configs(weak) -> dict[str, omniguide.Guider]:
 
 
 PERTURBED = ("pag", "seg", "skip-layer")
+# the mel families share AudioLDM's UNet and differ only in conditioning: AudioLDM runs by default,
+# AudioLDM2 and MusicLDM (slower: GPT-2 generation, CLAP) with -m slow
+EVERY_FAMILY = ["stable_audio", "audioldm",
+                *(pytest.param(n, marks=pytest.mark.slow) for n in ("audioldm2", "musicldm"))]
 
 
-@pytest.mark.parametrize("name", list(TA.BUILDERS))
+@pytest.mark.parametrize("name", EVERY_FAMILY)
 def test_every_guider_runs_on_every_family(pipes, name):
     pipe = pipes[name]
     weak = copy.deepcopy(denoiser(pipe))
@@ -150,7 +159,7 @@ def test_every_guider_runs_on_every_family(pipes, name):
         assert max(handle.passes_per_step) == (2 if key in (*PERTURBED, "autoguidance") else 1), key
 
 
-@pytest.mark.parametrize("name", list(TA.BUILDERS))
+@pytest.mark.parametrize("name", EVERY_FAMILY)
 def test_a_step_outside_an_interval_costs_one_pass(pipes, name):
     with guide(pipes[name], Interval(CFG(scale=5.0), step=(0.0, 0.5))) as handle:
         run(pipes[name], name, prompt=PROMPTS, steps=5)
@@ -188,6 +197,41 @@ def test_rescale_over_channels_matches_stable_audio_tools():
     cond_std, cfg_std = cond.std(dim=1, keepdim=True), cfg.std(dim=1, keepdim=True)
     reference = 0.4 * (cfg * (cond_std / cfg_std)) + (1 - 0.4) * cfg
     torch.testing.assert_close(out, reference, rtol=1e-10, atol=1e-10)
+
+
+# -- end to end: a recipe writes WAVs --------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(TA.BUILDERS))
+def test_each_family_runs_end_to_end_to_wav(pipes, folders, name, tmp_path, capsys):
+    """``kind: sample`` loads the saved tiny pipeline with from_pretrained, guides it (a preset), and writes
+    a WAV at the model's rate and a spectrogram per waveform, and metrics.json."""
+    import json
+    from pathlib import Path
+
+    import soundfile
+    import yaml
+
+    from omniguide.recipes.cli import main
+
+    assert pipes[name] is not None   # saved into folders[name]
+    call = {k: v for k, v in TA.CALL_KWARGS[name].items()}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "kind": "sample", "model": {"name": "diffusers", "path": str(folders[name]), "call": call},
+        "guider": {"preset": "stable-audio-tools" if name == "stable_audio" else "audioldm2"},
+        "negative_prompt": "noise", "prompts": ["a rising chirp", {"prompt": "quiet", "num_samples": 2}],
+        "steps": 2, "output": {"format": "float"},
+        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "logger": "none", "threads": 1}}))
+    rc = main(["run", str(recipe), f"run.root={tmp_path / 'runs'}"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    wavs = sorted((run_dir / "items").glob("*.wav"))
+    assert len(wavs) == 3 and len(list((run_dir / "items").glob("*.png"))) == 3
+    rate = pipes[name].vae.config.sampling_rate if name == "stable_audio" else pipes[name].vocoder.config.sampling_rate
+    info = soundfile.info(str(wavs[0]))
+    assert info.samplerate == rate and info.channels == (2 if name == "stable_audio" else 1)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["clips"] == 3 and metrics["nfe"] == 2 * 2 * 2 and metrics["sample_rate"] == rate
 
 
 # -- refusals ------------------------------------------------------------------------------------------

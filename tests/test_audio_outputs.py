@@ -166,3 +166,20 @@ def test_ace_step_preset_matches_its_reference_loop():
         torch.testing.assert_close(guider.combine(preds, step).to("flow"), reference[i], rtol=1e-9, atol=1e-9)
     assert guided == 30                                                   # steps 15 ... 44: the middle half
     assert isinstance(guider, Interval) and isinstance(guider.guider, APG) and guider.guider.axes.reduce == (2,)
+
+
+def test_recipes_select_presets_and_named_components_replace_the_default(tmp_path):
+    """``guider: {preset: ...}`` in a recipe file, and a named guider whose fields differ from the default
+    guider's (no ``scale`` leaks from the default ``{name: cfg, scale: 3}`` into an interval)."""
+    from omniguide.recipes.config import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("kind: sample\nmodel: {name: mixture}\nguider: {preset: ace-step, scale: 9}\nprompts: [0]\n")
+    cfg = load_recipe(recipe).cfg
+    assert cfg.guider == {"preset": "ace-step", "scale": 9}
+    assert build_guider(cfg.guider).guider.scale == 9
+    recipe.write_text("kind: sample\nmodel: {name: mixture}\nguider: {name: interval, guider: {name: cfg}, "
+                      "t: [0.5, 1.0]}\nprompts: [0]\n")
+    cfg = load_recipe(recipe).cfg
+    assert cfg.guider == {"name": "interval", "guider": {"name": "cfg"}, "t": [0.5, 1.0]}
+    assert isinstance(build_guider(cfg.guider), Interval)
