@@ -1,7 +1,7 @@
 """The small text-to-audio model of the zoo: a diffusers-style pipeline over a spectrogram latent.
 
-    from omniguide.zoo.toy_audio import ToyAudioPipeline, WEIGHTS
-    pipe = ToyAudioPipeline.from_pretrained(WEIGHTS)
+    from omniguide.zoo.toy_audio import load_pretrained
+    pipe = load_pretrained()          # omniguide/zoo/weights/toy_audio, from disk only
     with guide(pipe, CFG(scale=3)):
         audio = pipe("a bright A4 tone, decaying", num_waveforms_per_prompt=4).audios   # [4, 1, 8064]
 
@@ -414,3 +414,13 @@ def build_pipeline(denoiser: ToyAudioDenoiser | None = None, text_encoder: ToyTe
                                             algorithm_type="dpmsolver++", solver_order=2)
     return ToyAudioPipeline(text_encoder or ToyTextEncoder(), denoiser or ToyAudioDenoiser(), SpectrogramCodec(),
                             scheduler)
+
+
+def load_pretrained(path: str | Path | None = None, **kwargs) -> ToyAudioPipeline:
+    """The committed, trained model (``omniguide/zoo/weights/toy_audio``, shipped as package data), or
+    a folder written by the ``train`` recipe; read from disk only (``local_files_only``), never downloaded."""
+    folder = Path(path) if path is not None else Path(WEIGHTS)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"no toy-audio pipeline at {folder} (expected model_index.json; train one with "
+                                f"`omniguide run configs/train/toy_audio.yaml`)")
+    return ToyAudioPipeline.from_pretrained(str(folder), local_files_only=True, **kwargs)
