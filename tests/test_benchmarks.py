@@ -100,3 +100,43 @@ def test_bench_configs_reject_bad_values():
     with pytest.raises(ConfigError, match="^baseline"):
         resolved = load_recipe(CONFIGS / "guiders.yaml", ["baseline=nope"])
         resolved.recipe.check(resolved.cfg)
+
+
+def test_bench_guiders_methods2_rows(tmp_path):
+    """Methods II rows: analytic scorer plugins take each testbed's mixture (here 4-D), a row may run at
+    its own number of steps (residual CFG at CFG's NFE), perp-neg gets a negative class."""
+    overrides = [
+        "testbeds=[{name: 4d, dim: 4}]", "sampler.samples=120", "sampler.steps=6", "auto_scales=[3]",
+        "methods=[{guider: {name: cfg}, scales: [3]},"
+        " {guider: {name: scorer-guidance, scorer: {name: mixture-class, label: 0}}, scales: [0.5]},"
+        " {guider: {name: gfcg, classifier: {name: mixture-classifier}, target: 0}, key: gfcg_scale, scales: [1]},"
+        " {guider: {name: perp-neg}, scales: [3]},"
+        " {guider: {name: residual-cfg}, scales: [3], family: one-pass},"
+        " {guider: {name: residual-cfg}, scales: [3], steps: 12, label: rcfg12, family: one-pass}]",
+    ]
+    m, _ = run_recipe("guiders.yaml", overrides, tmp_path)
+    res = m["testbeds"]["4d"]["methods"]
+    assert "error" not in res["scorer-guidance"] and "error" not in res["gfcg"]
+    assert res["residual-cfg"]["scales"]["3"]["nfe"] == 6 and res["rcfg12"]["scales"]["3"]["nfe"] == 12
+    assert res["perp-neg"]["scales"]["3"]["nfe"] == 18 and res["gfcg"]["scales"]["1"]["nfe"] == 12
+    assert m["matched_quality"]["4d"]["one-pass"]["3"]["settings"]["rcfg12"]["saving"] == pytest.approx(0.0)
+    assert set(m["testbeds"]["4d"]["not_applicable"]) >= {"nag", "vsf", "pladis", "tsg", "tpg", "s2-guidance", "sag"}
+
+
+def test_bench_correctors_writes_distances_and_claims(tmp_path):
+    overrides = ["samples=96", "steps=6", "gammas=[1,3]", "pcg_steps=[1,2]", "fkc_particles=[8,96]",
+                 "grid={limit: 5.0, size: 60, bins: 8}"]
+    m, folder = run_recipe("correctors.yaml", overrides, tmp_path)
+    assert "## Claims" in (folder / "table.md").read_text() and (folder / "plot.png").stat().st_size > 1000
+    three = m["gammas"]["3"]
+    assert three["tv_target_vs_conditional"] > 0.1     # the overlapping mixture can tell samplers apart
+    assert m["gammas"]["1"]["tv_target_vs_conditional"] == 0.0
+    assert set(three["methods"]) == {"cfg-ddim", "cfg-ddpm", "pcg(K=1)", "pcg(K=2)", "fkc(P=8)", "fkc(P=96)"}
+    assert three["methods"]["cfg-ddpm"]["nfe"] == 12 and three["methods"]["pcg(K=2)"]["nfe"] == 6 + 5 * 4
+    for v in three["methods"].values():
+        assert 0 <= v["tv"] <= 1 and positive(v["swd"])
+    assert 0 < three["methods"]["fkc(P=96)"]["min_ess_fraction"] <= 1
+    assert {c["claim"].split()[0] for c in m["claims"]} >= {"cfg-ddim", "cfg-ddpm", "more", "PCG", "FKC"}
+    with pytest.raises(ConfigError, match="fkc_particles.0: 7 must be >= 2 and divide samples"):
+        resolved = load_recipe(CONFIGS / "correctors.yaml", ["samples=96", "fkc_particles=[7]"])
+        resolved.recipe.check(resolved.cfg)

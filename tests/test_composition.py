@@ -19,12 +19,27 @@ from omniguide import (
     CFGRescale,
     CFGZeroStar,
     Interval,
+    Rescale,
     Schedule,
     Terms,
     build_guider,
     sample,
 )
 from omniguide.core import GuidanceStep, NoiseLevel, Prediction
+from omniguide.core.methods import (
+    GFCG,
+    ICG,
+    SMCCFG,
+    CFGNorm,
+    FreSca,
+    MagnitudeAware,
+    Momentum,
+    PerpNeg,
+    PriorGuidance,
+    ResidualCFG,
+    ScaleSearch,
+    ScorerGuidance,
+)
 from omniguide.core.registry import GUIDERS
 
 SHAPES = {
@@ -64,7 +79,24 @@ def methods(layout, shape):
         "beta": BetaCFG(0.5),
         "autoguidance": AutoGuidance(2.0, weak_model=weak),
         "terms": Terms({"uncond": 2.0}),
+        "rescale": Rescale(APG(3.0), rescale=0.7),
+        # Methods II
+        "icg": ICG(2.0, pool={"labels": [0, 1]}),
+        "prior-guidance": PriorGuidance(3.0, base_model=weak),
+        "residual-cfg": ResidualCFG(1.5),
+        "momentum": Momentum(3.0),
+        "smc-cfg": SMCCFG(3.0),
+        "magnitude-aware": MagnitudeAware(5.0, alpha=1.0),
+        "perp-neg": PerpNeg(3.0, negatives={"negative": 0.5}),
+        "fresca": FreSca(3.0, cutoff=1),
+        "cfg-norm": CFGNorm(3.0),
+        "scorer-guidance": ScorerGuidance(0.2, scorer=lambda x0: -(x0.flatten(1) ** 2).sum(1)),
+        "gfcg": GFCG(scale=2.0, classifier=lambda x0: x0.flatten(1)[:, :2], target=0),
+        "scale-search": ScaleSearch(4.0, candidates=3, evaluator=lambda x0: (x0.flatten(1) ** 2).sum(1)),
     }
+
+
+PLUGGED = {"scorer-guidance", "gfcg", "scale-search"}
 
 
 def run(guider, layout, num_steps=8):
@@ -73,6 +105,7 @@ def run(guider, layout, num_steps=8):
     labels = {
         "cond": {"labels": torch.zeros(n, dtype=torch.long)},
         "uncond": {"labels": torch.ones(n, dtype=torch.long)},
+        "negative": {"labels": torch.ones(n, dtype=torch.long)},
     }
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     scheduler = DDIMScheduler(clip_sample=False)
@@ -83,7 +116,8 @@ def run(guider, layout, num_steps=8):
 
 def test_every_registered_method_is_covered():
     own = set(methods("BCHW", SHAPES["BCHW"])) | {"interval", "schedule"}
-    perturbed = {"pag", "seg", "skip-layer"}  # another suite covers the perturbed-branch methods
+    # other suites cover the perturbed-branch and attention methods (tests/test_perturbations*.py)
+    perturbed = {"pag", "seg", "skip-layer", "tsg", "tpg", "s2-guidance", "nag", "vsf", "pladis", "sag"}
     assert set(GUIDERS.names()) - perturbed == own
 
 
@@ -100,8 +134,13 @@ def test_runs_wrapped_and_resets(layout, name):
     inner = methods(layout, SHAPES[layout])[name]
     out = run(Interval(inner, step=(0.0, 0.6)), layout)
     assert out.nfe_per_step[-3:] == [1, 1, 1] and torch.isfinite(out.sample).all()
-    # a schedule wraps anything with a numeric scale; adaptive wraps the scheduled guider instead
-    wrapped = Adaptive(Schedule(CFG(3.0), "cosine")) if name == "adaptive" else Schedule(inner, "linear")
+    # a schedule wraps anything with a numeric scale; adaptive and rescale wrap the scheduled guider instead
+    if name == "adaptive":
+        wrapped = Adaptive(Schedule(CFG(3.0), "cosine"))
+    elif name == "rescale":
+        wrapped = Rescale(Schedule(APG(3.0), "linear"))
+    else:
+        wrapped = Schedule(inner, "linear")
     assert torch.isfinite(run(wrapped, layout).sample).all()
 
 
@@ -173,6 +212,8 @@ def test_tensor_scales(make):
 
 def test_configs_round_trip():
     for name, guider in methods("BCHW", SHAPES["BCHW"]).items():
+        if name in PLUGGED:   # plain callables as plugins here; registered plugins round-trip in test_methods2_golden
+            continue
         cfg = guider.config()
         rebuilt = build_guider(cfg)
         assert type(rebuilt) is type(guider) and rebuilt.config() == cfg, name

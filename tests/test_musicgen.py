@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import tiny_audio as TA
 import torch
+from test_adapter import METHODS_II
 
 from omniguide import APG, CFG, GuidanceError, build_guider
 from omniguide.core.registry import GUIDERS
@@ -117,9 +118,10 @@ def test_every_guider_runs_or_is_refused_in_one_line(musicgen):
                "interval": {"guider": {"name": "cfg", "scale": 3.0}, "step": [0.0, 0.7]},
                "schedule": {"guider": {"name": "cfg", "scale": 3.0}}, "terms": {"terms": {"uncond": 2.0}},
                "fdg": {"transform": "fft"}, "autoguidance": {"scale": 2.0, "weak_model": torch.nn.Identity()},
-               "cfg-zero-star": {"scale": 3.0, "zero_init_steps": 0}, "cfg++": {"scale": 0.5}}
+               "cfg-zero-star": {"scale": 3.0, "zero_init_steps": 0}, "cfg++": {"scale": 0.5},
+               "rescale": {"guider": {"name": "apg", "scale": 3.0}, "rescale": 0.7}}
     plain = generate(model, inputs, guidance_scale=1.0, max_new_tokens=4)
-    for name in GUIDERS.names():
+    for name in sorted(set(GUIDERS.names()) - METHODS_II):   # Methods II: not yet checked on logits
         guider = build_guider({"name": name, **special.get(name, {"scale": 3.0})})
         if name in refused:
             with pytest.raises(GuidanceError) as err:

@@ -142,8 +142,8 @@ BAD = {
     "bad-yaml-tab": (BASE + "a:\n\t- b\n", [], ["invalid YAML"]),
     "bad-override": (BASE, ["steps"], ["override 'steps': expected key.path=value"]),
     "resume-missing": (TRAIN, ["resume=nowhere.ckpt"], ["resume: file not found"]),
-    "distill-no-objectives": ("kind: distill\nprompt: a chair\n", [],
-                              ["objective.name: no distillation objectives are registered yet"]),
+    "distill-unknown-objective": ("kind: distill\nprompt: a chair\nobjective: {name: sdss}\n", [],
+                                  ["objective.name: unknown distillation objective 'sdss'", "'sds'"]),
 }
 
 

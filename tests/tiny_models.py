@@ -98,3 +98,42 @@ class ToyDiT(nn.Module):
         for block in self.transformer_blocks:
             h = block(h)
         return self.proj_out(h).reshape(b, *rest, c).movedim(-1, 1)
+
+
+def tiny_flux() -> nn.Module:
+    """A FluxTransformer2DModel with 1 double and 1 single block (as tests/tiny_pipelines.py's)."""
+    return _seeded(
+        diffusers.FluxTransformer2DModel,
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6),
+    )
+
+
+def tiny_pixart() -> nn.Module:
+    """A 2-block PixArtTransformer2DModel with cross-attention (as tests/tiny_pipelines.py's, no learned sigma)."""
+    return _seeded(
+        diffusers.PixArtTransformer2DModel,
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=4,
+        num_attention_heads=2,
+        caption_channels=16,
+        in_channels=4,
+        cross_attention_dim=8,
+        out_channels=4,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )

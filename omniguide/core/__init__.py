@@ -21,6 +21,7 @@ from .methods import (
     CFGRescale,
     CFGZeroStar,
     Interval,
+    Rescale,
     Schedule,
     SkipLayer,
     Term,
@@ -37,6 +38,6 @@ __all__ = [
     "CFGCache", "CFGPlusPlus", "CFGRescale", "CFGZeroStar", "ConfigError", "convert", "FDG", "GuidanceError",
     "GuidanceStep", "Guided", "Guider", "GUIDERS", "Interval", "ModelCall", "NoiseLevel", "NoiseSchedule",
     "OmniguideError", "PAG", "Perturbation", "check_requirements", "Preset", "PRESETS", "preset",
-    "Prediction", "register_guider", "register_preset",
+    "Prediction", "register_guider", "register_preset", "Rescale",
     "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]

@@ -19,6 +19,17 @@ The executor runs the branches a guider asks for at a step:
 
 Branch identity is the name, never a call counter (diffusers infers it from a counter, which is
 how its SEG never applies its hook).
+
+Three additions serve methods whose branch changes from step to step or spans rows of a batch:
+
+* ``Branch.draw(step, inputs) -> inputs`` -- inputs drawn afresh at every step (ICG's random
+  condition); applied after the branch's own ``inputs``, before merging, so merging compares the
+  drawn values;
+* :class:`StepPerturbation` -- a perturbation that depends on the step (TSG's noise level): the
+  executor uses ``perturbation.at(step)``;
+* :class:`RowsPerturbation` -- one perturbation over the rows of several branches batched into one
+  forward pass (NAG, VSF: the negative branch's rows feed the positive branch's attention); it is
+  entered with ``{branch name: rows}`` so it never guesses which rows are which.
 """
 
 from __future__ import annotations
@@ -48,18 +59,44 @@ class Perturbation(Protocol):
     def __call__(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager: ...
 
 
+class StepPerturbation:
+    """A perturbation that depends on the step: ``at(step)`` returns the :class:`Perturbation` to apply
+    (time-step guidance scales its noise by ``t``). The executor calls it when it resolves the branch,
+    so merging and batching compare the per-step perturbations."""
+
+    def at(self, step: GuidanceStep) -> Perturbation:
+        raise NotImplementedError
+
+
+class RowsPerturbation:
+    """A perturbation that needs to know which rows of the forward pass belong to which branch: the
+    executor enters ``for_rows(module, sample, rows)`` with ``rows = {branch name: slice}`` over the
+    batched sample (branches merged as identical share a slice). Used when one branch's rows feed
+    another's computation inside the pass (NAG's and VSF's negative context)."""
+
+    def for_rows(
+        self, module: nn.Module, sample: Tensor, rows: Mapping[str, slice]
+    ) -> contextlib.AbstractContextManager:
+        raise NotImplementedError
+
+
+Draw = Callable[[GuidanceStep, dict], dict]
+
+
 @dataclass(frozen=True)
 class Branch:
     """One named model evaluation (see the module docstring). ``noise`` is the noise level of a
-    branch that overrides ``sample`` or ``timestep`` in ``inputs``."""
+    branch that overrides ``sample`` or ``timestep`` in ``inputs``; ``draw(step, inputs)`` returns
+    inputs drawn afresh at each step (applied after ``inputs``)."""
 
     name: str
     inputs: Mapping[str, Any] = field(default_factory=dict)
     base: str | None = None
     model: Callable | ModelCall | None = None
-    perturbation: Perturbation | None = None
+    perturbation: Perturbation | StepPerturbation | RowsPerturbation | None = None
     parameterization: str | None = None
     noise: NoiseLevel | None = None
+    draw: Draw | None = None
 
 
 BranchTable = Mapping[str, "Branch | Mapping[str, Any]"]
@@ -181,10 +218,14 @@ class BranchExecutor:
         model, perturbation, kind, noise = self.model, None, self.parameterization, None
         for b in reversed(self.chain(name, step)):  # the named branch overrides its bases
             inputs.update(b.inputs)
+            if b.draw is not None:
+                inputs = dict(b.draw(step, inputs))
             model = as_model_call(b.model) if b.model is not None else model
             perturbation = b.perturbation or perturbation
             kind = check_parameterization(b.parameterization, f"branch '{b.name}'") if b.parameterization else kind
             noise = b.noise or noise
+        if isinstance(perturbation, StepPerturbation):
+            perturbation = perturbation.at(step)
         own_sample, own_timestep = "sample" in inputs, "timestep" in inputs
         sample = inputs.pop("sample", sample)
         timestep = inputs.pop("timestep", timestep)
@@ -204,8 +245,10 @@ class BranchExecutor:
 
     # -- execution --------------------------------------------------------------------------
     def __call__(
-        self, names: Sequence[str], sample: Tensor, timestep: Any, step: GuidanceStep
+        self, names: Sequence[str], sample: Tensor, timestep: Any, step: GuidanceStep, accumulate: bool = False
     ) -> dict[str, Prediction]:
+        """Predictions of ``names`` at this step. ``accumulate=True`` adds the work to the step's
+        counts instead of starting a new step (a guider's second round, a corrector's evaluations)."""
         jobs: list[_Job] = []
         for name in dict.fromkeys(names):
             job = self.resolve(name, sample, timestep, step)
@@ -222,8 +265,12 @@ class BranchExecutor:
                 self._check(job, out, step)
                 for name in job.names:
                     preds[name] = Prediction(out, job.kind, job.sample, job.noise)
-        self.nfe_per_step.append(len(jobs))
-        self.passes_per_step.append(len(groups))
+        if accumulate and self.nfe_per_step:
+            self.nfe_per_step[-1] += len(jobs)
+            self.passes_per_step[-1] += len(groups)
+        else:
+            self.nfe_per_step.append(len(jobs))
+            self.passes_per_step.append(len(groups))
         return preds
 
     def _run(self, group: list[_Job], step: GuidanceStep) -> list[Tensor]:
@@ -239,7 +286,10 @@ class BranchExecutor:
                 inputs = {k: _cat_input([j.inputs[k] for j in group], sizes, k in first.model.shared)
                           for k in first.inputs}
             context = contextlib.nullcontext()
-            if first.perturbation is not None:
+            if isinstance(first.perturbation, RowsPerturbation):
+                module = first.model.require_module(f"branch '{label}'")
+                context = first.perturbation.for_rows(module, sample, _rows(group))
+            elif first.perturbation is not None:
                 context = first.perturbation(first.model.require_module(f"branch '{label}'"), sample)
             with context:
                 out = first.model(sample, timestep, inputs)
@@ -259,6 +309,16 @@ class BranchExecutor:
             )
         if self.check_finite and not bool(torch.isfinite(out).all()):
             raise GuidanceError(f"branch '{name}' at {step.where}: the prediction has non-finite values")
+
+
+def _rows(group: list[_Job]) -> dict[str, slice]:
+    """``{branch name: slice}`` of each job's rows in the group's concatenated batch."""
+    rows, start = {}, 0
+    for job in group:
+        stop = start + job.sample.shape[0]
+        rows.update(dict.fromkeys(job.names, slice(start, stop)))
+        start = stop
+    return rows
 
 
 def _per_sample(value: Any, n: int) -> bool:

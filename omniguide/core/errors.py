@@ -21,11 +21,26 @@ class ConfigError(OmniguideError, ValueError):
 
 
 def nearest(name: str, choices) -> str | None:
-    """The closest valid choice to a misspelled ``name`` (or None when nothing is close)."""
+    """The closest valid choice to a misspelled ``name`` (or None when nothing is close): among the
+    similar ones (difflib), the fewest edits, a swap of neighbours counting as one (``cgf`` -> ``cfg``)."""
     import difflib
 
-    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
-    return match[0] if match else None
+    name = str(name)
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=5, cutoff=0.5)
+    if not close:
+        return None
+    return min(close, key=lambda c: (_edits(name, c), -difflib.SequenceMatcher(None, name, c).ratio()))
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions, adjacent swaps."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
 
 
 def did_you_mean(name: str, choices) -> str:

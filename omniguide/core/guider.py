@@ -16,7 +16,20 @@ What a guider needs from whoever drives it is declared by ``requires()`` and che
 sampling or distillation starts (:func:`check_requirements`):
 
 * ``step-index`` -- a sampler step index (state between steps, the ``step`` coordinate);
-* ``reanchor``   -- a sampler that steps from an inconsistent ``(x0, eps)`` pair (CFG++).
+* ``reanchor``   -- a sampler that steps from an inconsistent ``(x0, eps)`` pair (CFG++);
+* ``gradient``   -- autograd kept on the sample through the model call (scorer guidance);
+* ``follow-up``  -- a driver that runs the guider's follow-up branches in the same step (SAG, GFCG);
+* ``recurrence`` -- a driver that can repeat a step with re-noising (scorer guidance's self-recurrence);
+* ``progress``   -- a training-progress coordinate in ``[0, 1]`` (score distillation provides it;
+  samplers do not): a scale scheduled over ``progress`` anneals over training.
+
+Three optional hooks, all with neutral defaults, serve methods that are not a single combine:
+
+* ``follow_up(preds, step) -> {name: Branch}`` -- branches built from this step's predictions and
+  run in the same step (SAG's degraded sample, GFCG's reference label); counted in the same step;
+* ``recurrence`` -- how many times the sampler repeats each step, re-noising in between
+  (Universal Guidance's self-recurrence); 1 by default;
+* ``report()`` -- what the guider chose during the run (a scale schedule), returned with the samples.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from .axes import Axes
@@ -34,9 +48,17 @@ from .prediction import Guided, Prediction
 
 STEP_INDEX = "step-index"
 REANCHOR = "reanchor"
+GRADIENT = "gradient"
+FOLLOW_UP = "follow-up"
+RECURRENCE = "recurrence"
+PROGRESS = "progress"
 REQUIREMENTS = {
     STEP_INDEX: "a sampler step index",
     REANCHOR: "a sampler that re-anchors the sample to the guided (x0, eps) pair",
+    GRADIENT: "autograd on the sample through the model call",
+    FOLLOW_UP: "a driver that runs follow-up branches within the step",
+    RECURRENCE: "a sampler that repeats a step with re-noising",
+    PROGRESS: "a training-progress coordinate",
 }
 
 
@@ -45,7 +67,8 @@ class GuidanceStep:
     """What a guider may read at one model evaluation.
 
     ``x`` and ``noise`` describe the sample the model sees; ``index`` / ``num_steps`` exist only
-    inside a sampler loop; ``axes`` are the sample's declared reduction and frequency axes."""
+    inside a sampler loop; ``axes`` are the sample's declared reduction and frequency axes;
+    ``progress`` (training progress in ``[0, 1]``) exists only in score distillation."""
 
     x: Tensor
     noise: NoiseLevel
@@ -53,9 +76,15 @@ class GuidanceStep:
     index: int | None = None
     num_steps: int | None = None
     axes: Axes | None = None
+    progress: float | None = None
 
     def coordinate(self, name: str) -> Tensor:
-        """``sigma``, ``t`` or ``step`` at this evaluation (see :mod:`omniguide.core.noise`)."""
+        """``sigma``, ``t`` or ``step`` at this evaluation (see :mod:`omniguide.core.noise`), or
+        ``progress`` (training progress in [0, 1], score distillation only)."""
+        if name == PROGRESS:
+            if self.progress is None:
+                raise GuidanceError(f"the 'progress' coordinate exists only in score distillation, not at {self.where}")
+            return torch.as_tensor(float(self.progress), dtype=self.noise.sigma.dtype)
         return self.noise.coordinate(name, self.index, self.num_steps)
 
     def require_axes(self, who: str, own: Axes | None = None) -> Axes:
@@ -116,6 +145,8 @@ class Guider:
                 needs = {**value.requires(), **needs}
             elif isinstance(value, ScaleSchedule) and value.coordinate == "step":
                 needs.setdefault(STEP_INDEX, f"{f.name} is scheduled over the 'step' coordinate")
+            elif isinstance(value, ScaleSchedule) and value.coordinate == PROGRESS:
+                needs.setdefault(PROGRESS, f"{f.name} is scheduled over training 'progress'")
         return needs
 
     def branch_defaults(self) -> dict:
@@ -132,6 +163,31 @@ class Guider:
     def fallback(self) -> str:
         """The branch returned when guidance is off (a step outside an interval)."""
         return "cond"
+
+    def follow_up(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> dict:
+        """Branches to run in this step after ``preds`` (``{name: Branch}``; none by default).
+        Wrappers ask the guider they wrap."""
+        out = {}
+        for f in fields(self) if is_dataclass(self) else ():
+            value = getattr(self, f.name)
+            if isinstance(value, Guider):
+                out.update(value.follow_up(preds, step))
+        return out
+
+    @property
+    def recurrence(self) -> int:
+        """How many times the sampler runs each step, re-noising back in between (1: once)."""
+        return max([1, *(getattr(self, f.name).recurrence for f in (fields(self) if is_dataclass(self) else ())
+                         if isinstance(getattr(self, f.name), Guider))])
+
+    def report(self) -> dict:
+        """What the guider decided during the last run (e.g. a chosen scale per step); ``{}`` by default."""
+        out = {}
+        for f in fields(self) if is_dataclass(self) else ():
+            value = getattr(self, f.name)
+            if isinstance(value, Guider):
+                out.update(value.report())
+        return out
 
     def config(self) -> dict:
         """A plain dict that :func:`omniguide.core.registry.build_guider` turns back into this guider."""

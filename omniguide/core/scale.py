@@ -10,6 +10,10 @@ returns the conditional prediction: 1 for ``u + w(c - u)``, 0 for ``c + w(c - u)
 * ``constant``: ``f = 1``
 * ``linear``:   ``f = 2 (1 - x)``          (guidance grows as noise falls)
 * ``cosine``:   ``f = cos(pi x) + 1``
+
+``x`` is ``t``, ``1 - step`` (samplers) or ``1 - progress`` (score distillation: training
+progress in [0, 1]; like ``step``, a ``linear`` schedule over ``progress`` grows from ``neutral`` at the
+start of training to ``neutral + 2 (w - neutral)`` at the end).
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ from torch import Tensor
 from .errors import ConfigError
 
 SHAPES = ("constant", "linear", "cosine")
-SCHEDULE_COORDINATES = ("t", "step")
+SCHEDULE_COORDINATES = ("t", "step", "progress")
 
 
 @dataclass(frozen=True)
 class ScaleSchedule:
-    """A scale that varies over a coordinate (``t`` or ``step``); see the module docstring."""
+    """A scale that varies over a coordinate (``t``, ``step`` or ``progress``); see the module docstring."""
 
     scale: float
     shape: str = "linear"
@@ -41,12 +45,12 @@ class ScaleSchedule:
         if self.coordinate not in SCHEDULE_COORDINATES:
             raise ConfigError(
                 "coordinate",
-                f"a scale schedule needs a coordinate on [0, 1] ('t' or 'step'), got '{self.coordinate}'",
+                f"a scale schedule needs a coordinate on [0, 1] ('t', 'step' or 'progress'), got '{self.coordinate}'",
             )
 
     def __call__(self, step) -> Tensor:
         # x = 1 at pure noise: 1 - step (1 at the first step, 0 at the last), or t
-        x = 1.0 - step.coordinate("step") if self.coordinate == "step" else step.coordinate("t")
+        x = step.coordinate("t") if self.coordinate == "t" else 1.0 - step.coordinate(self.coordinate)
         f = shape_factor(self.shape, x)
         return self.neutral + (self.scale - self.neutral) * f
 

@@ -19,6 +19,12 @@ Inside the block the adapter owns classifier-free guidance:
   sample for guiders that return an inconsistent ``(x0, eps)`` pair (CFG++);
 * on exit, also after an exception, the pipeline is restored exactly.
 
+Methods that need more than the positive and negative inputs get them through the branch table:
+``prompts={"negative": "blurry"}`` encodes each named prompt as the pipeline encodes its negative and
+adds a branch of that name (the conditional inputs with those conditions: Perp-Neg's negatives, a
+fixed independent condition), and ``branches=`` adds or replaces any branch (a base model for
+prior guidance: ``{"prior": Branch("prior", base="uncond", model=base_unet)}``).
+
 What differs between pipelines lives in a :class:`Family` (one short file per family under
 ``omniguide/modalities/<modality>/``): which classes it serves, the denoiser and how it is called,
 the axes, how prompts are encoded and which denoiser inputs carry the condition.
@@ -39,11 +45,21 @@ from torch import Tensor, nn
 from ..core.axes import Axes, as_axes
 from ..core.branch import Branch, BranchExecutor, BranchTable, as_branches
 from ..core.errors import GuidanceError
-from ..core.guider import REANCHOR, STEP_INDEX, GuidanceStep, Guided, Guider, check_requirements
+from ..core.guider import (
+    FOLLOW_UP,
+    GRADIENT,
+    REANCHOR,
+    STEP_INDEX,
+    GuidanceStep,
+    Guided,
+    Guider,
+    check_requirements,
+)
 from ..core.model_call import ModelCall, default_output
 from ..core.noise import NoiseLevel, per_sample
 from ..core.perturbations import LayerPerturbation
 from ..core.registry import PRESETS
+from ..core.sampler import evaluate_guider
 
 # -- families -----------------------------------------------------------------------------------------
 Encoder = Callable[[Callable, dict, dict], tuple[Any, dict, dict]]
@@ -194,6 +210,7 @@ class _Call:
     negatives: dict
     positive: dict | None = None
     negative: dict | None = None
+    named: dict = field(default_factory=dict)
     index: int = 0
     last: tuple[Guided, NoiseLevel] | None = None
 
@@ -217,8 +234,13 @@ class Guide:
 
     def __init__(self, pipe: Any, guider: Guider, negatives: dict, batch: bool = True,
                  axes: Axes | str | tuple | None = None, branches: BranchTable | None = None,
-                 family: str | None = None):
+                 family: str | None = None, prompts: Mapping[str, Any] | None = None):
         self.pipe, self.guider, self.batch = pipe, guider, batch
+        self.prompts = dict(prompts or {})
+        clash = [name for name in self.prompts if name in ("cond", "uncond")]
+        if clash:
+            raise GuidanceError(f"guide(prompts=...): '{clash[0]}' is the adapter's own branch; name the prompt "
+                                "branch otherwise (e.g. 'negative')")
         self.family = FAMILIES[family] if family in load_families() else None
         if family is not None and self.family is None:
             raise GuidanceError(f"guide(family='{family}'): unknown family; valid: {', '.join(sorted(FAMILIES))}")
@@ -232,6 +254,7 @@ class Guide:
         self.user_branches = as_branches(branches)
         self.nfe_per_step: list[int] = []
         self.passes_per_step: list[int] = []
+        self.report: dict = {}
         self.calls = 0
         self._call: _Call | None = None
         self._inner = False
@@ -256,7 +279,7 @@ class Guide:
             raise GuidanceError(f"guide(): {type(pipe).__name__} has no denoiser module '{family.denoiser}'")
         if getattr(pipe, "_omniguide_guide", None) is not None:
             raise GuidanceError(f"guide(): this {type(pipe).__name__} is already inside a guide() block")
-        check_requirements(self.guider, (STEP_INDEX, REANCHOR), "the pipeline adapter")
+        check_requirements(self.guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP), "the pipeline adapter")
         self.call = family.model_call(self.denoiser)
         self.branch_defaults = self._resolve_models(self.guider.branch_defaults())
         self._check_perturbations()
@@ -345,6 +368,7 @@ class Guide:
             scheduler.__dict__.pop("step", None)
             self.nfe_per_step += executor.nfe_per_step
             self.passes_per_step += executor.passes_per_step
+            self.report = dict(self.guider.report())
             self.calls += 1
             self._call = None
 
@@ -376,6 +400,10 @@ class Guide:
                 raise GuidanceError(f"guide(): {len(negative)} negative prompts for {count} prompts; give one "
                                     "negative prompt, or a list as long as the prompts")
             result, call.positive, call.negative = self.family.encode(original, arguments, negatives)
+            for name, text in self.prompts.items():
+                if isinstance(text, str) and isinstance(arguments.get("prompt"), (list, tuple)):
+                    text = [text] * count
+                call.named[name] = self.family.encode(original, arguments, {"negative_prompt": text})[2]
             return result
         return encode
 
@@ -415,31 +443,34 @@ class Guide:
         num_steps = len(call.scheduler.timesteps)
         step = GuidanceStep(sample, noise, timestep, call.index, num_steps, self.axes)
         table = {"cond": Branch("cond", inputs), "uncond": Branch("uncond", self._uncond_inputs(inputs))}
+        for name, encoded in call.named.items():
+            table[name] = Branch(name, self._uncond_inputs(inputs, encoded, name))
         call.executor.branches = {**table, **self.branch_defaults, **self._resolve_models(self.user_branches)}
         self._inner = True
         try:
-            preds = call.executor(self.guider.branches(step), sample, timestep, step)
+            _, result = evaluate_guider(self.guider, call.executor, sample, timestep, step)
         finally:
             self._inner = False
-        result = self.guider.combine(preds, step)
         call.last = (result, noise)
         out = result.to(call.executor.parameterization).to(sample.dtype)
         if family.pack is not None:
             out = family.pack(self.denoiser, out)
         return _DenoiserOutput(out) if return_dict else (out,)
 
-    def _uncond_inputs(self, inputs: dict) -> dict:
-        """The conditional inputs with each condition replaced by its negative counterpart."""
+    def _uncond_inputs(self, inputs: dict, encoded: dict | None = None, branch: str = "negative") -> dict:
+        """The conditional inputs with each condition replaced by its negative counterpart (or by the
+        counterpart in ``encoded``, a named prompt's encoding)."""
         call, out = self._call, inputs
+        encoded = call.negative if encoded is None else encoded
         if self.family.uncond is not None:
-            return self.family.uncond(inputs, call.positive, call.negative)
+            return self.family.uncond(inputs, call.positive, encoded)
         for path, name in self.family.conditions.items():
             cond = get_input(inputs, path)
             if cond is None:
                 continue
-            negative = call.negative.get(name)
+            negative = encoded.get(name)
             if negative is None:
-                raise GuidanceError(f"guide(): the {self.family.name} encoder gave no negative '{name}' for {path}")
+                raise GuidanceError(f"guide(): the {self.family.name} encoder gave no {branch} '{name}' for {path}")
             if isinstance(cond, Tensor):
                 if negative.shape != cond.shape:
                     raise GuidanceError(f"guide(): the negative '{name}' has shape {tuple(negative.shape)} but the "
@@ -466,12 +497,15 @@ def _guided_class(cls: type) -> type:
 
 def guide(pipe: Any, guider: Guider, negative_prompt: str | list[str] | None = None, *, batch: bool = True,
           axes: Axes | str | tuple | None = None, branches: BranchTable | None = None, family: str | None = None,
-          **negatives: Any) -> Guide:
+          prompts: Mapping[str, Any] | None = None, **negatives: Any) -> Guide:
     """Drive ``pipe`` with ``guider`` inside a ``with`` block (see the module docstring).
 
     ``negative_prompt`` (and the family's other negative inputs by name, e.g. ``negative_prompt_2``)
     replaces the pipeline's unconditional input; without one the pipeline's own default is used.
     ``batch=False`` runs branches one at a time (less memory). ``axes`` overrides the family's
     layout. ``branches`` adds or replaces named branches (``{"weak": Branch(..., model=unet)}``).
-    ``family`` picks a family by name instead of by the pipeline's class."""
-    return Guide(pipe, guider, {"negative_prompt": negative_prompt, **negatives}, batch, axes, branches, family)
+    ``prompts`` adds a branch per named prompt, encoded as the pipeline encodes its negative
+    (``{"negative": "blurry"}`` for Perp-Neg). ``family`` picks a family by name instead of by the
+    pipeline's class. The handle's ``report`` holds what the guider decided in the last call."""
+    return Guide(pipe, guider, {"negative_prompt": negative_prompt, **negatives}, batch, axes, branches, family,
+                 prompts)

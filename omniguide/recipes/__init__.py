@@ -7,7 +7,6 @@ from .registry import (
     CALLBACKS,
     COMPONENTS,
     MODELS,
-    OBJECTIVES,
     RECIPES,
     SCHEDULERS,
     Recipe,
@@ -17,6 +16,14 @@ from .registry import (
     register_recipe,
 )
 from .run import RunContext, RunSection
+
+
+def __getattr__(name: str):
+    if name == "OBJECTIVES":   # the library's registry (imports torch), loaded when first used
+        from .registry import _objectives
+
+        return _objectives()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CALLBACKS", "COMPONENTS", "MODELS", "OBJECTIVES", "RECIPES", "Recipe", "RunContext", "RunSection",

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError
-from ..core.registry import build_guider
+from .components import make_guider
 from .predict import Item
 
 KINDS = ("points", "image", "audio", "video")
@@ -38,6 +38,7 @@ class ItemSettings:
     steps: int
     num_samples: int
     negative_prompt: Any = None
+    corrector: dict | None = None
 
 
 @dataclass
@@ -75,17 +76,19 @@ class MixtureSampler:
                               "it has no negative prompt")
 
     def generate(self, item: Item, settings: ItemSettings, device: torch.device, progress: bool) -> Generated:
+        from ..core.correctors import build_corrector
         from ..core.sampler import sample
 
         scheduler, model = self._model()
-        guider = build_guider(settings.guider, f"{item.where}.guider")
+        guider = make_guider(settings.guider, f"{item.where}.guider")
+        corrector = build_corrector(settings.corrector)
         label = model.label(item.prompt, item.where)
         gen = torch.Generator().manual_seed(item.seed)
         noise = torch.randn(settings.num_samples, model.dim, generator=gen)
         out = sample(model.denoiser, scheduler, guider, noise, model.branches(label, settings.num_samples),
                      num_steps=settings.steps, parameterization=model.parameterization, generator=gen,
-                     progress=progress, batch=self.batch)
-        meta = {"nfe": out.nfe, **model.evaluate(out.sample, label)}
+                     progress=progress, batch=self.batch, corrector=corrector)
+        meta = {"nfe": out.nfe, **model.evaluate(out.sample, label), **({"report": out.report} if out.report else {})}
         return Generated("points", out.sample.float(), meta)
 
 
@@ -97,11 +100,11 @@ def check_pipeline_folder(path: str, where: str) -> Path:
     """A local pipeline folder with ``model_index.json`` and every component it lists (config and
     weights for models); or a model id present in the local Hugging Face cache. One-line errors
     name the missing file."""
-    folder = Path(path).expanduser()
-    if not folder.exists() and not folder.is_absolute():   # relative to the recipe file, like other paths
-        from .schema import RECIPE_DIRS
+    from .schema import RECIPE_DIRS
 
-        folder = next((d / folder for d in RECIPE_DIRS if (d / folder).exists()), folder)
+    folder = Path(path).expanduser()
+    if not folder.exists() and not folder.is_absolute():   # relative to the recipe file, as weights are
+        folder = next((Path(d) / folder for d in RECIPE_DIRS if (Path(d) / folder).exists()), folder)
     if not folder.exists():
         if "/" in path and not path.startswith((".", "/", "~")):
             return _cached_model_id(path, where)
@@ -202,7 +205,7 @@ class PipelineSampler:
         from ..modalities.base import guide
 
         pipe, family = self.pipeline(device), self.family
-        guider = build_guider(settings.guider, f"{item.where}.guider")
+        guider = make_guider(settings.guider, f"{item.where}.guider")
         generator = torch.Generator().manual_seed(item.seed)
         start = time.perf_counter()
         with guide(pipe, guider, negative_prompt=settings.negative_prompt, batch=self.batch) as handle:
@@ -231,6 +234,7 @@ def _swap_scheduler(current, cfg: dict):
 # is called ``scorer(data, prompt)`` (``rate=`` added for outputs with a rate, e.g. audio) and returns
 # metrics; one with ``clip_scores(data, prompt[, rate])`` (one score per output) can also re-rank.
 SCORERS: dict[str, str] = {
+    "shapes": "omniguide.zoo.shapes.scorer:PromptScorer",
     "toy-audio": "omniguide.zoo.toy_audio_data:build_scorer",
     "clap": "omniguide.modalities.audio.metrics:build_clap_scorer",
 }

@@ -172,15 +172,20 @@ class MixtureDenoiser:
         return from_x0_eps(x0, eps, self.parameterization, NoiseLevel(a, s)).to(sample.dtype)
 
 
-def label_branches(labels: Tensor, weak_model=None) -> dict:
-    """The testbed's branch table: ``cond`` asks for ``labels``, ``uncond`` for the null label and,
-    with a weak model, ``weak`` is the conditional inputs on that model (autoguidance). A branch
-    only runs when a guider asks for it."""
+def label_branches(labels: Tensor, weak_model=None, classes: int | None = None) -> dict:
+    """The testbed's branch table: ``cond`` asks for ``labels``, ``uncond`` for the null label,
+    ``prior`` is the unconditional branch of the same (exact) model (prior guidance's base model) and,
+    with a weak model, ``weak`` is the conditional inputs on that model (autoguidance); with the number
+    of ``classes``, ``negative`` asks for the next class (Perp-Neg's negative). A branch only runs when
+    a guider asks for it."""
     from ..core.branch import Branch
 
-    table = {"cond": {"labels": labels}, "uncond": {"labels": torch.full_like(labels, UNCOND)}}
+    table = {"cond": {"labels": labels}, "uncond": {"labels": torch.full_like(labels, UNCOND)},
+             "prior": Branch("prior", base="uncond")}
     if weak_model is not None:
         table["weak"] = Branch("weak", base="cond", model=weak_model)
+    if classes is not None:
+        table["negative"] = {"labels": (labels + 1) % classes}
     return table
 
 

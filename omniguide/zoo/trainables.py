@@ -15,6 +15,9 @@ from ..core.errors import ConfigError, did_you_mean
 
 TRAINABLES: dict[str, str] = {
     "small-denoiser": "omniguide.zoo.small_denoiser:build_trainable",
+    "primitives-prior": "omniguide.zoo.primitives3d.train:build_trainable",
+    "shapes": "omniguide.zoo.shapes.training:build_trainable",
+    "shapes-classifier": "omniguide.zoo.shapes.classifier_training:build_trainable",
     "toy-audio": "omniguide.zoo.toy_audio_train:build_trainable",
 }
 

@@ -78,6 +78,10 @@ class Interval(Guider):
             needed = (*needed, self.fallback)
         return needed
 
+    def follow_up(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> dict:
+        """The wrapped guider's follow-up round, only where it guides."""
+        return self.guider.follow_up(preds, step) if bool(self.inside(step).any()) else {}
+
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         mask = self.inside(step)
         if not bool(mask.any()):

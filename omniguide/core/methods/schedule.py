@@ -58,6 +58,20 @@ class Schedule(Guider):
     def reset(self) -> None:
         self.scheduled.reset()
 
+    # the scheduled copy is the guider that runs: its branches, follow-up, state and reports
+    def branch_defaults(self) -> dict:
+        return self.scheduled.branch_defaults()
+
+    def follow_up(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> dict:
+        return self.scheduled.follow_up(preds, step)
+
+    @property
+    def recurrence(self) -> int:
+        return self.scheduled.recurrence
+
+    def report(self) -> dict:
+        return self.scheduled.report()
+
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return self.scheduled.branches(step)
 

@@ -24,11 +24,21 @@ Hooks are removed when the branch ends, also when its forward pass raises.
 Modules: :mod:`.selection` (selectors, defaults), :mod:`.base` (the
 common dataclass, forward patching and its removal), :mod:`.attention` (identity attention, blurred
 queries), :mod:`.blur` (the Gaussian blur and the token grid), :mod:`.skip` (block skipping).
+
+Methods II adds: :mod:`.tokens` (TPG's token shuffle), :mod:`.timestep` (TSG's noisy time-step
+embedding, a per-step perturbation), :mod:`.dropping` (S²-Guidance's random block dropping),
+:mod:`.sdpa` (intercepting scaled-dot-product attention; context-attention modules),
+:mod:`.negative` (NAG and VSF: positive and negative rows in one pass), :mod:`.sparse` (PLADIS's
+sparse attention, entmax) and :mod:`.record` (SAG's attention-map recorder).
 """
 
 from .attention import BlurredQueries, IdentityAttention
 from .base import LayerPerturbation, check_fired, patched_forwards
 from .blur import INF_BLUR, blur_queries, gaussian_blur, gaussian_kernel_size, token_grid
+from .dropping import DroppedBlocks
+from .negative import FlippedValues, NegativeContext, NormalizedAttention, nag_combine
+from .record import AttentionRecorder
+from .sdpa import InterceptSDPA, attention_logits, context_attention, is_context_attention
 from .selection import (
     BLOCK_LISTS,
     UNET_REGIONS,
@@ -44,8 +54,29 @@ from .selection import (
     select_self_attention,
 )
 from .skip import OUTPUT_ORDER, SkipBlocks
+from .sparse import SparseAttention, entmax15, sparsemax
+from .timestep import TimestepNoise, TimestepNoiseSchedule, timestep_embedders
+from .tokens import ShuffledTokens, default_token_layers
 
 __all__ = [
+    "AttentionRecorder",
+    "DroppedBlocks",
+    "FlippedValues",
+    "InterceptSDPA",
+    "NegativeContext",
+    "NormalizedAttention",
+    "ShuffledTokens",
+    "SparseAttention",
+    "TimestepNoise",
+    "TimestepNoiseSchedule",
+    "attention_logits",
+    "context_attention",
+    "default_token_layers",
+    "entmax15",
+    "is_context_attention",
+    "nag_combine",
+    "sparsemax",
+    "timestep_embedders",
     "BLOCK_LISTS",
     "INF_BLUR",
     "OUTPUT_ORDER",

@@ -92,10 +92,11 @@ def select(
         prefixes = _prefixes(selector, root, who)
         hits = {n: m for n, m in candidates.items() if _matches(n, prefixes, str(selector))}
         if not hits:
-            examples = ", ".join(list(candidates)[:4]) or "none"
+            names = list(candidates)
+            listed = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
             raise GuidanceError(
                 f"{who}: layer selector {selector!r} matches no {what} of {type(root).__name__} "
-                f"({len(candidates)} candidates, e.g. {examples})"
+                f"(candidates: {listed or 'none'})"
             )
         chosen.update(hits)
     return chosen

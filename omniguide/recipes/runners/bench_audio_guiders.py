@@ -18,7 +18,8 @@ Then two comparisons, printed whichever way they go:
 * **adapter overhead** -- ``pipe(guidance_scale=s)`` against ``guide(pipe, CFG(s))`` at the same
   NFE, timed interleaved; the ratio of medians (target < 1.05) and the largest output difference.
 
-Writes ``metrics.json`` and ``table.md``.
+Writes ``metrics.json`` and ``table.md``. Torch, the core and the zoo are imported inside the
+functions (``omniguide show`` imports every runner).
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
-from ...core.errors import ConfigError
-from ...core.registry import build_guider
+from .. import errors
 from ..benchkit import environment, interleaved, markdown_table, median_ratio, summary, torch_threads
 from ..registry import register_recipe
 from ..run import RunContext
@@ -90,7 +89,7 @@ def configs_of(method: AudioMethod, where: str) -> list[dict]:
             for key, factor in method.tied.items():
                 OmegaConf.update(cfg, key, float(scale) * float(factor), force_add=True)
         except Exception as err:
-            raise ConfigError(f"{where}.key", f"cannot set '{method.key}': {err}") from None
+            raise errors.ConfigError(f"{where}.key", f"cannot set '{method.key}': {err}") from None
         out.append(OmegaConf.to_container(cfg))
     return out
 
@@ -106,28 +105,33 @@ def load_pipeline(cfg: BenchAudioGuidersConfig):
 
 
 def check_bench_audio(cfg: BenchAudioGuidersConfig) -> None:
+    from ..components import make_guider
+
     if not cfg.prompts:
-        raise ConfigError("prompts", "give at least one prompt")
+        raise errors.ConfigError("prompts", "give at least one prompt")
     if not cfg.methods:
-        raise ConfigError("methods", "give at least one method")
+        raise errors.ConfigError("methods", "give at least one method")
     labels = [label_of(m) for m in cfg.methods]
     if cfg.baseline not in labels:
-        raise ConfigError("baseline", f"'{cfg.baseline}' is not a method label; labels: {', '.join(labels)}")
+        raise errors.ConfigError("baseline", f"'{cfg.baseline}' is not a method label; labels: {', '.join(labels)}")
     for i, method in enumerate(cfg.methods):
         for guider in configs_of(method, f"methods.{i}"):
-            build_guider(guider, f"methods.{i}.guider")
+            make_guider(guider, f"methods.{i}.guider")
     if cfg.overhead.prompts > len(cfg.prompts):
-        raise ConfigError("overhead.prompts", f"only {len(cfg.prompts)} prompts")
+        raise errors.ConfigError("overhead.prompts", f"only {len(cfg.prompts)} prompts")
     load_pipeline(cfg)
 
 
 def measure(pipe, guider_cfg: dict, cfg: BenchAudioGuidersConfig, scorer) -> dict:
     """One setting over every prompt: scorer metrics averaged over prompts, NFE, audio per second."""
+    import torch
+
     from ...modalities.base import guide
+    from ..components import make_guider
 
     rows, nfe, seconds, audio_seconds = [], [], 0.0, 0.0
     for p, prompt in enumerate(cfg.prompts):
-        guider = build_guider(guider_cfg)
+        guider = make_guider(guider_cfg)
         generator = torch.Generator().manual_seed(cfg.seed + p)
         start = time.perf_counter()
         with guide(pipe, guider) as handle:
@@ -164,6 +168,8 @@ def versus_baseline(results: dict, baseline: str) -> None:
 
 def overhead(pipe, cfg: BenchAudioGuidersConfig) -> dict:
     """Bare pipeline CFG vs the adapter's CFG at the same NFE, interleaved."""
+    import torch
+
     from ...core.methods import CFG
     from ...modalities.base import guide
 
@@ -189,6 +195,8 @@ def overhead(pipe, cfg: BenchAudioGuidersConfig) -> dict:
 @register_recipe("bench-audio-guiders", BenchAudioGuidersConfig, check=check_bench_audio)
 def run_bench_audio_guiders(cfg: BenchAudioGuidersConfig, run: RunContext) -> dict:
     """Benchmark: guiders x scales on the small text-to-audio model (accuracy, diversity, clipping, NFE)."""
+    import torch
+
     from ...zoo.toy_audio_data import ToyAudioScorer
 
     check_bench_audio(cfg)

@@ -29,31 +29,38 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import OmegaConf
-from torch import Tensor
 
-from ...core.errors import ConfigError, OmniguideError
-from ...core.registry import GUIDERS, build_guider
-from ...core.sampler import sample
-from ...core.schedulers import build_scheduler
-from ...zoo import GaussianMixture, MixtureSpec, denoiser_for, label_branches
-from ...zoo.metrics import all_metrics, sliced_wasserstein
+from .. import errors
 from ..benchkit import first_line, load_guider_modules
 from ..registry import register_recipe
 from ..run import RunContext
+from ..schema import MixtureSection
+
+if TYPE_CHECKING:   # torch, the core and the zoo are imported inside the functions (cheap schema import)
+    from torch import Tensor
+
+    from ...zoo import GaussianMixture
 
 PERTURBED = {
     "pag": "needs an attention model (perturbs self-attention maps); the mixture has none",
     "seg": "needs an attention model (blurs self-attention queries); the mixture has none",
     "skip-layer": "needs a layered model (skips transformer blocks); the mixture has none",
+    "sag": "needs an attention model (blurs where self-attention looks); the mixture has none",
+    "tpg": "needs a transformer (shuffles block input tokens); the mixture has none",
+    "s2-guidance": "needs a layered model (drops random blocks); the mixture has none",
+    "tsg": "needs a time-step embedding to perturb; the mixture has none",
+    "nag": "needs cross- or joint attention (acts on attention outputs); the mixture has none",
+    "vsf": "needs cross- or joint attention (flips attention values); the mixture has none",
+    "pladis": "needs cross- or joint attention (sparse attention maps); the mixture has none",
 }
 
 
+
 @dataclass
-class Testbed(MixtureSpec):
+class Testbed(MixtureSection):
     name: str = "2d"
 
 
@@ -78,6 +85,7 @@ class MethodSweep:
     label: str | None = None
     family: str | None = None
     tied: dict[str, float] = field(default_factory=dict)  # other fields set to factor x the swept value
+    steps: int | None = None   # sampler steps of this row (None: the sampler's); equal-NFE comparisons
 
 
 @dataclass
@@ -97,31 +105,38 @@ class BenchGuidersConfig:
 
 
 def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
+    """Every setting and every configured guider of the sweep, built without sampling."""
+    from ...core.schedulers import build_scheduler
+    from ...zoo.scorers import bind_testbed
+    from ..components import make_guider
+
     load_guider_modules()
     if not cfg.testbeds:
-        raise ConfigError("testbeds", "empty; give at least one {name, dim, ...}")
+        raise errors.ConfigError("testbeds", "empty; give at least one {name, dim, ...}")
     for i, tb in enumerate(cfg.testbeds):
         if tb.dim < 2 or tb.classes < 1 or tb.per_class < 1 or tb.std <= 0:
-            raise ConfigError(f"testbeds.{i}", "needs dim >= 2, classes >= 1, per_class >= 1 and std > 0")
+            raise errors.ConfigError(f"testbeds.{i}", "needs dim >= 2, classes >= 1, per_class >= 1 and std > 0")
         if not 0 <= cfg.sampler.label < tb.classes:
-            raise ConfigError("sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})")
+            raise errors.ConfigError("sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})")
     if len({tb.name for tb in cfg.testbeds}) != len(cfg.testbeds):
-        raise ConfigError("testbeds", "testbed names must be unique")
+        raise errors.ConfigError("testbeds", "testbed names must be unique")
     build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
     if cfg.sampler.steps < 1 or cfg.sampler.samples < 2 or cfg.sampler.chunk < 0:
-        raise ConfigError("sampler", "needs steps >= 1, samples >= 2 and chunk >= 0")
+        raise errors.ConfigError("sampler", "needs steps >= 1, samples >= 2 and chunk >= 0")
     if cfg.weak_std_factor <= 0:
-        raise ConfigError("weak_std_factor", f"must be > 0, got {cfg.weak_std_factor}")
+        raise errors.ConfigError("weak_std_factor", f"must be > 0, got {cfg.weak_std_factor}")
     labels = [row_label(m) for m in cfg.methods]
     if len(set(labels)) != len(labels):
-        raise ConfigError("methods", f"two rows share a label ({labels}); give 'label' to tell them apart")
+        raise errors.ConfigError("methods", f"two rows share a label ({labels}); give 'label' to tell them apart")
     if cfg.methods and cfg.baseline not in labels:
-        raise ConfigError("baseline", f"'{cfg.baseline}' is not a method label; labels: {', '.join(labels)}")
+        raise errors.ConfigError("baseline", f"'{cfg.baseline}' is not a method label; labels: {', '.join(labels)}")
     for i, sweep in enumerate(cfg.methods):
         if not sweep.scales:
-            raise ConfigError(f"methods.{i}.scales", "empty")
+            raise errors.ConfigError(f"methods.{i}.scales", "empty")
+        if sweep.steps is not None and sweep.steps < 1:
+            raise errors.ConfigError(f"methods.{i}.steps", f"must be >= 1, got {sweep.steps}")
         for value in sweep.scales:
-            build_guider(guider_config(sweep, value), f"methods.{i}.guider")
+            make_guider(bind_testbed(guider_config(sweep, value), cfg.testbeds[0]), f"methods.{i}.guider")
 
 
 def guider_config(sweep: MethodSweep, value: float) -> dict:
@@ -151,6 +166,9 @@ def row_label(sweep: MethodSweep) -> str:
 def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], dict[str, str]]:
     """The rows to run (configured ones, then one default row per registered guider nobody listed),
     the not-applicable guiders and the ones that cannot be built with defaults."""
+    from ...core.registry import GUIDERS
+    from ..components import make_guider
+
     rows = list(cfg.methods)
     covered = {n for m in rows for n in guider_names(m.guider)}
     not_applicable, not_run = {}, {}
@@ -163,7 +181,7 @@ def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], di
         sweep = MethodSweep(guider={"name": name}, scales=list(cfg.auto_scales))
         try:
             for value in sweep.scales:
-                build_guider(guider_config(sweep, value), name)
+                make_guider(guider_config(sweep, value), name)
         except Exception as err:
             not_run[name] = f"not in the config and not buildable with defaults: {first_line(err)}"
             continue
@@ -173,6 +191,8 @@ def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], di
 
 def weak_mixture(mixture: GaussianMixture, factor: float) -> GaussianMixture:
     """The same mixture with wider components: a 'bad version' of the exact model."""
+    from ...zoo import GaussianMixture
+
     stds = mixture.stds * factor
     return GaussianMixture(mixture.means.clone(), stds, mixture.weights.clone(), mixture.labels.clone())
 
@@ -184,8 +204,16 @@ def run_one(
     weak: GaussianMixture,
     noise: Tensor,
     cfg: BenchGuidersConfig,
+    steps: int | None = None,
 ) -> tuple[Tensor, float, float]:
     """Samples of one guider, and its NFE and forward passes per sampler batch."""
+    import torch
+
+    from ...core.sampler import sample
+    from ...core.schedulers import build_scheduler
+    from ...zoo import denoiser_for, label_branches
+    from ..components import make_guider
+
     chunk = cfg.sampler.chunk or len(noise)
     xs, nfe, passes, batches = [], 0, 0, 0
     for start in range(0, len(noise), chunk):
@@ -193,9 +221,9 @@ def run_one(
         labels = torch.full((len(part),), cfg.sampler.label, dtype=torch.long)
         scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
         model = denoiser_for(mixture, scheduler)
-        branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
-        guider = build_guider(guider_cfg, path)
-        steps = cfg.sampler.steps
+        branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler), classes=len(mixture.classes))
+        guider = make_guider(guider_cfg, path)
+        steps = steps or cfg.sampler.steps
         out = sample(model, scheduler, guider, part, branches, num_steps=steps, axes=cfg.axes, progress=False)
         xs.append(out.sample)
         nfe, passes, batches = nfe + out.nfe, passes + out.forward_passes, batches + 1
@@ -247,6 +275,14 @@ def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
 
 
 def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, run: RunContext) -> dict:
+    """Every row at every scale on one testbed: metrics per setting, and each one's distance to the
+    baseline's samples at the same scale."""
+    import torch
+
+    from ...core.errors import OmniguideError
+    from ...zoo.metrics import all_metrics, sliced_wasserstein
+    from ...zoo.scorers import bind_testbed
+
     mixture = tb.mixture()
     weak = weak_mixture(mixture, cfg.weak_std_factor)
     n, label = cfg.sampler.samples, cfg.sampler.label
@@ -262,7 +298,8 @@ def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, r
         for value in sweep.scales:
             t0 = time.perf_counter()
             try:
-                x, nfe, passes = run_one(guider_config(sweep, value), f"methods.{i}.guider", mixture, weak, noise, cfg)
+                guider_cfg = bind_testbed(guider_config(sweep, value), tb)
+                x, nfe, passes = run_one(guider_cfg, f"methods.{i}.guider", mixture, weak, noise, cfg, sweep.steps)
             except OmniguideError as err:  # a method that cannot run on this testbed (e.g. FDG on 2 entries)
                 entry["error"] = first_line(err)
                 break

@@ -9,8 +9,11 @@
 
 Resume by running the same recipe into the same folder: ``run.dir=runs/train-...``.
 Outputs: ``checkpoints/step-NNNNNN.ckpt``, ``checkpoints/final.ckpt``, ``model.safetensors`` (when
-the model has ``save(path)``), and whatever the module's ``save_outputs(run_dir)`` writes (e.g. a
-pipeline folder).
+``module.model`` has ``save(path)``), and whatever ``module.save_outputs(run_dir)`` writes when the
+module has that method (the shapes model: its ``pipeline/`` folder).
+
+The zoo, torch and Lightning are imported inside the functions: importing this module
+(``omniguide show`` imports every runner) only defines the schema.
 """
 
 from __future__ import annotations
@@ -21,20 +24,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...core.errors import ConfigError
-from ...core.registry import Registry
-from ...zoo.trainables import TRAINABLES, trainable
-from ..components import make_callbacks
-from ..registry import COMPONENTS, register_recipe
+from .. import errors
+from ..registry import Registry, register_listing, register_recipe
 from ..run import RunContext
-from ..runtime import build_trainer, check_trainer, newest_checkpoint
 from ..schema import TrainerConfig, find_file, option
 
-# `omniguide list trainables` prints the zoo's names without importing the models
-_LISTED = Registry("trainable model")
-for _name in TRAINABLES:
-    _LISTED.register(_name)(_name)
-COMPONENTS.setdefault("trainables", _LISTED)
+
+def _trainables() -> Registry:
+    """`omniguide list trainables`: the zoo's names, without importing the models."""
+    from ...zoo.trainables import TRAINABLES
+
+    listed = Registry("trainable model")
+    for name in TRAINABLES:
+        listed.register(name)(name)
+    return listed
+
+
+register_listing("trainables", _trainables)
 
 
 @dataclass
@@ -56,9 +62,11 @@ class TrainConfig:
 
 def build_module(cfg: TrainConfig) -> Any:
     """The LightningModule the recipe trains."""
+    from ...zoo.trainables import TRAINABLES, trainable
+
     name = cfg.model.get("name") if isinstance(cfg.model, dict) else None
     if name is None:
-        raise ConfigError("model.name", f"missing; one of: {', '.join(TRAINABLES)}")
+        raise errors.ConfigError("model.name", f"missing; one of: {', '.join(TRAINABLES)}")
     build = trainable(name)
     import lightning
 
@@ -68,18 +76,27 @@ def build_module(cfg: TrainConfig) -> Any:
 
 def check_train(cfg: TrainConfig) -> None:
     """Build the module, callbacks and trainer settings without training."""
+    from ..components import make_callbacks
+    from ..runtime import check_trainer, device_count
+
     build_module(cfg)
     make_callbacks(cfg.callbacks)
     check_trainer(cfg.trainer)
     if cfg.trainer.max_steps < 1:
-        raise ConfigError("trainer.max_steps",
+        raise errors.ConfigError("trainer.max_steps",
                           f"a train recipe needs max_steps >= 1, got {cfg.trainer.max_steps}")
     if cfg.resume not in ("auto", "never"):
         find_file(cfg.resume, "resume")
+    processes = device_count(cfg.trainer.devices)
+    if processes and cfg.batch_size % (processes * cfg.trainer.num_nodes):
+        raise errors.ConfigError("batch_size", f"{cfg.batch_size} is not divisible by the "
+                                 f"{processes * cfg.trainer.num_nodes} processes")
 
 
 def resume_from(cfg: TrainConfig, folder: Path) -> str | None:
     """The checkpoint to continue from (None: start fresh)."""
+    from ..runtime import newest_checkpoint
+
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
@@ -93,6 +110,9 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     """Train a zoo model; checkpoints/step-N.ckpt every N steps, model.safetensors at the end."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from ..components import make_callbacks
+    from ..runtime import build_trainer
+
     module = build_module(cfg)
     folder = run.path("checkpoints")
     checkpoints = ModelCheckpoint(dirpath=folder, filename="step-{step:06d}", auto_insert_metric_name=False,
@@ -100,7 +120,8 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     trainer = build_trainer(cfg.trainer, run, callbacks=[checkpoints, *make_callbacks(cfg.callbacks)])
     run.rank = trainer.global_rank
     if cfg.batch_size % trainer.world_size:
-        raise ConfigError("batch_size", f"{cfg.batch_size} is not divisible by the {trainer.world_size} processes")
+        raise errors.ConfigError("batch_size",
+                                 f"{cfg.batch_size} is not divisible by the {trainer.world_size} processes")
     ckpt = resume_from(cfg, folder)
     if ckpt and run.is_main:
         run.log(f"resuming from {ckpt}")
@@ -113,8 +134,8 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     if save is not None:
         with run.atomic("model.safetensors") as tmp:
             save(tmp)
-    save_outputs: Callable | None = getattr(module, "save_outputs", None)
-    if save_outputs is not None:   # e.g. a whole pipeline folder; the module writes it atomically
+    save_outputs: Callable | None = getattr(module, "save_outputs", None)   # e.g. a pipeline folder
+    if save_outputs is not None:
         save_outputs(run.dir)
     loss = trainer.callback_metrics.get("train/loss")
     return {"steps": trainer.global_step, "final_loss": float(loss) if loss is not None else None,

@@ -1,0 +1,102 @@
+"""Time-step guidance's perturbation: Gaussian noise on the time-step embedding (Sadat et al. 2025,
+"No Training, No Problem: Rethinking Classifier-Free Guidance for Diffusion Models", arXiv:2407.02687,
+Sec. 5 and App. G):
+
+    t_emb' = t_emb + s * t^power * std(t_emb) * n,     n ~ N(0, I)
+
+``std`` is the standard deviation of the whole embedding tensor (the paper's ``t_emb.std()``), ``t``
+the model time in [0, 1] (the paper's power schedule; ``power = 0`` is its constant schedule). The
+noise acts on the output of the time-step embedding modules: diffusers' ``time_embedding`` (UNets)
+and ``*.timestep_embedder`` (DiT, PixArt, SD3, Flux -- for SD3 and Flux before the pooled-text
+projection is added). :class:`TimestepNoise` is the per-step perturbation; the guider builds it with
+``at(step)`` (:class:`~omniguide.core.branch.StepPerturbation`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..branch import StepPerturbation
+from ..errors import GuidanceError
+from .base import LayerPerturbation, check_fired
+from .selection import select
+
+EMBEDDING_NAMES = ("time_embedding", "timestep_embedder")
+
+
+def timestep_embedders(root: nn.Module) -> dict[str, nn.Module]:
+    """The time-step embedding modules of a diffusers denoiser (by their diffusers attribute names)."""
+    return {name: m for name, m in root.named_modules() if name.rsplit(".", 1)[-1] in EMBEDDING_NAMES}
+
+
+@dataclass(frozen=True)
+class TimestepNoise(LayerPerturbation):
+    """Add ``scale * std(emb) * n`` to the output of the selected time-step embedding modules
+    (``layers=None``: all of them). ``generator`` draws ``n``."""
+
+    scale: float = 1.0
+    generator: torch.Generator = field(default_factory=torch.Generator, compare=False, repr=False)
+
+    who = "tsg"
+
+    def targets(self, module: nn.Module) -> dict[str, nn.Module]:
+        candidates = timestep_embedders(module)
+        if not candidates:
+            raise GuidanceError(f"tsg: {type(module).__name__} has no time-step embedding module "
+                                f"({' or '.join(EMBEDDING_NAMES)})")
+        return select(module, self.layers, candidates, self.who, "time-step embedding") if self.layers else candidates
+
+    @contextlib.contextmanager
+    def _run(self, module: nn.Module, sample: Tensor) -> Iterator:
+        targets = self.targets(module)
+        fired = dict.fromkeys(targets, 0)
+
+        def noisy(name):
+            def hook(embedder, args, output):
+                fired[name] += 1
+                n = torch.randn(output.shape, generator=self.generator, dtype=torch.float32).to(output)
+                return output + float(self.scale) * output.float().std().to(output.dtype) * n
+            return hook
+
+        handles = []
+        try:
+            for name, embedder in targets.items():
+                handles.append(embedder.register_forward_hook(noisy(name)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        check_fired(fired, self.who, "a call of the embedding")
+
+
+@dataclass(frozen=True)
+class TimestepNoiseSchedule(LayerPerturbation, StepPerturbation):
+    """TSG's per-step perturbation: :class:`TimestepNoise` with ``scale = noise * t^power`` at the step's
+    model time ``t`` (the paper's power schedule). ``seed`` seeds one generator for the run."""
+
+    noise: float = 1.0
+    power: float = 0.0
+    seed: int = 0
+    generator: torch.Generator = field(default_factory=torch.Generator, compare=False, repr=False)
+
+    who = "tsg"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.generator.manual_seed(int(self.seed))
+
+    def at(self, step) -> TimestepNoise:
+        t = step.coordinate("t")
+        t = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+        return TimestepNoise(self.layers, scale=float(self.noise) * t ** float(self.power), generator=self.generator)
+
+    def targets(self, module: nn.Module) -> dict[str, nn.Module]:
+        return TimestepNoise(self.layers).targets(module)

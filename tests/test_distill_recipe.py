@@ -1,0 +1,193 @@
+"""``kind: distill`` on Lightning with a tiny random SD prior: outputs, the frozen prior kept out of
+checkpoints, 2-process DDP equal to 1 process, SIGKILL + ``resume: auto`` bitwise, refusals at
+validate, and a diverging run stopping with its step and term named."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tiny_pipelines as tp
+import torch
+
+from omniguide import CFG, Guided, register_guider
+from omniguide.core.registry import GUIDERS
+from omniguide.recipes.cli import main
+
+DATA = Path(__file__).parent / "data"
+RECIPE = str(DATA / "recipes" / "distill_tiny.yaml")
+PLUGIN = str(DATA / "plugins" / "slow_steps.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tp.sd().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def launch(sd_folder: Path, *argv: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "omniguide", "--plugin", PLUGIN, "run", RECIPE, f"prior.path={sd_folder}", *argv]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def reference(sd_folder, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("distill")
+    assert main(["run", RECIPE, f"prior.path={sd_folder}", f"run.root={root}"]) == 0
+    return next(root.iterdir())
+
+
+def test_a_run_writes_turntable_mesh_metrics_and_keeps_the_prior_out_of_checkpoints(reference):
+    for name in ("turntable.mp4", "turntable.gif", "metrics.json", "checkpoints/final.ckpt"):
+        assert (reference / name).stat().st_size > 0, name
+    metrics = json.loads((reference / "metrics.json").read_text())
+    assert metrics["steps"] == 12 and metrics["objective"] == "sds"
+    assert {"grad_norm", "guided - noise", "cond - uncond", "t"} <= set(metrics["final"])
+    shares = [metrics[k] for k in ("render_share", "prior_share", "update_share", "overhead_share")]
+    assert abs(sum(shares) - 1) < 1e-6 and min(shares[:3]) > 0
+    state = load(reference / "checkpoints/final.ckpt")["state_dict"]
+    assert set(state) == {"scene.density", "scene.color"}            # no prior weights, no buffers
+    rows = (reference / "logs" / "metrics.csv").read_text().splitlines()
+    assert "train/grad_norm" in rows[0] and "train/loss" not in rows[0]
+
+
+def test_two_process_ddp_equals_one_process_with_the_same_total_batch(sd_folder, reference, tmp_path):
+    proc = launch(sd_folder, f"run.root={tmp_path}", "trainer.devices=2", "trainer.strategy=ddp",
+                  "trainer.process_group_backend=gloo", "export.video=[]", "export.mesh=[]")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert json.loads((run_dir / "metrics.json").read_text())["world_size"] == 2
+    a, b = load(reference / "checkpoints/final.ckpt"), load(run_dir / "checkpoints/final.ckpt")
+    assert a["global_step"] == b["global_step"] == 12
+    for key in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][key], b["state_dict"][key], atol=1e-5, rtol=0), key
+
+
+def test_sigkill_then_resume_auto_reaches_the_uninterrupted_checkpoint(sd_folder, reference, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = launch(sd_folder, f"run.dir={run_dir}", "callbacks=[{name: step-delay, seconds: 0.25}]")
+    target = run_dir / "checkpoints" / "step-000004.ckpt"
+    end = time.monotonic() + 120
+    while not target.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert not (run_dir / "metrics.json").exists()
+    proc = launch(sd_folder, f"run.dir={run_dir}", "export.video=[]", "export.mesh=[]")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith(".ckpt") and metrics["steps"] == 12
+    a, b = load(reference / "checkpoints/final.ckpt"), load(run_dir / "checkpoints/final.ckpt")
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+@pytest.mark.parametrize("override,message", [
+    ("prompt='" + "a very long prompt " * 30 + "'", "prompt: prompt .* tokens but the prior's tokenizer takes at most"),
+    ("render_size=18", "render_size: 18x18 cannot be used by .*multiple of 4"),
+    ("guider={name: apg, scale: 5, momentum: -0.5}", "guider 'apg' needs a sampler step index .*score distillation"),
+    ("guider={name: cfg++, scale: 0.5}", "guider 'cfg\\+\\+' needs a sampler that re-anchors.*score distillation"),
+    ("objective={name: rfds}", "objective.name: 'rfds' needs a rectified-flow prior"),
+    ("objective={name: sds, weigting: uniform}", "objective.weigting: unknown key .*did you mean 'weighting'"),
+])
+def test_bad_input_is_refused_at_validate(sd_folder, override, message, capsys):
+    assert main(["validate", RECIPE, f"prior.path={sd_folder}", override]) == 2
+    assert __import__("re").search(message, capsys.readouterr().err), capsys.readouterr()
+
+
+@dataclass
+class Explode(CFG):
+    """CFG whose guided prediction turns infinite from training progress ``at`` on."""
+
+    at: float = 0.25
+
+    def combine(self, preds, step):
+        out = super().combine(preds, step)
+        if step.progress >= self.at:
+            return Guided(out.x0, out.eps * float("inf"), out.x, out.noise)
+        return out
+
+
+@pytest.fixture
+def explode_guider():
+    """Registered for one test only: tests elsewhere iterate over every registered guider."""
+    register_guider("test-explode")(Explode)
+    yield
+    GUIDERS._items.pop("test-explode")
+
+
+def test_a_diverging_run_stops_naming_step_and_term_and_keeps_the_last_good_checkpoint(sd_folder, tmp_path, capsys,
+                                                                                      explode_guider):
+    run_dir = tmp_path / "diverge"
+    guider = "guider={name: test-explode, at: 0.25}"
+    code = main(["run", RECIPE, f"prior.path={sd_folder}", f"run.dir={run_dir}", guider, "checkpoint_every=2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "objective 'sds' at step 3: term 'guided - noise' is non-finite" in err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002.ckpt"]
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_the_bench_runs_every_variant_and_reports_quality_and_time_shares(sd_folder, tmp_path):
+    recipe = tmp_path / "bench.yaml"
+    recipe.write_text(f"""
+kind: bench-distill3d
+prompts: ["a red cube"]
+base:
+  prior: {{name: pretrained, path: "{sd_folder}"}}
+  scene: {{resolution: 16}}
+  render_size: 16
+  samples: 8
+  batch_size: 2
+  export: {{video: [], mesh: []}}
+  trainer: {{accelerator: cpu, devices: 1, max_steps: 5, enable_progress_bar: false, logger: none, threads: 1}}
+variants:
+  - {{label: sds-apg, objective: {{name: sds}}, guider: {{name: apg, scale: 5, axes: BCHW}}}}
+  - {{label: nfsd, objective: {{name: nfsd, negative_prompt: a blue sphere}}}}
+""")
+    assert main(["run", str(recipe), f"run.root={tmp_path / 'runs'}"]) == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run_dir / "metrics.json").read_text())["summary"]
+    assert set(summary) == {"sds-apg", "nfsd"}
+    for row in summary.values():
+        assert 0 <= row["iou"] <= 1 and 0 <= row["color_error"] <= 1 and row["seconds_per_iteration"] > 0
+    assert "| sds-apg |" in (run_dir / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_killing_a_rank_ends_the_ddp_job_nonzero_within_a_bound(sd_folder, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    run_dir = tmp_path / "run"
+    proc = launch(sd_folder, f"run.dir={run_dir}", "callbacks=[{name: step-delay, seconds: 0.1}]",
+                  "trainer.max_steps=100000", "trainer.devices=2", "trainer.strategy=ddp", "trainer.timeout_s=60")
+    target = run_dir / "checkpoints" / "step-000004.ckpt"
+    end = time.monotonic() + 150
+    while not target.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert children, "no rank-1 process found"
+    start = time.monotonic()
+    os.kill(children[0], signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 60
