@@ -18,7 +18,7 @@ _EXPORTS = {
         ["APG", "CFG", "FDG", "PAG", "SEG", "TCFG", "Adaptive", "AutoGuidance", "Axes", "BetaCFG", "Branch",
          "CFGCache", "CFGPlusPlus", "CFGRescale", "CFGZeroStar", "ConfigError", "GuidanceError", "Guided", "Guider",
          "Interval", "ModelCall", "NoiseLevel", "Prediction", "Rescale", "ScaleSchedule", "Schedule", "SkipLayer",
-         "Term", "Terms", "build_guider", "register_guider"],
+         "Term", "Terms", "build_guider", "preset", "register_guider", "register_preset"],
         "omniguide.core",
     ),
     "sample": "omniguide.core.sampler",
@@ -30,7 +30,8 @@ _EXPORTS = {
 __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "build_guider", "CFG", "CFGCache", "CFGPlusPlus",
     "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "from_diffusers", "Guide", "guide", "GuidanceError", "Guided",
-    "Guider", "Interval", "ModelCall", "NoiseLevel", "PAG", "Prediction", "register_guider", "Rescale", "sample",
+    "Guider", "Interval", "ModelCall", "NoiseLevel", "PAG", "Prediction", "preset", "register_guider",
+    "register_preset", "Rescale", "sample",
     "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]
 
@@ -81,7 +82,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
         Term,
         Terms,
         build_guider,
+        preset,
         register_guider,
+        register_preset,
     )
     from .core.sampler import sample  # noqa: F401
     from .modalities.base import Guide, guide  # noqa: F401

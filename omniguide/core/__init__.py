@@ -30,13 +30,14 @@ from .methods import (
 from .model_call import ModelCall
 from .noise import NoiseLevel, NoiseSchedule
 from .prediction import Guided, Prediction, convert
-from .registry import GUIDERS, build_guider, register_guider
+from .registry import GUIDERS, PRESETS, Preset, build_guider, preset, register_guider, register_preset
 from .scale import ScaleSchedule
 
 __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "BranchExecutor", "build_guider", "CFG",
     "CFGCache", "CFGPlusPlus", "CFGRescale", "CFGZeroStar", "ConfigError", "convert", "FDG", "GuidanceError",
     "GuidanceStep", "Guided", "Guider", "GUIDERS", "Interval", "ModelCall", "NoiseLevel", "NoiseSchedule",
-    "OmniguideError", "PAG", "Perturbation", "check_requirements", "Prediction", "register_guider", "Rescale",
+    "OmniguideError", "PAG", "Perturbation", "check_requirements", "Preset", "PRESETS", "preset",
+    "Prediction", "register_guider", "register_preset", "Rescale",
     "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]

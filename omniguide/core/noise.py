@@ -19,6 +19,7 @@ Schedules, intervals and weights name the coordinate they read (see :meth:`Noise
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -116,17 +117,30 @@ class NoiseSchedule:
       timesteps ``log(sigma / alpha)`` is interpolated linearly, which is how diffusers' Euler
       schedulers map continuous timesteps to sigmas, so fractional timesteps read correctly.
     * ``flow`` -- ``t = timestep / num_train_timesteps``; ``alpha = 1 - t``, ``sigma = t``.
+    * ``edm``  -- EDM-preconditioned models (Karras et al. 2022, arXiv:2206.00364) as diffusers'
+      EDM and cosine schedulers drive them: the timestep is ``c_noise(s)`` of the sample's noise
+      ``s`` -- ``0.25 log s`` (``preconditioning="log"``: EDMEuler, EDMDPMSolver) or
+      ``atan(s) 2/pi`` (``"atan"``: CosineDPMSolver, Stable Audio) -- and the model sees
+      ``c_in x = x / sqrt(s^2 + sigma_data^2)``. In units of ``x0 / sigma_data`` that input is VP
+      with ``alpha = sigma_data / sqrt(s^2 + sigma_data^2)``, ``sigma = s / sqrt(s^2 + sigma_data^2)``,
+      and the EDM ``v_prediction`` output ``F`` (``x0 = c_skip x + c_out F``) is exactly ``v``.
 
-    ``t`` (model time in [0, 1]) is ``timestep / num_train_timesteps`` for both. Timesteps may be
-    scalars or tensors (per sample, per frame); the noise level has the timestep's shape."""
+    ``t`` (model time in [0, 1]) is ``timestep / num_train_timesteps`` for vp and flow, and
+    ``atan(s / sigma_data) 2/pi`` for edm (stable-audio-tools' ``t`` with ``sigma_data = 1``).
+    Timesteps may be scalars or tensors (per sample, per frame); the noise level has their shape."""
 
     kind: str
     num_train_timesteps: int = 1000
     alphas_cumprod: Tensor | None = None
+    sigma_data: float = 1.0
+    preconditioning: str = "log"
 
     def __post_init__(self):
-        if self.kind not in ("vp", "flow"):
-            raise ConfigError("noise_schedule", f"unknown kind '{self.kind}'; valid: vp, flow")
+        if self.kind not in ("vp", "flow", "edm"):
+            raise ConfigError("noise_schedule", f"unknown kind '{self.kind}'; valid: vp, flow, edm")
+        if self.kind == "edm" and self.preconditioning not in ("log", "atan"):
+            raise ConfigError("noise_schedule",
+                              f"unknown EDM preconditioning '{self.preconditioning}'; valid: log, atan")
         if self.kind == "vp" and self.alphas_cumprod is None:
             raise ConfigError("noise_schedule", "a vp schedule needs its alphas_cumprod table")
 
@@ -139,6 +153,13 @@ class NoiseSchedule:
     def flow(num_train_timesteps: int = 1000) -> NoiseSchedule:
         return NoiseSchedule("flow", int(num_train_timesteps))
 
+    @staticmethod
+    def edm(sigma_data: float = 1.0, preconditioning: str = "log") -> NoiseSchedule:
+        return NoiseSchedule("edm", 1, None, float(sigma_data), preconditioning)
+
+    def _edm_sigma(self, ts: Tensor) -> Tensor:
+        return torch.exp(4 * ts) if self.preconditioning == "log" else torch.tan(ts * (math.pi / 2))
+
     def _log_sigmas(self) -> Tensor:
         abar = self.alphas_cumprod
         return 0.5 * (torch.log1p(-abar) - torch.log(abar))
@@ -149,6 +170,10 @@ class NoiseSchedule:
         unit = ts / self.num_train_timesteps
         if self.kind == "flow":
             return NoiseLevel.flow(unit)
+        if self.kind == "edm":
+            s, sd = self._edm_sigma(ts), self.sigma_data
+            norm = torch.rsqrt(s * s + sd * sd)
+            return NoiseLevel(sd * norm, s * norm, torch.atan(s / sd) * (2 / math.pi))
         log_sigmas = self._log_sigmas()
         low = ts.floor().clamp(0, len(log_sigmas) - 2)
         frac = (ts - low).clamp(0, 1)
@@ -162,6 +187,9 @@ class NoiseSchedule:
         if self.kind == "flow":
             t = noise.sigma / (noise.alpha + noise.sigma)
             return t.double() * self.num_train_timesteps
+        if self.kind == "edm":
+            s = noise.sigma_edm.double().cpu() * self.sigma_data
+            return 0.25 * torch.log(s) if self.preconditioning == "log" else torch.atan(s) * (2 / math.pi)
         log_sigmas = self._log_sigmas()
         target = torch.log(noise.sigma_edm.double().cpu()).clamp(log_sigmas[0], log_sigmas[-1])
         high = torch.searchsorted(log_sigmas, target.reshape(-1)).clamp(1, len(log_sigmas) - 1).reshape(target.shape)

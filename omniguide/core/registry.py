@@ -8,6 +8,7 @@
     build_guider({"name": "my-method", "scale": 5})        # -> MyMethod(scale=5)
     build_guider({"name": "my-method", "scle": 5})
     # ConfigError: guider.scle: unknown key for guider 'my-method'; did you mean 'scale'?
+    build_guider({"preset": "ace-step", "scale": 10})     # a named configuration (register_preset)
 
 A guider field that holds another guider is built recursively (``interval``, ``schedule``); a
 scale given as ``{shape: linear, scale: 7}`` becomes a :class:`~omniguide.core.scale.ScaleSchedule`.
@@ -27,11 +28,19 @@ from .scale import ScaleSchedule
 
 
 class Registry:
-    """Names -> classes (or factories) of one kind of component."""
+    """Names -> classes (or factories) of one kind of component.
+
+    ``loaders`` are called once, the first time a name is looked up or listed, for registries whose
+    entries live in packages the core does not import (guider presets register from the modalities)."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, Any] = {}
+        self.loaders: list[Callable[[], Any]] = []
+
+    def _load(self) -> None:
+        while self.loaders:
+            self.loaders.pop(0)()
 
     def register(self, name: str) -> Callable:
         def decorator(obj):
@@ -48,13 +57,18 @@ class Registry:
         if not isinstance(name, str):
             raise ConfigError(path, f"expected a {self.kind} name (a string), got {type(name).__name__}")
         if name not in self._items:
+            self._load()
+        if name not in self._items:
             raise ConfigError(path, f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}")
         return self._items[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        if name not in self._items:
+            self._load()
         return name in self._items
 
 
@@ -64,6 +78,68 @@ GUIDERS = Registry("guider")
 def register_guider(name: str) -> Callable:
     """Class decorator: make a :class:`~omniguide.core.guider.Guider` dataclass buildable by name."""
     return GUIDERS.register(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named guider configuration reproducing a reference implementation's defaults.
+
+    ``build(**overrides)`` makes the guider; its keyword parameters (with their defaults) are what
+    a recipe may override (``guider: {preset: ace-step, scale: 10}``). ``source`` says where the
+    defaults come from (repository, file, function)."""
+
+    name: str
+    build: Callable[..., Any]
+    source: str
+    summary: str = ""
+
+    def parameters(self) -> dict[str, Any]:
+        """The overridable parameters and their defaults."""
+        import inspect
+
+        return {k: p.default for k, p in inspect.signature(self.build).parameters.items()}
+
+    def __call__(self, **overrides: Any):
+        return build_guider({"preset": self.name, **overrides})
+
+
+PRESETS = Registry("guider preset")
+
+
+def register_preset(name: str, source: str) -> Callable:
+    """Function decorator: ``@register_preset("ace-step", source="...")`` on a factory
+    ``build(scale=15.0, ...) -> Guider`` makes it selectable as ``{preset: ace-step}`` and by
+    :func:`preset`. The factory's docstring's first line is its summary."""
+    def decorator(fn: Callable) -> Callable:
+        summary = (fn.__doc__ or "").strip().split("\n")[0]
+        PRESETS.register(name)(Preset(name, fn, source, summary))
+        return fn
+    return decorator
+
+
+def preset(name: str, **overrides: Any):
+    """The guider of preset ``name`` with ``overrides`` (e.g. ``preset("ace-step", scale=10)``)."""
+    return build_guider({"preset": name, **overrides})
+
+
+def _build_preset(cfg: Mapping, path: str):
+    if "name" in cfg:
+        raise ConfigError(f"{path}.name", "give either 'name' (a guider) or 'preset' (a named configuration), not both")
+    item = PRESETS.get(cfg["preset"], f"{path}.preset")
+    known = item.parameters()
+    kwargs = {}
+    for key, value in cfg.items():
+        if key == "preset":
+            continue
+        if key not in known:
+            raise ConfigError(f"{path}.{key}", f"unknown key for preset '{item.name}'{did_you_mean(key, known)}")
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return item.build(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(path, f"preset '{item.name}': {err}") from None
 
 
 def init_fields(cls) -> dict[str, dataclasses.Field]:
@@ -80,6 +156,10 @@ def build_guider(cfg: Any, path: str = "guider"):
         cfg = {"name": cfg}
     if not isinstance(cfg, Mapping):
         raise ConfigError(path, f"expected a guider config with a 'name', got {type(cfg).__name__}")
+    if cfg.get("preset") is not None:
+        return _build_preset(cfg, path)
+    if "preset" in cfg:   # `preset: null` (an item overriding a recipe's preset with a named guider)
+        cfg = {k: v for k, v in cfg.items() if k != "preset"}
     if "name" not in cfg:
         raise ConfigError(f"{path}.name", f"missing; one of: {', '.join(GUIDERS.names())}")
     cls = GUIDERS.get(cfg["name"], f"{path}.name")

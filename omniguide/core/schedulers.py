@@ -77,11 +77,36 @@ def model_parameterization(scheduler) -> str:
     return check_parameterization(kind, "scheduler.config.prediction_type")
 
 
+# EDM-preconditioned schedulers: class name -> how the timestep encodes the noise (c_noise)
+EDM_SCHEDULERS = {"EDMEulerScheduler": "log", "EDMDPMSolverMultistepScheduler": "log",
+                  "CosineDPMSolverMultistepScheduler": "atan"}
+
+
+def edm_preconditioning(scheduler) -> str | None:
+    """``"log"`` / ``"atan"`` for diffusers' EDM-preconditioned schedulers (see
+    :meth:`NoiseSchedule.edm`), ``None`` for every other scheduler."""
+    import diffusers
+
+    for name, kind in EDM_SCHEDULERS.items():
+        cls = getattr(diffusers, name, None)
+        if isinstance(cls, type) and isinstance(scheduler, cls):
+            return kind
+    return None
+
+
 def noise_schedule(scheduler) -> NoiseSchedule:
-    """The training noise schedule behind a diffusers scheduler: flow for flow-matching ones, else
-    VP from its ``alphas_cumprod`` (what UNet-family models were trained with)."""
+    """The training noise schedule behind a diffusers scheduler: flow for flow-matching ones, EDM for
+    the EDM-preconditioned ones, else VP from its ``alphas_cumprod`` (what UNet-family models were
+    trained with)."""
     if is_flow_scheduler(scheduler):
         return NoiseSchedule.flow(scheduler.config.num_train_timesteps)
+    edm = edm_preconditioning(scheduler)
+    if edm is not None:
+        if scheduler.config.prediction_type != "v_prediction":
+            raise GuidanceError(
+                f"{type(scheduler).__name__} with prediction_type '{scheduler.config.prediction_type}': the EDM "
+                "'epsilon' output F is -v, not the noise; only EDM v_prediction models are supported")
+        return NoiseSchedule.edm(scheduler.config.sigma_data, edm)
     abar = getattr(scheduler, "alphas_cumprod", None)
     if abar is None:
         raise GuidanceError(
@@ -96,9 +121,16 @@ def scales_model_input(scheduler) -> bool:
     unit variance (Euler-family schedulers); then the sample's noise level differs from the model input's."""
     import diffusers
 
-    return isinstance(scheduler, (diffusers.EulerDiscreteScheduler, diffusers.EulerAncestralDiscreteScheduler,
-                                  diffusers.HeunDiscreteScheduler, diffusers.KDPM2DiscreteScheduler,
-                                  diffusers.KDPM2AncestralDiscreteScheduler, diffusers.LMSDiscreteScheduler))
+    return edm_preconditioning(scheduler) is not None or isinstance(
+        scheduler, (diffusers.EulerDiscreteScheduler, diffusers.EulerAncestralDiscreteScheduler,
+                    diffusers.HeunDiscreteScheduler, diffusers.KDPM2DiscreteScheduler,
+                    diffusers.KDPM2AncestralDiscreteScheduler, diffusers.LMSDiscreteScheduler))
+
+
+def sample_unit(scheduler) -> float:
+    """The scheduler's sample in units of the model's ``x0`` (``sigma_data`` for EDM schedulers,
+    whose noise levels are read in units of ``x0 / sigma_data``; 1 otherwise)."""
+    return float(scheduler.config.sigma_data) if edm_preconditioning(scheduler) is not None else 1.0
 
 
 @dataclass

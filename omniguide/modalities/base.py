@@ -58,6 +58,7 @@ from ..core.guider import (
 from ..core.model_call import ModelCall, default_output
 from ..core.noise import NoiseLevel, per_sample
 from ..core.perturbations import LayerPerturbation
+from ..core.registry import PRESETS
 from ..core.sampler import evaluate_guider
 
 # -- families -----------------------------------------------------------------------------------------
@@ -82,7 +83,9 @@ class Family:
     text + duration sequence);
     ``shared``: denoiser inputs without a batch dimension; ``output(module)`` / ``pack(module,
     guided)``: where the prediction sits in the denoiser's output and how the guided prediction is
-    handed back (a learned variance next to the noise); ``check(pipe)``: family-specific refusals.
+    handed back (a learned variance next to the noise); ``check(pipe)``: family-specific refusals;
+    ``check_call(pipe, arguments)``: refusals of one call's arguments (as passed, before the
+    pipeline runs: an empty prompt list, a duration the model cannot produce), one-line errors.
 
     For recipes that run the pipeline (``kind: sample``): ``modality`` (``image``, ``audio``,
     ``video``: which writer stores the outputs), ``samples_kwarg`` (outputs per prompt),
@@ -107,6 +110,7 @@ class Family:
     output: Callable[[nn.Module], Callable[[Any], Tensor]] = lambda module: default_output
     pack: Callable[[nn.Module, Tensor], Tensor] | None = None
     check: Callable[[Any], None] | None = None
+    check_call: Callable[[Any, dict], None] | None = None
     uncond: Callable[[dict, dict, dict], dict] | None = None
     modality: str = "image"
     samples_kwarg: str = "num_images_per_prompt"
@@ -151,6 +155,10 @@ def load_families() -> dict[str, Family]:
             if err.name != package:
                 raise
     return FAMILIES
+
+
+# guider presets are registered by the modality packages (e.g. audio/presets.py): load them on demand
+PRESETS.loaders.append(load_families)
 
 
 def family_for(pipe: Any) -> Family:
@@ -338,6 +346,8 @@ class Guide:
                     f"the guider owns guidance (set its scale, e.g. CFG(scale={arguments[name]}))")
         negatives = {k: arguments[k] for k in family.negatives if arguments.get(k) is not None}
         negatives.update(self.negatives)
+        if family.check_call is not None:
+            family.check_call(pipe, {**arguments, **negatives})
         arguments.update(family.cfg_off)
         scheduler = pipe.scheduler
         self._check_scheduler(scheduler)
@@ -399,7 +409,7 @@ class Guide:
 
     def _scheduler_step(self, original: Callable) -> Callable:
         signature = inspect.signature(original)
-        from ..core.schedulers import scales_model_input
+        from ..core.schedulers import sample_unit, scales_model_input
 
         def step(*args, **kwargs):
             call = self._call
@@ -409,7 +419,8 @@ class Guide:
                 if scales_model_input(call.scheduler):   # VE sample x0 + sigma eps; the model saw it scaled
                     noise = NoiseLevel.edm(noise.sigma_edm)
                 sample = bound.arguments["sample"]
-                bound.arguments["sample"] = (noise.alpha * result.x0 + noise.sigma * result.eps).to(sample.dtype)
+                anchor = sample_unit(call.scheduler) * (noise.alpha * result.x0 + noise.sigma * result.eps)
+                bound.arguments["sample"] = anchor.to(sample.dtype)
                 args, kwargs = bound.args, bound.kwargs
             call.last = None
             call.index += 1

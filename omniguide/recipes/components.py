@@ -238,7 +238,8 @@ class DiffusersModel:
     dtype: str = option("float32", choices=("float32", "float16", "bfloat16"))
     device: str = "auto"                    # auto: the Lightning rank's device; or cpu, cuda, cuda:1, mps
     attention: str = option("sdpa", choices=("sdpa", "xformers"))
-    scorer: str | None = None               # score outputs against their prompts (a zoo scorer's name)
+    scorer: Any = None                      # score outputs against their prompts: a name or {name: ..., ...}
+    rerank: int | None = option(None, ge=1)  # keep the best N outputs per item by the scorer's clip scores
     call: dict[str, Any] = field(default_factory=dict)   # other pipeline arguments (height, width, ...)
 
     def sampler(self, scheduler_cfg: dict, batch: bool = True, path: str = "model"):
@@ -308,3 +309,6 @@ LIGHTNING_CALLBACKS = {
 for _name, _target in LIGHTNING_CALLBACKS.items():
     if _name not in CALLBACKS:
         CALLBACKS.register(_name)(LazyCallback(_target))
+
+
+from . import sample_musicgen  # noqa: E402, F401  (registers model: {name: musicgen})

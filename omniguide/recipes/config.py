@@ -128,8 +128,15 @@ def merge_component(base: Mapping, own: Mapping) -> dict:
 
 
 def replaces(lower: Mapping, upper: Mapping, over_defaults: bool = False) -> bool:
-    """True when a component mapping ``upper`` replaces ``lower`` instead of merging into it."""
-    return "name" in upper and (over_defaults or upper["name"] != lower.get("name"))
+    """True when a component mapping ``upper`` replaces ``lower`` instead of merging into it: it
+    names a component (``name``), or a guider preset (``preset``), other than ``lower``'s."""
+    key = _identity_key(upper)
+    return key is not None and (over_defaults or upper[key] != lower.get(key))
+
+
+def _identity_key(data: Mapping) -> str | None:
+    """The key that names what a component mapping builds: ``name``, else ``preset`` (guider presets)."""
+    return "name" if "name" in data else "preset" if "preset" in data else None
 
 
 def is_component(hint: Any) -> bool:
@@ -192,8 +199,8 @@ def apply_overrides(cfg: DictConfig, pairs: Sequence[tuple[str, Any]], schema_cl
 
     for key, value in pairs:   # renames first: `guider.scale=5 guider.name=apg` keeps the scale
         parent, _, leaf = key.rpartition(".")
-        if leaf == "name" and in_component(parent) and _select(cfg, key) != value:
-            _update(cfg, parent, {"name": value}, merge=False)
+        if leaf in ("name", "preset") and in_component(parent) and _select(cfg, key) != value:
+            _update(cfg, parent, {leaf: value}, merge=False)
     for key, value in pairs:
         current = _select(cfg, key)
         reset = (isinstance(value, Mapping) and OmegaConf.is_dict(current) and in_component(key)
@@ -356,7 +363,8 @@ def _keep_named_components(obj: Any, data: Any) -> None:
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
             given = data.get(f.name)
-            if is_component(_strip_optional(hints[f.name])) and isinstance(given, Mapping) and "name" in given:
+            if is_component(_strip_optional(hints[f.name])) and isinstance(given, Mapping) \
+                    and _identity_key(given) is not None:
                 setattr(obj, f.name, copy.deepcopy(dict(given)))
             else:
                 _keep_named_components(getattr(obj, f.name), given)

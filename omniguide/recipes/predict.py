@@ -101,6 +101,19 @@ def write_points(folder: Path, stem: str, data: torch.Tensor, rate: int | None, 
     return [f"{stem}.pt"]
 
 
+def check_output_options(kind: str, options: Mapping) -> None:
+    """The ``output:`` options checked by the writer module's ``check_options`` when it has one."""
+    if kind not in WRITERS:
+        return
+    module, _, _ = WRITERS[kind].partition(":")
+    try:
+        checker = getattr(importlib.import_module(module), "check_options", None)
+    except ModuleNotFoundError:
+        return
+    if checker is not None:
+        checker(dict(options or {}))
+
+
 def writer(kind: str) -> Callable:
     """The function that writes outputs of ``kind``."""
     if kind == "points":

@@ -110,6 +110,15 @@ def _guiders() -> Registry:
 register_listing("guiders", _guiders)
 
 
+def _presets() -> Registry:
+    from ..core.registry import PRESETS  # filled by the modalities (audio presets) when first read
+
+    return PRESETS
+
+
+register_listing("presets", _presets)
+
+
 def _correctors() -> Registry:
     from ..core.correctors import CORRECTORS
 
@@ -152,7 +161,7 @@ def all_components() -> dict[str, Registry]:
     built-in models, schedulers and callbacks -- but neither Lightning nor diffusers."""
     from . import components  # noqa: F401  (registers the built-in components)
 
-    order = ["recipes", "guiders", "models", "schedulers", "callbacks", "objectives"]
+    order = ["recipes", "guiders", "presets", "models", "schedulers", "callbacks", "objectives"]
     kinds = [*order, *(k for k in [*COMPONENTS, *LISTINGS] if k not in order)]
     return {k: COMPONENTS[k] if k in COMPONENTS else LISTINGS[k]() for k in dict.fromkeys(kinds)}
 

@@ -214,9 +214,8 @@ class PipelineSampler:
         data, rate = family.read_output(pipe, result)
         seconds = time.perf_counter() - start
         meta = {"nfe": handle.nfe, "forward_passes": handle.forward_passes, "generate_seconds": seconds}
-        if self.scorer is not None:
-            meta.update(self.scorer(data, item.prompt))
-        return Generated(self.kind, data.detach().float().cpu(), meta, rate)
+        data, scores = score_outputs(self.scorer, self.cfg.rerank, data.detach().float().cpu(), item.prompt, rate, meta)
+        return Generated(self.kind, data, meta, rate)
 
 
 def _swap_scheduler(current, cfg: dict):
@@ -231,18 +230,50 @@ def _swap_scheduler(current, cfg: dict):
     return cls.from_config(current.config, **{**implied, **overrides})
 
 
-# scorers of generated outputs against their prompts: name -> "module:function" building one
-SCORERS: dict[str, str] = {"shapes": "omniguide.zoo.shapes.scorer:PromptScorer"}
+# scorers of generated outputs against their prompts: name -> "module:function" building one. A scorer
+# is called ``scorer(data, prompt)`` (``rate=`` added for outputs with a rate, e.g. audio) and returns
+# metrics; one with ``clip_scores(data, prompt[, rate])`` (one score per output) can also re-rank.
+SCORERS: dict[str, str] = {
+    "shapes": "omniguide.zoo.shapes.scorer:PromptScorer",
+    "toy-audio": "omniguide.zoo.toy_audio_data:build_scorer",
+    "clap": "omniguide.modalities.audio.metrics:build_clap_scorer",
+}
 
 
-def _scorer(name: str | None, where: str):
-    if name is None:
+def _scorer(cfg: Any, where: str):
+    """A scorer from its name, or ``{name: ..., **arguments}`` (e.g. ``{name: clap, path: ...}``)."""
+    if cfg is None:
         return None
     import importlib
+    from collections.abc import Mapping
 
     from ..core.errors import did_you_mean
+    from .schema import strict_kwargs
 
+    name, kwargs = (cfg, {}) if isinstance(cfg, str) else (cfg.get("name") if isinstance(cfg, Mapping) else None, cfg)
+    if not isinstance(name, str):
+        raise ConfigError(where, f"expected a scorer name or {{name: ..., ...}}, got {cfg!r}")
     if name not in SCORERS:
         raise ConfigError(where, f"unknown scorer '{name}'{did_you_mean(name, SCORERS) if SCORERS else ''}")
     module, _, attr = SCORERS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)()
+    factory = getattr(importlib.import_module(module), attr)
+    return factory(**strict_kwargs(factory, dict(kwargs), where))
+
+
+def score_outputs(scorer, rerank: int | None, data: Tensor, prompt: Any, rate: int | None,
+                  meta: dict) -> tuple[Tensor, dict]:
+    """Re-rank the outputs by the scorer's ``clip_scores`` and keep the best ``rerank`` (when set), then
+    add the scorer's metrics of what is kept to ``meta``."""
+    extra = {"rate": rate} if rate else {}
+    if rerank is not None:
+        if scorer is None or not hasattr(scorer, "clip_scores"):
+            raise ConfigError("model.rerank", "re-ranking needs a scorer with per-output scores (model.scorer)")
+        from ..modalities.audio.metrics import rerank as sort_by
+
+        scores = scorer.clip_scores(data, prompt, **extra)
+        data, order = sort_by(data, scores, rerank)
+        meta["rerank_scores"] = [float(scores[i]) for i in order]
+        meta["rerank_candidates"] = int(scores.numel())
+    if scorer is not None:
+        meta.update(scorer(data, prompt, **extra))
+    return data, meta

@@ -18,6 +18,7 @@ TRAINABLES: dict[str, str] = {
     "primitives-prior": "omniguide.zoo.primitives3d.train:build_trainable",
     "shapes": "omniguide.zoo.shapes.training:build_trainable",
     "shapes-classifier": "omniguide.zoo.shapes.classifier_training:build_trainable",
+    "toy-audio": "omniguide.zoo.toy_audio_train:build_trainable",
 }
 
 

@@ -89,12 +89,13 @@ def check_sample(cfg: SampleConfig) -> None:
     """Build every component and every item's settings without generating anything."""
     from ...core.correctors import build_corrector
     from ..components import make_callbacks, make_guider, make_sampler
-    from ..predict import load_items
+    from ..predict import check_output_options, load_items
     from ..runtime import check_trainer
     from ..sample_models import MixtureSampler
 
     sampler = make_sampler(cfg.model, cfg.scheduler, cfg.batch)
     make_guider(cfg.guider, "guider")
+    check_output_options(getattr(sampler, "kind", "points"), cfg.output)
     if cfg.corrector is not None:
         build_corrector(dict(cfg.corrector), "corrector")
         if not isinstance(sampler, MixtureSampler):

@@ -1,0 +1,78 @@
+"""MusicLDM (``MusicLDMPipeline``): AudioLDM's design (mel-VAE latents ``[B, C, T, F]``, CLAP
+text features as the UNet's ``class_labels``) trained on music; ``_encode_prompt`` returns
+``[negative, positive]`` with CFG, the negative defaulting to CLAP's embedding of ``""``.
+
+On transformers 5, ``ClapModel.get_text_features`` returns an output object where the deprecated
+pipeline expects a tensor; inside ``guide()`` the encoder call takes its ``pooler_output`` (the
+projected text features), scoped to that call. Outside ``guide()`` the pipeline's own call fails
+unless the user patches it (``fix_text_features(pipe)``), as does its CLAP re-ranking
+(``score_waveforms``, which also needs librosa).
+
+Axes: layout ``BCTW`` as AudioLDM (T time frames, W mel bins).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from torch import Tensor
+
+from ..base import Family, register_family
+from .common import check_mel_call, read_vocoder_output
+
+
+def text_features(original):
+    """``get_text_features`` returning a tensor (the ``pooler_output`` of transformers 5's output)."""
+    def call(*args, **kwargs) -> Tensor:
+        out = original(*args, **kwargs)
+        return out if isinstance(out, Tensor) else out.pooler_output
+    return call
+
+
+def fix_text_features(pipe) -> None:
+    """Make ``pipe.text_encoder.get_text_features`` return a tensor, permanently (for the pipeline's
+    own calls outside ``guide()``)."""
+    encoder = pipe.text_encoder
+    if "get_text_features" not in encoder.__dict__:
+        encoder.get_text_features = text_features(encoder.get_text_features)
+
+
+@contextmanager
+def _tensor_text_features(encoder):
+    own = encoder.__dict__.get("get_text_features")
+    encoder.get_text_features = text_features(encoder.get_text_features)
+    try:
+        yield
+    finally:
+        if own is None:
+            encoder.__dict__.pop("get_text_features", None)
+        else:
+            encoder.get_text_features = own
+
+
+def encode(original, arguments: dict, negatives: dict):
+    with _tensor_text_features(original.__self__.text_encoder):
+        encoded = original(**{**arguments, **negatives, "do_classifier_free_guidance": True})
+    negative, positive = encoded.chunk(2)
+    return positive, {"prompt_embeds": positive}, {"prompt_embeds": negative}
+
+
+def check_call(pipe, arguments: dict) -> None:
+    check_mel_call(pipe, arguments, [pipe.tokenizer], "guide(MusicLDMPipeline)")
+
+
+MUSICLDM = register_family(Family(
+    name="musicldm",
+    pipelines=("MusicLDMPipeline",),
+    denoiser="unet",
+    sample="sample",
+    encode=encode,
+    encoder="_encode_prompt",
+    conditions={"class_labels": "prompt_embeds"},
+    layout="BCTW",
+    check_call=check_call,
+    modality="audio",
+    samples_kwarg="num_waveforms_per_prompt",
+    output_kwargs={"output_type": "pt"},
+    read_output=read_vocoder_output,
+))

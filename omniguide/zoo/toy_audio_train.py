@@ -1,0 +1,207 @@
+"""Training the small text-to-audio model (:mod:`omniguide.zoo.toy_audio`) with a ``train`` recipe.
+
+    kind: train
+    model: {name: toy-audio, channels: [96, 128, 160]}
+    data: {drop: 0.25, chunk_prob: 0.25}
+    cond_dropout: 0.15
+
+A pool of ``data.pool`` clips (:mod:`omniguide.zoo.toy_audio_data`) is synthesised once from the
+seed and kept as latents; each step draws a global batch from it (clips, fresh captions with the
+timbre / envelope left out at random, noise, timesteps) with its own generator seeded by
+``(seed, step)``; each rank keeps rows ``rank::world``, so resuming and the number of ranks do not
+change the data. Loss: MSE of the v prediction on the cosine VP
+schedule; captions are replaced by the empty prompt with probability ``cond_dropout`` (the
+unconditional input for guidance); with probability ``chunk_prob`` a clip gets an independent
+timestep per 16-frame chunk (so per-frame noise levels are in distribution). An exponential moving
+average of the weights is kept and is what ``save_outputs`` writes: ``pipeline/``, a folder
+``ToyAudioPipeline.from_pretrained`` reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from torch import Tensor, nn
+
+from ..core.errors import ConfigError
+from . import toy_audio_data as data
+from .toy_audio import SpectrogramCodec, ToyAudioDenoiser, ToyTextEncoder, build_pipeline
+
+
+@dataclass
+class ToyAudioModelConfig:
+    """Architecture of the denoiser and the text encoder."""
+
+    channels: list[int] = field(default_factory=lambda: [96, 128, 160])
+    embed_dim: int = 128
+    text_dim: int = 64
+    heads: int = 4
+    groups: int = 8
+
+
+@dataclass
+class ToyAudioData:
+    """How training clips and captions are drawn."""
+
+    pool: int = 6144            # clips synthesised once (latents kept in memory)
+    drop: float = 0.25          # leave the timbre / the envelope out of a caption
+    chunk_prob: float = 0.25    # share of clips with an independent timestep per chunk
+    chunk_frames: int = 16
+
+
+@dataclass
+class ToyAudioSettings:
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    cond_dropout: float = 0.15
+    seed: int = 0
+    warmup: int = 100
+    ema: float = 0.995
+
+
+class _Steps(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+
+class ToyAudioModel(nn.Module):
+    """The trained parts: text encoder and denoiser."""
+
+    def __init__(self, config: ToyAudioModelConfig):
+        super().__init__()
+        self.text_encoder = ToyTextEncoder(dim=config.text_dim)
+        self.denoiser = ToyAudioDenoiser(channels=tuple(config.channels), text_dim=config.text_dim,
+                                         embed_dim=config.embed_dim, heads=config.heads, groups=config.groups)
+
+
+class ToyAudioModule(lightning.LightningModule):
+    """v-prediction training of :class:`ToyAudioModel` on synthetic captioned clips, with an EMA copy."""
+
+    def __init__(self, model: ToyAudioModelConfig, data_cfg: ToyAudioData, settings: ToyAudioSettings):
+        super().__init__()
+        self.save_hyperparameters({"model": asdict(model), "data": asdict(data_cfg), "settings": asdict(settings)})
+        self.model = ToyAudioModel(model)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.codec = SpectrogramCodec()
+        self.data_cfg, self.settings = data_cfg, settings
+        from diffusers import DDPMScheduler
+
+        abar = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod
+        self.register_buffer("alphas_cumprod", abar.float(), persistent=False)
+
+    def pool(self) -> tuple[Tensor, list[data.Attributes]]:
+        """The clip pool as latents ``[P, bins, frames]`` (float16) and its attributes, made once."""
+        if getattr(self, "_pool", None) is None:
+            gen = torch.Generator().manual_seed(self.settings.seed * 7919 + 17)
+            attributes = [data.random_attributes(gen) for _ in range(self.data_cfg.pool)]
+            latents = []
+            for i in range(0, len(attributes), 256):
+                chunk = [data.Attributes(a.kind, a.pitch, a.timbre or "pure", a.envelope)
+                         for a in attributes[i:i + 256]]
+                with torch.no_grad():
+                    latents.append(self.codec.cpu().encode(data.synthesize(chunk, gen)).half())
+            self._pool = (torch.cat(latents), attributes)
+        return self._pool
+
+    def global_batch(self, step: int) -> tuple[Tensor, list[str], Tensor, Tensor]:
+        """``(latents, captions, timesteps [B, F], noise)`` of one step, identical on every rank and rerun."""
+        s, d = self.settings, self.data_cfg
+        latents, attributes = self.pool()
+        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        index = torch.randint(len(attributes), (s.batch_size,), generator=gen)
+        keep = torch.rand(s.batch_size, 2, generator=gen) >= d.drop
+        dropped = torch.rand(s.batch_size, generator=gen) < s.cond_dropout
+        captions = []
+        for row, i in enumerate(index.tolist()):
+            a = attributes[i]
+            said = data.Attributes(a.kind, a.pitch, a.timbre if keep[row, 0] else None,
+                                   a.envelope if keep[row, 1] else None)
+            captions.append("" if dropped[row] else data.caption(said))
+        frames, chunks = data.FRAMES, data.FRAMES // d.chunk_frames
+        uniform = torch.randint(0, 1000, (s.batch_size, 1), generator=gen).expand(-1, frames)
+        per_chunk = torch.randint(0, 1000, (s.batch_size, chunks), generator=gen).repeat_interleave(d.chunk_frames, 1)
+        chunked = torch.rand(s.batch_size, 1, generator=gen) < d.chunk_prob
+        t = torch.where(chunked, per_chunk, uniform)
+        noise = torch.randn(s.batch_size, self.codec.channels, frames, generator=gen)
+        return latents[index].float(), captions, t, noise
+
+    def loss(self, x0: Tensor, captions: list[str], t: Tensor, noise: Tensor) -> Tensor:
+        """MSE of the v prediction at per-frame timesteps ``t`` ``[B, F]``."""
+        abar = self.alphas_cumprod[t].unsqueeze(1)                       # [B, 1, F]
+        alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+        xt = alpha * x0 + sigma * noise
+        target = alpha * noise - sigma * x0
+        ids, mask = self.model.text_encoder.tokenize(captions)
+        text = self.model.text_encoder(ids.to(self.device), mask.to(self.device))
+        pred = self.model.denoiser(xt, t, text, mask.to(self.device), return_dict=False)[0]
+        return torch.nn.functional.mse_loss(pred, target)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x0, captions, t, noise = self.global_batch(self.global_step)
+        rank, world = self.global_rank, self.trainer.world_size
+        if x0.shape[0] % world:
+            raise ConfigError("batch_size", f"{x0.shape[0]} is not divisible by the {world} processes")
+        rows = slice(rank, None, world)
+        loss = self.loss(x0[rows].to(self.device), captions[rows], t[rows].to(self.device),
+                         noise[rows].to(self.device))
+        self.log("train/loss", loss, prog_bar=True, sync_dist=False)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        decay = min(self.settings.ema, (1 + self.global_step) / (10 + self.global_step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p.detach(), 1 - decay)
+
+    def configure_optimizers(self):
+        s = self.settings
+        opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        total = max(1, self.trainer.max_steps)
+
+        def factor(step: int) -> float:   # linear warm-up, then cosine down to 10 %
+            if step < s.warmup:
+                return (step + 1) / s.warmup
+            progress = min(1.0, (step - s.warmup) / max(1, total - s.warmup))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                                                   "interval": "step"}}
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
+
+    def pipeline(self):
+        """A :class:`~omniguide.zoo.toy_audio.ToyAudioPipeline` with the EMA weights (CPU, eval mode)."""
+        ema = copy.deepcopy(self.ema).cpu().eval()
+        return build_pipeline(ema.denoiser, ema.text_encoder)
+
+    def save_outputs(self, run_dir: Path) -> None:
+        """``run_dir/pipeline/``: the EMA pipeline, written to a temporary folder then renamed."""
+        final = Path(run_dir) / "pipeline"
+        tmp = Path(run_dir) / f".pipeline.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.pipeline().save_pretrained(tmp, safe_serialization=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+
+def build_trainable(model: dict, recipe: Any, path: str = "model") -> ToyAudioModule:
+    """The ``train`` recipe's module for ``model: {name: toy-audio, ...}`` and ``data: {...}``."""
+    from ..recipes.schema import build_dataclass
+
+    return ToyAudioModule(build_dataclass(ToyAudioModelConfig, model, path),
+                          build_dataclass(ToyAudioData, recipe.data, "data", skip=()),
+                          ToyAudioSettings(recipe.batch_size, recipe.lr, recipe.weight_decay, recipe.cond_dropout,
+                                           recipe.seed))

@@ -1,0 +1,167 @@
+"""MusicGen (a tiny random model built from configs, saved and reloaded) guided on its logits: CFG equals
+transformers' own ``guidance_scale`` to 1e-5 (batch of prompts, several samples each), intervals and
+schedules over decoding steps, rescale / APG on the logits, negative prompts, refusals, and the
+``musicgen`` sample model in a recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tiny_audio as TA
+import torch
+from test_adapter import METHODS_II
+
+from omniguide import APG, CFG, GuidanceError, build_guider
+from omniguide.core.registry import GUIDERS
+from omniguide.modalities.audio.musicgen import GuidedLogitsProcessor, guide_musicgen
+
+PROMPTS = ["a rising chirp", "a rising chirp", "piano music", "piano music"]   # 2 prompts x 2 samples
+KW = dict(do_sample=True, max_new_tokens=8, output_scores=True, return_dict_in_generate=True)
+
+
+@pytest.fixture(scope="module")
+def musicgen(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("musicgen")
+    model, processor = TA.musicgen(folder)
+    return model, processor, folder
+
+
+def generate(model, inputs, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return model.generate(**inputs, **{**KW, **kwargs})
+
+
+def max_diff(a, b) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a.scores, b.scores))
+
+
+def test_cfg_reproduces_transformers_guidance_scale(musicgen):
+    model, processor, _ = musicgen
+    inputs = processor(text=PROMPTS, padding=True, return_tensors="pt")
+    theirs = generate(model, inputs, guidance_scale=3.0)
+    with guide_musicgen(model, CFG(scale=3.0)) as handle:
+        ours = generate(model, inputs)
+    assert max_diff(ours, theirs) < 1e-5
+    torch.testing.assert_close(ours.sequences, theirs.sequences, rtol=0, atol=1e-5)
+    assert handle.nfe_per_step == [2] * 8 and handle.guided_steps == 8
+    plain = generate(model, inputs, guidance_scale=1.0)
+    assert max_diff(plain, theirs) > 1e-4                     # guidance changed the logits
+    assert "generate" not in model.__dict__                    # restored
+
+
+def test_interval_and_schedule_over_decoding_steps(musicgen):
+    """An interval over the step coordinate leaves the steps outside it unguided (the conditional
+    logits), and t = 1 - step runs from 1 at the first token to 0 at the last."""
+    model, processor, _ = musicgen
+    inputs = processor(text=PROMPTS[:2], padding=True, return_tensors="pt")
+    guider = build_guider({"name": "interval", "guider": {"name": "cfg", "scale": 4.0}, "step": [0.0, 0.45]})
+    with guide_musicgen(model, guider) as handle:
+        ours = generate(model, inputs)
+    assert handle.guided_steps == 4 and handle.nfe == 16           # steps 0..3 of 8; the batch is doubled anyway
+    with guide_musicgen(model, CFG(scale=4.0)):
+        full = generate(model, inputs)
+    unguided = generate(model, inputs, guidance_scale=1.0)
+    assert float((ours.scores[0] - full.scores[0]).abs().max()) < 1e-6
+    assert float((ours.scores[0] - unguided.scores[0]).abs().max()) > 1e-4
+    processor_ = GuidedLogitsProcessor(CFG(scale=2.0), num_steps=5)
+    ts = []
+    for i in range(5):
+        processor_.index = i
+        ts.append(float(processor_.step(torch.zeros(2, 4)).coordinate("t")))
+    assert ts == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
+    schedule = build_guider({"name": "schedule", "guider": {"name": "cfg", "scale": 4.0}, "shape": "linear"})
+    with guide_musicgen(model, schedule):
+        scheduled = generate(model, inputs)
+    assert max_diff(scheduled, full) > 1e-5
+
+
+def test_rescale_and_apg_act_on_the_logits(musicgen):
+    """One step by hand: rescale matches the std of each row to the conditional row's; APG removes the
+    update's component along the conditional logits (per row, over the vocabulary)."""
+    cond = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    uncond = cond + 0.3 * torch.randn(3, 16, generator=torch.Generator().manual_seed(1))
+    ids = torch.zeros(3, 1, dtype=torch.long)
+    rescaled = GuidedLogitsProcessor(build_guider({"name": "cfg-rescale", "scale": 5.0, "rescale": 1.0}), 4)(
+        ids, torch.cat([cond, uncond]))
+    torch.testing.assert_close(rescaled.std(1), cond.std(1), rtol=1e-5, atol=1e-5)
+    apg = GuidedLogitsProcessor(APG(scale=5.0, space=None), 4)(ids, torch.cat([cond, uncond]))
+    update = (apg - cond) / 4.0
+    torch.testing.assert_close((update * cond).sum(1), torch.zeros(3), rtol=0, atol=1e-4)
+
+
+def test_negative_prompt_replaces_the_null_states(musicgen):
+    model, processor, _ = musicgen
+    inputs = processor(text=PROMPTS[:2], padding=True, return_tensors="pt")
+    negative = processor(text=["a dog barking in the rain"], return_tensors="pt")
+    seen = []
+    hook = model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        with guide_musicgen(model, CFG(scale=3.0), negative=negative):
+            with_negative = generate(model, inputs)
+    finally:
+        hook.remove()
+    states = seen[0]
+    assert states.shape[0] == 4 and states[2:].abs().sum() > 0              # not the zeros of the default
+    with guide_musicgen(model, CFG(scale=3.0)):
+        default = generate(model, inputs)
+    assert max_diff(with_negative, default) > 1e-5
+
+
+def test_every_guider_runs_or_is_refused_in_one_line(musicgen):
+    model, processor, _ = musicgen
+    inputs = processor(text=PROMPTS[:2], padding=True, return_tensors="pt")
+    refused = {"pag", "seg", "skip-layer", "autoguidance", "cfg++"}
+    special = {"adaptive": {"guider": {"name": "cfg", "scale": 3.0}},
+               "interval": {"guider": {"name": "cfg", "scale": 3.0}, "step": [0.0, 0.7]},
+               "schedule": {"guider": {"name": "cfg", "scale": 3.0}}, "terms": {"terms": {"uncond": 2.0}},
+               "fdg": {"transform": "fft"}, "autoguidance": {"scale": 2.0, "weak_model": torch.nn.Identity()},
+               "cfg-zero-star": {"scale": 3.0, "zero_init_steps": 0}, "cfg++": {"scale": 0.5},
+               "rescale": {"guider": {"name": "apg", "scale": 3.0}, "rescale": 0.7}}
+    plain = generate(model, inputs, guidance_scale=1.0, max_new_tokens=4)
+    for name in sorted(set(GUIDERS.names()) - METHODS_II):   # Methods II: not yet checked on logits
+        guider = build_guider({"name": name, **special.get(name, {"scale": 3.0})})
+        if name in refused:
+            with pytest.raises(GuidanceError) as err:
+                with guide_musicgen(model, guider):
+                    generate(model, inputs, max_new_tokens=4)
+            assert "\n" not in str(err.value)
+            continue
+        with guide_musicgen(model, guider):
+            out = generate(model, inputs, max_new_tokens=4)
+        assert all(torch.isfinite(s).any(-1).all() for s in out.scores), name
+        assert max_diff(out, plain) > 1e-6, name
+    with guide_musicgen(model, CFG(scale=3.0)):
+        with pytest.raises(GuidanceError, match=r"generate\(guidance_scale=3.0\) is MusicGen's own CFG scale"):
+            generate(model, inputs, guidance_scale=3.0)
+
+
+def test_musicgen_sample_recipe_writes_wavs(musicgen, tmp_path, capsys):
+    from omniguide.recipes.cli import main
+
+    _, _, folder = musicgen
+    recipe = tmp_path / "musicgen.yaml"
+    recipe.write_text(f"""kind: sample
+model: {{name: musicgen, path: {folder}, call: {{max_new_tokens: 6}}}}
+guider: {{preset: musicgen}}
+negative_prompt: noise
+prompts: ["a rising chirp", {{prompt: "piano music", num_samples: 2, guider: {{preset: null, name: apg, scale: 4.0}}}}]
+output: {{format: float}}
+trainer: {{accelerator: cpu, devices: 1, enable_progress_bar: false, logger: none, threads: 1}}
+""")
+    rc = main(["run", str(recipe), f"run.root={tmp_path / 'runs'}"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    metas = [json.loads(p.read_text()) for p in sorted((run_dir / "items").glob("*.json"))]
+    assert [len([f for f in m["files"] if f.endswith(".wav")]) for m in metas] == [1, 2]
+    assert metas[0]["nfe"] == 12 and metas[0]["rate"] == 8000
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["clips"] == 3 and metrics["audio_seconds"] > 0
+    long = recipe.read_text().replace("max_new_tokens: 6", "audio_length_in_s: 600")
+    recipe.write_text(long)
+    rc = main(["validate", str(recipe)])
+    _, err = capsys.readouterr()
+    assert rc != 0 and "cannot be produced by this model (at most 62 frames" in err
