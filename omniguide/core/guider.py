@@ -105,7 +105,7 @@ class Guider:
     def requires(self) -> dict[str, str]:
         """``{requirement: why}`` for what this guider needs from its driver (see the module docstring):
         its own needs, those of the guiders it wraps, and ``step`` coordinates in its scale schedules."""
-        from .scale import ScaleSchedule
+        from .scale import DynamicScale
 
         needs: dict[str, str] = {}
         if self.stateful:
@@ -114,7 +114,7 @@ class Guider:
             value = getattr(self, f.name)
             if isinstance(value, Guider):
                 needs = {**value.requires(), **needs}
-            elif isinstance(value, ScaleSchedule) and value.coordinate == "step":
+            elif isinstance(value, DynamicScale) and value.reads_step:
                 needs.setdefault(STEP_INDEX, f"{f.name} is scheduled over the 'step' coordinate")
         return needs
 

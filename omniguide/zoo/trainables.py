@@ -15,6 +15,7 @@ from ..core.errors import ConfigError, did_you_mean
 
 TRAINABLES: dict[str, str] = {
     "small-denoiser": "omniguide.zoo.small_denoiser:build_trainable",
+    "video-denoiser": "omniguide.zoo.video_denoiser:build_trainable",
 }
 
 
