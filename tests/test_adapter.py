@@ -90,6 +90,8 @@ def guider_configs(weak) -> dict[str, omniguide.Guider]:
         "schedule": build_guider({"name": "schedule", "guider": {"name": "cfg", "scale": 3.0}, "shape": "cosine"}),
         "terms": build_guider({"name": "terms", "terms": {"uncond": 2.0}}),
         "fdg": build_guider({"name": "fdg", "transform": "fft"}),
+        "nested": build_guider({"name": "nested", "chain": ["uncond", "cond"], "scales": [3.0]}),
+        "multimodal": build_guider({"name": "multimodal", "guidance_scale": 3.0, "stg_scale": 1.0}),
     }
     for name in GUIDERS.names():
         if name not in made:
@@ -111,10 +113,10 @@ def test_every_guider_runs_on_every_family(pipes, name):
             out = run(pipe, name, prompt="a red circle")
         assert torch.isfinite(out).all(), key
         assert (out - base).abs().max() > 1e-5, f"{key} did not change the {name} output"
-        expected = {"pag": 3, "seg": 3, "skip-layer": 3}.get(key, 2)
+        expected = {"pag": 3, "seg": 3, "skip-layer": 3, "stg": 3, "multimodal": 3}.get(key, 2)
         assert max(handle.nfe_per_step) == expected, (key, handle.nfe_per_step)
         assert len(handle.nfe_per_step) == 3
-        perturbed = key in ("pag", "seg", "skip-layer", "autoguidance")
+        perturbed = key in ("pag", "seg", "skip-layer", "autoguidance", "stg", "multimodal")
         assert max(handle.passes_per_step) == (2 if perturbed else 1), (key, handle.passes_per_step)
 
 

@@ -84,7 +84,9 @@ def run(guider, layout, num_steps=8):
 def test_every_registered_method_is_covered():
     own = set(methods("BCHW", SHAPES["BCHW"])) | {"interval", "schedule"}
     perturbed = {"pag", "seg", "skip-layer"}  # another suite covers the perturbed-branch methods
-    assert set(GUIDERS.names()) - perturbed == own
+    # guiders of the modalities (history, stg, nested, ...) are covered by their modality's suites
+    core = {n for n in GUIDERS.names() if GUIDERS.get(n).__module__.startswith("omniguide.core.")}
+    assert core - perturbed == own
 
 
 @pytest.mark.parametrize("layout", SHAPES)
