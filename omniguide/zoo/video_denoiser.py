@@ -46,7 +46,7 @@ class VideoDenoiserConfig:
     size: int = 32
     channels: int = 3
     patch: int = 8
-    dim: int = 96
+    dim: int = 64
     depth: int = 4
     heads: int = 4
     max_frames: int = 8
@@ -254,6 +254,8 @@ class VideoTrainSettings:
     cond_dropout: float = 0.1
     seed: int = 0
     warmup: int = 200
+    ema: float = 0.999          # decay of the exponential moving average of the weights (0: off)
+    decay_from: float = 0.7     # the learning rate falls (cosine, to 10 %) over the last 30 % of max_steps
 
 
 def sprite_batch(data: SpriteData, n: int, generator: torch.Generator, frames: int, stride: int
@@ -310,6 +312,9 @@ class VideoDenoiserModule(lightning.LightningModule):
             raise ConfigError("data.lengths",
                               f"longest window {max(data.lengths)} > model.max_frames {model.max_frames}")
         self.model = VideoDenoiser(model)
+        self.ema = VideoDenoiser(model)   # the moving average of the weights, saved at the end
+        self.ema.load_state_dict(self.model.state_dict())
+        self.ema.requires_grad_(False)
         self.data, self.settings = data, settings
 
     def global_batch(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -342,15 +347,31 @@ class VideoDenoiserModule(lightning.LightningModule):
         self.log("train/loss", loss, prog_bar=True, sync_dist=False)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """``ema <- d ema + (1 - d) model`` with ``d = min(ema, (1 + step) / (10 + step))``."""
+        if self.settings.ema <= 0:
+            return
+        step = self.global_step
+        d = min(self.settings.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p, 1 - d)
+
+    def on_train_end(self) -> None:
+        """The saved model is the moving average (when kept)."""
+        if self.settings.ema > 0:
+            self.model.load_state_dict(self.ema.state_dict())
+
     def configure_optimizers(self):
         s = self.settings
         opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         total = max(self.trainer.max_steps, 1)
+        start = max(s.warmup, int(s.decay_from * total))
 
-        def factor(step: int) -> float:   # linear warm-up, then cosine to 10 %
+        def factor(step: int) -> float:   # linear warm-up, constant, then cosine to 10 % at max_steps
             if step < s.warmup:
                 return (step + 1) / s.warmup
-            progress = min(1.0, (step - s.warmup) / max(1, total - s.warmup))
+            progress = min(1.0, max(0, step - start) / max(1, total - start))
             return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
                                                    "interval": "step"}}

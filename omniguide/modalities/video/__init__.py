@@ -2,4 +2,4 @@
 spatiotemporal guidance, long rollouts, diffusers video pipelines through the adapter, and
 MP4/GIF outputs. Importing this package registers the pipeline families, guiders and scales."""
 
-from . import cogvideox, history, ltx, scales, svd, wan  # noqa: F401  (each registers what it defines)
+from . import cogvideox, history, ltx, multicond, scales, stg, svd, wan  # noqa: F401  (each registers what it defines)

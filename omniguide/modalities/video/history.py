@@ -240,7 +240,8 @@ class HistoryGuidance(Guider):
 
     The rollout calls :meth:`bind` with each window's history and the null values of the external
     conditions; the guider's branches inherit a branch named ``conditions`` (the model's external
-    conditions)."""
+    conditions). Unbound (a model without history, e.g. a diffusers pipeline) the table is over
+    zero history frames and uses the caller's ``cond`` / ``uncond``."""
 
     scheme: str = "vanilla"
     scale: Scale = 2.0
@@ -325,9 +326,12 @@ class HistoryGuidance(Guider):
         return table
 
     def plan(self, step: GuidanceStep) -> dict[str, Any]:
-        """``{branch name: weight}`` of the nonzero entries at this step (names of :class:`Key`)."""
-        history = self._require_history()
-        table = active(self.composed(history.generated, step))
+        """``{branch name: weight}`` of the nonzero entries at this step (names of :class:`Key`).
+        Without a bound history the table is over zero history frames (DFoT with an empty history):
+        only the external-condition terms remain, on the caller's ``cond`` / ``uncond`` branches
+        (vanilla guidance is then CFG with weight ``scale``)."""
+        generated = self._history.generated if self._history is not None else ()
+        table = active(self.composed(generated, step))
         check_sum(table, "history")
         return {key.name: w for key, w in table.items()}
 
@@ -339,16 +343,13 @@ class HistoryGuidance(Guider):
         self._null = dict(null)
         self.composed(history.generated)   # a subset or table that does not fit this history fails now
 
-    def _require_history(self) -> History:
-        if self._history is None:
-            raise GuidanceError("history guidance: no history bound; the rollout calls guider.bind(history, null) "
-                                "before each window")
-        return self._history
-
     def branch_for(self, key: Key) -> Branch:
         """The branch of one table entry: history inputs at the key's levels (level 0 = each frame's
         clean level, the stabilization level for generated frames), the null conditions if dropped."""
-        history = self._require_history()
+        history = self._history
+        if history is None:
+            raise GuidanceError("history guidance: no history bound; the rollout calls guider.bind(history, null) "
+                                "before each window")
         clean = history.clean_levels
         levels = tuple(clean[i] if k == 0 else k for i, k in enumerate(key.levels))
         inputs = history.inputs(levels)
