@@ -90,8 +90,8 @@ class PhysicsScore:
 
     Per frame and sprite: the position error (pixels, top-left corner, by colour centroid; only where
     the sprite is at least half visible in the truth and was found), whether it was found (colour
-    mass between 25 % and 250 % of its area), the pixel change since the previous frame on background pixels (flicker), and the
-    estimated displacement (motion)."""
+    mass between 25 % and 250 % of its area), the pixel change since the previous frame on background
+    pixels (flicker), and the estimated displacement (motion)."""
 
     world: SpriteWorld
     state: SpriteState
@@ -113,7 +113,7 @@ class PhysicsScore:
         estimate, mass = locate(self.world, pixels, colours)
         present = self.state.present.unsqueeze(-1)
         error = (estimate - truth).norm(dim=-1)
-        found = (mass >= 0.25) & (mass <= 2.5) & present      # a sprite's worth of its colour, not a smear
+        found = (mass >= 0.25) & (mass <= 2.5) & present      # a sprite's worth of colour, not a smear
         measured = found & (visible >= 0.5)
         error = torch.where(measured, error, torch.full_like(error, float("nan")))
         background = render(self.world, self.state, truth)

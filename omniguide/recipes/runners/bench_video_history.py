@@ -159,8 +159,8 @@ def run_bench(cfg: VideoHistoryBenchConfig, run: RunContext) -> dict:
         label = _label(method)
         methods[label] = run_method(cfg, subject, method.guider)
         m = methods[label]
-        run.log(f"{label}: pos err w1 {m.get('pos_err_w1', float('nan')):.2f} w4 {m.get('pos_err_w4', float('nan')):.2f} "
-                f"w16 {m.get('pos_err_w16', float('nan')):.2f} px, found {m['found']:.2f}, motion {m['motion_ratio']:.2f}, "
+        errors = " ".join(f"w{k} {m.get(f'pos_err_w{k}', float('nan')):.2f}" for k in (1, 4, 16))
+        run.log(f"{label}: pos err {errors} px, found {m['found']:.2f}, motion {m['motion_ratio']:.2f}, "
                 f"nfe/frame {m['nfe_per_frame']:.1f}")
     memory = run_memory(cfg)
     for length, m in memory.items():

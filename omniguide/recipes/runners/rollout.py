@@ -89,8 +89,9 @@ def make_rollout(cfg: RolloutConfig, subject: Any, guider=None, on_window=None):
                                 **{k: v for k, v in cfg.scheduler.items() if k != "name"})
     guider = guider or build_guider(cfg.guider, "guider")
     n = cfg.samples
-    return Rollout(subject.model, scheduler, guider, plan, subject.schedule, conditions=subject.conditions(cfg.prompt, n),
-                   null=subject.null(n), keyframe_inputs={"stride": cfg.keyframe_stride}, steps=cfg.steps,
+    return Rollout(subject.model, scheduler, guider, plan, subject.schedule,
+                   conditions=subject.conditions(cfg.prompt, n), null=subject.null(n),
+                   keyframe_inputs={"stride": cfg.keyframe_stride}, steps=cfg.steps,
                    stabilization=cfg.stabilization, axes=subject.layout, axis=subject.axis, batch=cfg.batch,
                    progress=cfg.progress, on_window=on_window)
 
