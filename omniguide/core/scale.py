@@ -115,9 +115,11 @@ class Piecewise(DynamicScale):
         return self.coordinate == "step"
 
     def index(self, x: Tensor) -> Tensor:
-        """The bin of each value of the coordinate ``x``."""
-        at = torch.tensor(self.at, dtype=torch.float64)
-        x = torch.as_tensor(x, dtype=torch.float64).cpu()
+        """The bin of each value of the coordinate ``x`` (compared in ``x``'s precision, as
+        LTX-Video compares its float32 timesteps with the thresholds)."""
+        x = torch.as_tensor(x).detach().cpu()
+        x = x if x.is_floating_point() else x.double()
+        at = torch.tensor(self.at, dtype=x.dtype)
         if self.coordinate == "step":
             return (torch.searchsorted(at, x.reshape(-1), right=True) - 1).clamp(0, len(at) - 1).reshape(x.shape)
         below = x.unsqueeze(-1) >= at                  # at descending: the first threshold <= x
