@@ -24,6 +24,7 @@ from .core import (
     ModelCall,
     NoiseLevel,
     Prediction,
+    Rescale,
     ScaleSchedule,
     Schedule,
     SkipLayer,
@@ -34,12 +35,13 @@ from .core import (
 )
 from .core.sampler import sample
 from .modalities.base import Guide, guide
+from .modalities.from_diffusers import from_diffusers
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "build_guider", "CFG", "CFGCache", "CFGPlusPlus",
-    "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "Guide", "guide", "GuidanceError", "Guided", "Guider",
-    "Interval", "ModelCall", "NoiseLevel", "PAG", "Prediction", "register_guider", "sample", "ScaleSchedule",
-    "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
+    "CFGRescale", "CFGZeroStar", "ConfigError", "FDG", "from_diffusers", "Guide", "guide", "GuidanceError", "Guided",
+    "Guider", "Interval", "ModelCall", "NoiseLevel", "PAG", "Prediction", "register_guider", "Rescale", "sample",
+    "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]

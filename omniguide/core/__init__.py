@@ -21,6 +21,7 @@ from .methods import (
     CFGRescale,
     CFGZeroStar,
     Interval,
+    Rescale,
     Schedule,
     SkipLayer,
     Term,
@@ -36,6 +37,6 @@ __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "BranchExecutor", "build_guider", "CFG",
     "CFGCache", "CFGPlusPlus", "CFGRescale", "CFGZeroStar", "ConfigError", "convert", "FDG", "GuidanceError",
     "GuidanceStep", "Guided", "Guider", "GUIDERS", "Interval", "ModelCall", "NoiseLevel", "NoiseSchedule",
-    "OmniguideError", "PAG", "Perturbation", "check_requirements",
-    "Prediction", "register_guider", "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
+    "OmniguideError", "PAG", "Perturbation", "check_requirements", "Prediction", "register_guider", "Rescale",
+    "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]

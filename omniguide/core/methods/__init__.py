@@ -12,6 +12,7 @@ from .cfg_zero_star import CFGZeroStar
 from .fdg import FDG
 from .interval import Interval
 from .pag import PAG
+from .rescale import Rescale
 from .schedule import Schedule
 from .seg import SEG
 from .skip_layer import SkipLayer
@@ -20,5 +21,5 @@ from .terms import Term, Terms
 
 __all__ = [
     "APG", "CFG", "FDG", "PAG", "SEG", "TCFG", "Adaptive", "AutoGuidance", "BetaCFG", "CFGCache", "CFGPlusPlus",
-    "CFGRescale", "CFGZeroStar", "Interval", "Schedule", "SkipLayer", "Term", "Terms",
+    "CFGRescale", "CFGZeroStar", "Interval", "Rescale", "Schedule", "SkipLayer", "Term", "Terms",
 ]

@@ -7,7 +7,7 @@ Flawed", arXiv:2305.08891, Sec. 3.4):
 
 ``std`` runs over the declared axes, per sample. The paper applies it to the v prediction
 (``space="v"``, as ComfyUI's RescaleCFG does); diffusers applies it to whatever the model outputs
-(``space="eps"`` for an epsilon model).
+(``space=None``, the model's own parameterization). ``Rescale`` wraps any other guider the same way.
 """
 
 from __future__ import annotations
@@ -40,20 +40,21 @@ class CFGRescale(CFGFamily):
     scale: Scale = 7.5
     rescale: float = 0.7
     form: str = "u+w(c-u)"
-    space: str = "v"
+    space: str | None = "v"
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
         check_form(self.form)
         if not 0.0 <= float(self.rescale) <= 1.0:
             raise ConfigError("rescale", f"must be in [0, 1], got {self.rescale}")
-        self.space = check_space(self.space, allow_none=False)
+        self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:
             return passthrough(preds, step)
         axes = step.require_axes("cfg-rescale", self.axes)
-        c, u = preds["cond"].to(self.space), preds["uncond"].to(self.space)
+        kind = self.space or preds["cond"].kind
+        c, u = preds["cond"].to(kind), preds["uncond"].to(kind)
         g = cfg(c, u, resolve(self.scale, step), self.form)
-        return guided(rescale(g, c, float(self.rescale), axes), step, self.space)
+        return guided(rescale(g, c, float(self.rescale), axes), step, kind)

@@ -1,5 +1,5 @@
-"""Recipe kinds. Every module in this package is imported by :func:`load_all`, so a new runner
-registers itself by existing (no shared list to edit)."""
+"""Recipe kinds. Every module in this package and in :mod:`omniguide.bench` is imported by
+:func:`load_all`, so a new runner registers itself by existing (no shared list to edit)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ def load_all() -> list[str]:
 
     A module that fails to import is recorded in :data:`FAILED` and skipped, so one broken runner
     does not take down the recipes of the others; an unknown ``kind`` names the failures."""
+    import omniguide.bench as bench
+
     names = []
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        name = f"{__name__}.{info.name}"
-        if info.name in FAILED:
-            continue
-        try:
-            importlib.import_module(name)
-        except Exception as err:
-            FAILED[info.name] = f"{type(err).__name__}: {err}".splitlines()[0]
-            continue
-        names.append(info.name)
+    for package, path in ((__name__, __path__), (bench.__name__, bench.__path__)):
+        for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+            name = f"{package}.{info.name}"
+            if info.name in FAILED:
+                continue
+            try:
+                importlib.import_module(name)
+            except Exception as err:
+                FAILED[info.name] = f"{type(err).__name__}: {err}".splitlines()[0]
+                continue
+            names.append(info.name)
     return names
