@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from ...core.errors import ConfigError
-from ...core.registry import build_guider
-from ..benchkit import markdown_table
-from ..registry import register_recipe
-from ..run import RunContext
-from ..schema import option
-from .rollout import RolloutConfig, build_subject, check_histories, make_rollout
+from ..core.errors import ConfigError
+from ..core.registry import build_guider
+from ..recipes.benchkit import markdown_table
+from ..recipes.registry import register_recipe
+from ..recipes.run import RunContext
+from ..recipes.runners.rollout import RolloutConfig, build_subject, check_histories, make_rollout
+from ..recipes.schema import option
 
 
 @dataclass
@@ -93,7 +93,7 @@ def check_bench(cfg: VideoHistoryBenchConfig) -> None:
 
 def run_method(cfg: VideoHistoryBenchConfig, subject: Any, guider_cfg: dict) -> dict:
     """One method on the bench's videos: the physics metrics and the work."""
-    from ...zoo.sprites import random_state, render, trajectory
+    from ..zoo.sprites import random_state, render, trajectory
 
     world = subject.world
     state = random_state(world, cfg.videos, torch.Generator().manual_seed(cfg.seed))
