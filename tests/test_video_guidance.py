@@ -65,9 +65,11 @@ def test_scales_that_do_not_broadcast_are_one_line_errors():
     st = step_at(torch.zeros(1, 4, 5, 6, 8))
     with pytest.raises(GuidanceError, match=r"^frame-scales: 3 scales do not broadcast to a video of 5 frames$"):
         resolve(FrameScales((1.0, 2.0, 3.0)), st)
-    with pytest.raises(GuidanceError, match=r"^scale of shape \(3,\) does not broadcast to the sample \(1, 4, 5, 6, 8\)$"):
+    with pytest.raises(GuidanceError,
+                       match=r"^scale of shape \(3,\) does not broadcast to the sample \(1, 4, 5, 6, 8\)$"):
         resolve(torch.ones(3), st)
-    with pytest.raises(GuidanceError, match=r"^region: a mask of shape \(3, 3\) does not broadcast to the video's 6 x 8"):
+    with pytest.raises(GuidanceError,
+                       match=r"^region: a mask of shape \(3, 3\) does not broadcast to the video's 6 x 8"):
         resolve(RegionScale(inside=2.0, mask=torch.ones(3, 3)), st)
     with pytest.raises(GuidanceError, match="frame-ramp: needs the sample's layout with axes F"):
         resolve(FrameRamp(), GuidanceStep(torch.zeros(1, 4, 8, 8), NoiseLevel.flow(torch.tensor(0.5))))
@@ -82,7 +84,8 @@ def test_piecewise_reproduces_ltx_guidance_timesteps_and_wan_boundary():
         assert resolve(scale, step_at(torch.zeros(1), t=t)) == LTX_13B["values"][index], t
     # Wan 2.2: transformer (high noise) where t >= boundary, transformer_2 below
     wan = expert_scale(4.0, 3.0, 0.875)
-    assert resolve(wan, step_at(torch.zeros(1), t=0.875)) == 4.0 and resolve(wan, step_at(torch.zeros(1), t=0.874)) == 3.0
+    assert resolve(wan, step_at(torch.zeros(1), t=0.875)) == 4.0
+    assert resolve(wan, step_at(torch.zeros(1), t=0.874)) == 3.0
     steps = Piecewise(values=(2.0, 5.0, 1.0), at=(0.0, 0.2, 0.8), coordinate="step")
     assert [resolve(steps, step_at(torch.zeros(1), index=i, num_steps=11)) for i in (0, 1, 2, 7, 8, 10)] == \
         [2.0, 2.0, 5.0, 5.0, 1.0, 1.0]
@@ -172,7 +175,8 @@ def test_stg_residual_mode_drops_the_attentions_own_residual_and_refuses_a_no_op
         dropped = block.blocks[0].attn1(h)
     torch.testing.assert_close(dropped, with_residual - h, rtol=0, atol=1e-6)
     assert block.blocks[0].attn1.residual_connection is True
-    with pytest.raises(GuidanceError, match="stg\\(residual\\): none of the 2 selected attention layers has a residual"):
+    with pytest.raises(GuidanceError,
+                       match="stg\\(residual\\): none of the 2 selected attention layers has a residual"):
         DropResidual([1]).targets(net)
     with pytest.raises(GuidanceError, match="stg\\(attention_skip\\): layer 9 is out of range"):
         SkipAttention([9]).targets(net)
@@ -213,8 +217,8 @@ def test_multimodal_matches_diffusers_ltx2_guidance():
     for g, s, m, r in ((3.0, 1.0, 3.0, 0.7), (7.0, 0.0, 1.0, 0.0), (1.0, 2.0, 1.0, 0.5)):
         theirs_guider = LTX2Guidance(guidance_scale=g, stg_scale=s, modality_scale=m, guidance_rescale=r)
         theirs_guider.set_state(step=0, num_inference_steps=10, timestep=torch.tensor(600.0))
-        theirs = theirs_guider.forward(pred_cond=p["cond"].x0, pred_uncond=p["uncond"].x0, pred_cond_stg=p["perturbed"].x0,
-                               pred_cond_modality=p["isolated"].x0).pred
+        theirs = theirs_guider.forward(pred_cond=p["cond"].x0, pred_uncond=p["uncond"].x0,
+                                       pred_cond_stg=p["perturbed"].x0, pred_cond_modality=p["isolated"].x0).pred
         ours_guider = MultiModal(guidance_scale=g, stg_scale=s, modality_scale=m, guidance_rescale=r)
         st = step_at(x)
         needed = ours_guider.branches(st)
