@@ -82,6 +82,9 @@ def test_flux_guidance_embedding_stays_the_users(pipes):
 # -- every guider on every family ---------------------------------------------------------------------
 def guider_configs(weak) -> dict[str, omniguide.Guider]:
     """One instance of every registered guider, with settings that guide on a 3-step run."""
+    from omniguide.modalities.base import load_families
+
+    load_families()   # the modality packages register their guiders (history, stg, nested, multimodal)
     made = {
         "adaptive": build_guider({"name": "adaptive", "guider": {"name": "cfg", "scale": 3.0}}),
         "autoguidance": omniguide.AutoGuidance(scale=2.0, weak_model=weak),
@@ -90,6 +93,7 @@ def guider_configs(weak) -> dict[str, omniguide.Guider]:
         "schedule": build_guider({"name": "schedule", "guider": {"name": "cfg", "scale": 3.0}, "shape": "cosine"}),
         "terms": build_guider({"name": "terms", "terms": {"uncond": 2.0}}),
         "fdg": build_guider({"name": "fdg", "transform": "fft"}),
+        "rescale": build_guider({"name": "rescale", "guider": {"name": "cfg", "scale": 3.0}}),
         "nested": build_guider({"name": "nested", "chain": ["uncond", "cond"], "scales": [3.0]}),
         "multimodal": build_guider({"name": "multimodal", "guidance_scale": 3.0, "stg_scale": 1.0}),
     }

@@ -6,6 +6,8 @@ errors."""
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import tiny_video_pipelines as TV
@@ -128,3 +130,36 @@ def test_svd_cfg_arguments_belong_to_the_guider(pipes):
     with guide(pipe, CFG(scale=FrameRamp(1.0, 3.0))):
         with pytest.raises(GuidanceError, match=r"max_guidance_scale=\.\.\.\) is the pipeline's own CFG scale"):
             run(pipe, "svd", max_guidance_scale=3.0)
+
+
+RECIPE = """kind: sample
+model: {{name: diffusers, path: {path}, call: {{height: 16, width: 16, num_frames: {frames}, max_sequence_length: 16}}}}
+guider: {{name: cfg, scale: 4.0}}
+prompts: ["a red circle", {{prompt: "a blue square", num_samples: 2}}]
+steps: 2
+output: {{formats: [mp4, gif], scale: 2}}
+trainer: {{accelerator: cpu, devices: 1, enable_progress_bar: false, logger: none, threads: 1}}
+"""
+
+
+def test_sample_recipe_writes_mp4_gif_sheets_and_metrics(pipes, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    from omniguide.recipes.cli import main
+
+    folder = tmp_path / "wan"
+    pipes["wan"].save_pretrained(folder, safe_serialization=True)
+    recipe = tmp_path / "wan.yaml"
+    recipe.write_text(RECIPE.format(path=folder, frames=5))
+    code = main(["run", str(recipe), f"run.root={tmp_path / 'runs'}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    names = sorted(p.name for p in (run_dir / "items").iterdir())
+    assert "000001_1.mp4" in names and "000001_1_sheet.png" in names and "000000_0.gif" in names
+    assert iio.imread(run_dir / "items" / "000000_0.mp4").shape == (5, 32, 32, 3)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["videos"] == 3 and metrics["frames"] == 15 and metrics["nfe"] == 2 * 2 * 2
+    recipe.write_text(RECIPE.format(path=folder, frames=6))     # caught by validate, before loading weights
+    assert main(["validate", str(recipe)]) == 2
+    assert "model.call.num_frames: wan pipelines make num_frames = 4 k + 1 frames" in capsys.readouterr().err

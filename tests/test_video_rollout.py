@@ -137,3 +137,28 @@ def test_the_rollout_keeps_only_its_context():
     result = roll(torch.randn(1, 1, 2, 2, 2), 40, lambda f, s: None, torch.Generator())
     assert [w["history"] for w in result.window_log][:3] == [2, 3, 3]
     assert max(c[0] for c in net.calls) == 8 and result.frames == 40
+
+
+class Mixing1D(torch.nn.Module):
+    """A full-sequence 1-D 'denoiser' on ``[B, C, T]`` (an audio latent) returning a diffusers-style
+    tuple: each step predicts the level-weighted mean of the window."""
+
+    config = type("C", (), {"max_frames": 16})()
+
+    def forward(self, window, timestep, return_dict=True):
+        w = (1 - timestep / 1000).unsqueeze(1)
+        out = (window * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1e-3) + 0 * window
+        return {"sample": out} if return_dict else (out,)
+
+
+def test_the_same_machinery_continues_a_1d_sequence():
+    """Audio continuation is the same rollout on the time axis of ``[B, C, T]``."""
+    roll = Rollout(ModelCall(HistoryDenoiser(Mixing1D(), axis=2), module=None), build_scheduler("flow-euler"),
+                   HistoryGuidance(scheme="vanilla", scale=2.0), RolloutPlan(16, 8, 8), NoiseSchedule.flow(1000),
+                   conditions={"return_dict": False}, steps=2, axes="BCT", axis=2, progress=False)
+    given = torch.randn(2, 5, 8)
+    pieces = []
+    result = roll(given, 40, lambda x, start: pieces.append(x), torch.Generator().manual_seed(0))
+    audio = torch.cat(pieces, dim=2)
+    assert audio.shape == (2, 5, 40) and torch.equal(audio[:, :, :8], given)
+    assert [w["history"] for w in result.window_log] == [8, 8, 8, 8] and result.nfe == 4 * 2 * 2

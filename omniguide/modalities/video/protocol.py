@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ...core.errors import GuidanceError
+from ...core.model_call import default_output
 from ...core.noise import NoiseSchedule
 
 TARGET, GIVEN, GENERATED = 0, 1, 2
@@ -123,7 +124,8 @@ class HistoryDenoiser(nn.Module):
 
     ``axis`` is the frame (sequence) axis (2 for ``[B, C, F, H, W]``, 2 for audio ``[B, C, T]``);
     ``max_window`` (default: ``net.config.max_frames`` when the net has one) bounds history plus
-    sample, and a longer window is a one-line error."""
+    sample, and a longer window is a one-line error. The net may return a tensor, an object with
+    ``.sample`` or a tuple (diffusers' ``return_dict=False``)."""
 
     def __init__(self, net: nn.Module, axis: int = 2, max_window: int | None = None):
         super().__init__()
@@ -145,7 +147,7 @@ class HistoryDenoiser(nn.Module):
         batch = sample.shape[0]
         t_gen = _per_frame(timestep, batch, n_gen, sample.device)
         if history is None:
-            return self.net(sample, t_gen, **conditions)
+            return default_output(self.net(sample, t_gen, **conditions))
         if history_timestep is None:
             raise GuidanceError("history given without history_timestep (one noise level per history frame)")
         at = tuple(range(n_hist)) if history_at is None else tuple(int(p) for p in history_at)
@@ -163,7 +165,7 @@ class HistoryDenoiser(nn.Module):
         t = t_gen.new_empty(batch, total)
         t[:, list(at)] = _per_frame(history_timestep, batch, n_hist, sample.device).to(t.dtype)
         t[:, gen_at] = t_gen
-        out = self.net(window, t, **conditions)
+        out = default_output(self.net(window, t, **conditions))
         return out[tuple(index)]
 
 
