@@ -114,7 +114,7 @@ def test_fdg_bands_over_height_and_width_are_per_frame_2d():
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    model = VideoDenoiser(VideoDenoiserConfig(size=16, patch=4, dim=32, depth=3, heads=2, max_frames=4))
+    model = VideoDenoiser(VideoDenoiserConfig(size=16, patch=4, dim=48, depth=3, heads=2, max_frames=4))
     with torch.no_grad():
         for p in model.parameters():       # the zero-initialised output layers would hide every perturbation
             p.add_(0.05 * torch.randn_like(p))

@@ -28,7 +28,7 @@ PLUGIN = str(Path(__file__).parent / "data" / "plugins" / "failing_guider.py")
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    net = VideoDenoiser(VideoDenoiserConfig(dim=16, depth=1, heads=2))
+    net = VideoDenoiser(VideoDenoiserConfig(dim=48, depth=1, heads=2))
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -49,7 +49,7 @@ def test_rollout_recipe_writes_videos_frames_and_metrics(weights, capsys, tmp_pa
     assert code == 0, err
     folder = Path(out.strip().splitlines()[-1])
     for k in (0, 1):
-        assert iio.imread(folder / f"video_{k}.mp4").shape == (16, 128, 128, 3)
+        assert iio.imread(folder / f"video_{k}.mp4").shape == (16, 128, 128, 3)        # 16 px x 8
         assert iio.imread(folder / f"video_{k}.gif").shape[0] == 16
         assert (folder / f"video_{k}_sheet.png").is_file()
         assert sorted(p.name for p in (folder / "frames" / f"video_{k}").iterdir()) == \
@@ -162,3 +162,24 @@ def test_the_same_machinery_continues_a_1d_sequence():
     audio = torch.cat(pieces, dim=2)
     assert audio.shape == (2, 5, 40) and torch.equal(audio[:, :, :8], given)
     assert [w["history"] for w in result.window_log] == [8, 8, 8, 8] and result.nfe == 4 * 2 * 2
+
+
+def test_history_guidance_composes_with_stg_on_the_zoo_transformer(weights):
+    from omniguide.zoo.sprite_rollout import SpriteRollout
+
+    subject = SpriteRollout.load(weights)
+    given, state = subject.start("a red square moving horizontally fast", 1, 4, 0)
+
+    def rollout(guider):
+        roll = Rollout(subject.model, build_scheduler("flow-euler"), guider, RolloutPlan(8, 4, 4), subject.schedule,
+                       conditions=subject.conditions("a red square moving horizontally fast", 1), null=subject.null(1),
+                       steps=2, progress=False)
+        frames = []
+        with torch.no_grad():
+            result = roll(given, 8, lambda f, s: frames.append(f), torch.Generator().manual_seed(0))
+        return frames[-1], result
+    plain, plain_result = rollout(HistoryGuidance(scheme="vanilla", scale=2.0))
+    both, result = rollout(HistoryGuidance(scheme="vanilla", scale=2.0, stg_scale=1.0, stg_mode="transformer_block",
+                                           stg_layers=[0]))
+    assert plain_result.nfe == 2 * 2 and result.nfe == 3 * 2 and result.forward_passes == 2 * 2
+    assert (both - plain).abs().max() > 1e-4

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import ConfigError, did_you_mean
-from ..core.registry import GUIDERS, Registry
+from ..core.registry import GUIDERS, SCALES, Registry
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ OBJECTIVES = Registry("distillation objective")
 COMPONENTS: dict[str, Registry] = {
     "recipes": RECIPES,
     "guiders": GUIDERS,
+    "scales": SCALES,
     "models": MODELS,
     "schedulers": SCHEDULERS,
     "callbacks": CALLBACKS,

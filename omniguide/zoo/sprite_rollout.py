@@ -46,7 +46,7 @@ class SpriteRollout:
     @property
     def world(self) -> SpriteWorld:
         c = self.net.config
-        return SpriteWorld(size=c.size, sprite=6.0 if c.size >= 32 else 4.0, max_sprites=c.max_sprites)
+        return SpriteWorld(size=c.size, sprite=c.sprite, max_sprites=c.max_sprites)
 
     @property
     def window(self) -> int:

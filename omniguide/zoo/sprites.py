@@ -5,7 +5,8 @@ Everything is a pure function of its arguments, so training batches, benchmark r
 rollout starts are reproducible:
 
 * :class:`SpriteState` -- positions ``[N, K, 2]`` (x, y of the top-left corner, in pixels),
-  velocities ``[N, K, 2]`` (pixels per frame) and attributes ``[N, K, 3]`` (colour, axis, speed;
+  velocities ``[N, K, 2]`` (pixels per frame; ``slow`` / ``fast`` are 1 / 2 px per frame on a
+  32-pixel canvas, scaled with the canvas) and attributes ``[N, K, 3]`` (colour, axis, speed;
   ``-1`` marks an absent sprite).
 * :func:`trajectory` -- positions at frames ``0, s, 2s, ...`` (stride ``s``) under elastic
   reflection at the walls: a sprite spans ``[p, p + size]`` and ``p`` stays in ``[0, L - size]``.
@@ -40,14 +41,19 @@ class SpriteWorld:
     """The canvas and sprites: ``size`` x ``size`` pixel frames, square sprites of side ``sprite``,
     up to ``max_sprites`` per video."""
 
-    size: int = 32
-    sprite: float = 6.0
+    size: int = 16
+    sprite: float = 4.0
     max_sprites: int = 2
 
     @property
     def span(self) -> float:
         """The largest top-left coordinate: ``size - sprite``."""
         return self.size - self.sprite
+
+    @property
+    def speed_unit(self) -> float:
+        """Pixels per frame of speed 1 (``SPEEDS``): 1 on a 32-pixel canvas, scaled with the size."""
+        return self.size / 32
 
 
 @dataclass
@@ -75,7 +81,7 @@ def random_state(world: SpriteWorld, n: int, generator: torch.Generator, min_spr
     attributes[~present] = ABSENT
     position = torch.rand(n, k, 2, generator=generator) * world.span
     signs = torch.where(torch.rand(n, k, 2, generator=generator) < 0.5, -1.0, 1.0)
-    magnitude = torch.tensor([SPEEDS[s] for s in SPEED_NAMES])[speed.clamp_min(0)]
+    magnitude = torch.tensor([SPEEDS[s] for s in SPEED_NAMES])[speed.clamp_min(0)] * world.speed_unit
     direction = torch.stack([(axis != 1).float(), (axis != 0).float()], dim=-1)   # h: (1,0) v: (0,1) d: (1,1)
     velocity = signs * direction * magnitude.unsqueeze(-1)
     velocity[~present] = 0.0
@@ -200,7 +206,7 @@ def state_from_caption(world: SpriteWorld, attributes: Tensor, generator: torch.
     position = torch.rand(n, k, 2, generator=generator) * world.span
     signs = torch.where(torch.rand(n, k, 2, generator=generator) < 0.5, -1.0, 1.0)
     axis, speed = attributes[..., 1].clamp_min(0), attributes[..., 2].clamp_min(0)
-    magnitude = torch.tensor([SPEEDS[s] for s in SPEED_NAMES])[speed]
+    magnitude = torch.tensor([SPEEDS[s] for s in SPEED_NAMES])[speed] * world.speed_unit
     direction = torch.stack([(axis != 1).float(), (axis != 0).float()], dim=-1)
     velocity = signs * direction * magnitude.unsqueeze(-1)
     velocity[~present] = 0.0

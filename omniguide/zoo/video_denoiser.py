@@ -8,7 +8,8 @@ velocity ``eps - x0`` of every frame. History conditioning is therefore "history
 ``t = 0``" (Song et al. 2025, arXiv:2502.06764; Chen et al. 2024, arXiv:2407.01392); the guidance
 protocol of :mod:`omniguide.modalities.video.protocol` wraps it.
 
-Architecture: 4x4 patches (64 tokens per 32x32 frame), blocks of spatial self-attention (within a
+Architecture: 4x4 patches (16 tokens per 16x16 frame; a token is wider than its 48-value patch, or
+it could not carry the noise that the velocity target contains), blocks of spatial self-attention (within a
 frame), temporal self-attention (across the window, bidirectional) and an MLP, each modulated
 per frame (adaLN-zero) by the frame's noise level, the caption and the frame stride. Attention
 modules use diffusers' names (``to_q``, ``to_k``, ``to_v``, ``to_out``) and the blocks sit in
@@ -43,9 +44,9 @@ from .sprites import AXES, COLOURS, SPEEDS, SpriteWorld, random_state, render, t
 class VideoDenoiserConfig:
     """Architecture of :class:`VideoDenoiser`."""
 
-    size: int = 32
+    size: int = 16
     channels: int = 3
-    patch: int = 8
+    patch: int = 4
     dim: int = 64
     depth: int = 4
     heads: int = 4
@@ -54,6 +55,7 @@ class VideoDenoiserConfig:
     strides: list[int] = field(default_factory=lambda: [1, 2, 4])
     time_features: int = 64
     num_train_timesteps: int = 1000
+    sprite: float = 4.0          # the sprite side the model was trained on (its data, kept with the weights)
 
 
 class Attention(nn.Module):
@@ -123,6 +125,10 @@ class VideoDenoiser(nn.Module):
         self.config = c = config or VideoDenoiserConfig()
         if c.size % c.patch:
             raise ConfigError("model.patch", f"{c.patch} does not divide the frame size {c.size}")
+        if c.dim < c.channels * c.patch * c.patch:
+            # a token narrower than its patch cannot carry the noise the velocity target contains
+            raise ConfigError("model.dim", f"{c.dim} is smaller than a patch ({c.channels} x {c.patch} x {c.patch} = "
+                              f"{c.channels * c.patch * c.patch} values); use a smaller patch or a wider model")
         self.grid = c.size // c.patch
         patch_dim = c.channels * c.patch * c.patch
         self.patch_in = nn.Linear(patch_dim, c.dim)
@@ -233,8 +239,8 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "video_denoiser_sprites.sa
 class SpriteData:
     """The training clips: the world, window lengths and strides drawn per step, noise-level atoms."""
 
-    size: int = 32
-    sprite: float = 6.0
+    size: int = 16
+    sprite: float = 4.0
     max_sprites: int = 2
     lengths: list[int] = field(default_factory=lambda: [5, 6, 7, 8])
     strides: list[int] = field(default_factory=lambda: [1, 2, 4])
@@ -308,6 +314,9 @@ class VideoDenoiserModule(lightning.LightningModule):
         self.save_hyperparameters({"model": asdict(model), "data": asdict(data), "settings": asdict(settings)})
         if data.strides != model.strides:
             raise ConfigError("data.strides", f"must equal model.strides ({model.strides}), got {data.strides}")
+        if (data.size, data.sprite) != (model.size, model.sprite):
+            raise ConfigError("data.size", f"the data ({data.size} px, sprites {data.sprite} px) must match the model "
+                              f"({model.size} px, sprites {model.sprite} px)")
         if max(data.lengths) > model.max_frames:
             raise ConfigError("data.lengths",
                               f"longest window {max(data.lengths)} > model.max_frames {model.max_frames}")

@@ -36,7 +36,9 @@ reference code's ``SimpleHistoryGuidanceManager`` once masked only ground truth,
 unguided after the first window; DFoT commit 2afc548).
 
 ``text_scale`` composes text CFG on the full-history branch inside the same table,
-``+ (w_t - 1) [s(x | h, c) - s(x | h, ∅_c)]``, and the guider composes with the core's wrappers
+``+ (w_t - 1) [s(x | h, c) - s(x | h, ∅_c)]``; ``stg_scale`` adds spatiotemporal skip guidance
+``+ s (s(x | h, c) - s_perturbed(x | h, c))`` (a perturbed copy of the full-history branch, any
+mode of :mod:`.stg`, one extra forward pass); and the guider composes with the core's wrappers
 (``Interval``, ``Schedule``).
 """
 
@@ -55,12 +57,14 @@ from ...core.prediction import Guided, Prediction
 from ...core.registry import register_guider
 from ...core.scale import Scale, ScaleSchedule, is_neutral, resolve
 from .protocol import History
+from .stg import stg_perturbation
 
 Range = tuple[float, float]
 SCHEMES = ("conditional", "vanilla", "fractional", "temporal", "custom")
 STABILIZED = {"stabilized_conditional": "conditional", "stabilized_vanilla": "vanilla",
               "stabilized_fractional": "fractional"}
 CONDITIONS = "conditions"   # the branch holding the model's external conditions (caption, ...)
+STG_BRANCH = "perturbed"    # the full-history branch with STG's perturbation
 
 
 def _round(level: float) -> float:
@@ -236,7 +240,8 @@ class HistoryGuidance(Guider):
     guidance's history subsets (frame indices, negatives from the newest, or ``all``) and weights;
     ``segments`` + ``weights`` or ``table`` (``[{levels: [...] | k, drop: bool, weight: w}]``,
     weights summing to 1): custom tables; ``drop_condition``: end branches also drop the external
-    condition; ``text_scale``: text CFG on the full-history branch (``u + w(c - u)`` form, 1 = off).
+    condition; ``text_scale``: text CFG on the full-history branch (``u + w(c - u)`` form, 1 = off);
+    ``stg_scale`` / ``stg_mode`` / ``stg_layers``: STG on the full-history branch (0 = off).
 
     The rollout calls :meth:`bind` with each window's history and the null values of the external
     conditions; the guider's branches inherit a branch named ``conditions`` (the model's external
@@ -252,6 +257,9 @@ class HistoryGuidance(Guider):
     table: list | None = None
     drop_condition: bool = True
     text_scale: Scale = 1.0
+    stg_scale: Scale = 0.0
+    stg_mode: str = "attention_values"
+    stg_layers: Any = None
     _history: History | None = field(default=None, init=False, repr=False, compare=False)
     _null: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -278,6 +286,7 @@ class HistoryGuidance(Guider):
             else:
                 self._check_table()
         self.parsed_segments = getattr(self, "parsed_segments", None)
+        self.perturbation = stg_perturbation(self.stg_mode, self.stg_layers)
 
     def _check_table(self) -> None:
         total = 0.0
@@ -358,17 +367,26 @@ class HistoryGuidance(Guider):
         return Branch(key.name, inputs=inputs, base=CONDITIONS)
 
     def branch_defaults(self) -> dict:
-        if self._history is None:
-            return {}
-        return {key.name: self.branch_for(key) for key in self.composed(self._history.generated)}
+        off = isinstance(self.stg_scale, (int, float)) and self.stg_scale == 0
+        out = {} if off else {STG_BRANCH: Branch(STG_BRANCH, base="cond", perturbation=self.perturbation)}
+        if self._history is not None:
+            out.update({key.name: self.branch_for(key) for key in self.composed(self._history.generated)})
+        return out
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        return tuple(self.plan(step))
+        names = tuple(self.plan(step))
+        if not is_neutral(resolve(self.stg_scale, step), 0.0):
+            names = (*names, *(("cond",) if "cond" not in names else ()), STG_BRANCH)
+        return names
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         weights = self.plan(step)
-        if list(weights) == ["cond"]:
+        s = resolve(self.stg_scale, step)
+        stg = STG_BRANCH in preds and not is_neutral(s, 0.0)
+        if list(weights) == ["cond"] and not stg:
             return passthrough(preds, step)
         kind = preds[next(iter(weights))].kind
         out = sum(w * preds[name].to(kind) for name, w in weights.items())
+        if stg:
+            out = out + s * (preds["cond"].to(kind) - preds[STG_BRANCH].to(kind))
         return guided(out, step, kind)

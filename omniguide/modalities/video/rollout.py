@@ -175,7 +175,7 @@ class Rollout:
                     "uncond": Branch("uncond", inputs=dict(self.null), base="cond")}
         noise = torch.randn(shape, generator=generator, dtype=history.dtype).to(history.device)
         out = sample(self.model, self.scheduler, self.guider, noise, branches, num_steps=self.steps,
-                     axes=self.axes, batch=self.batch, progress=False, generator=generator)
+                     axes=self.axes, batch=self.batch, progress=self.progress, generator=generator)
         if result is not None:
             result.windows += 1
             result.nfe += out.nfe

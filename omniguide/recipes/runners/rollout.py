@@ -28,6 +28,7 @@ import torch
 from ...core.errors import ConfigError, GuidanceError, did_you_mean
 from ...core.registry import build_guider
 from ...core.schedulers import build_scheduler
+from ...modalities import video as _video  # noqa: F401  (registers the video guiders and scales by name)
 from ..registry import register_recipe
 from ..run import RunContext
 from ..schema import option
@@ -57,7 +58,7 @@ class RolloutConfig:
     samples: int = option(2, ge=1)                 # videos rolled out together
     seed: int = 0
     batch: bool = True
-    output: dict[str, Any] = field(default_factory=lambda: {"scale": 4})
+    output: dict[str, Any] = field(default_factory=lambda: {"scale": 8})
     progress: bool = True
     threads: int | None = option(None, ge=1)       # torch CPU threads (None: torch's default)
 
