@@ -163,3 +163,29 @@ def test_sample_recipe_writes_mp4_gif_sheets_and_metrics(pipes, tmp_path, capsys
     recipe.write_text(RECIPE.format(path=folder, frames=6))     # caught by validate, before loading weights
     assert main(["validate", str(recipe)]) == 2
     assert "model.call.num_frames: wan pipelines make num_frames = 4 k + 1 frames" in capsys.readouterr().err
+
+
+def test_sample_recipe_reads_svd_images_from_the_prompts(pipes, tmp_path, capsys):
+    from omniguide.recipes.cli import main
+
+    folder = tmp_path / "svd"
+    pipes["svd"].save_pretrained(folder, safe_serialization=True)
+    image = tmp_path / "start.png"
+    TV.svd_image().save(image)
+    recipe = tmp_path / "svd.yaml"
+    recipe.write_text(f"""kind: sample
+model: {{name: diffusers, path: {folder}, call: {{height: 16, width: 16, num_frames: 3, decode_chunk_size: 3}}}}
+guider: {{name: cfg, scale: {{name: frame-ramp, start: 1.0, end: 2.5}}}}
+prompts: ["{image}"]
+steps: 2
+output: {{formats: [gif]}}
+trainer: {{accelerator: cpu, devices: 1, enable_progress_bar: false, logger: none, threads: 1}}
+""")
+    code = main(["run", str(recipe), f"run.root={tmp_path / 'runs'}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert (run_dir / "items" / "000000_0.gif").is_file() and (run_dir / "items" / "000000_0_sheet.png").is_file()
+    recipe.write_text(recipe.read_text().replace(str(image), str(tmp_path / "missing.png")))
+    assert main(["validate", str(recipe)]) == 2
+    assert "prompts.0: Stable Video Diffusion needs an image file as the item's prompt" in capsys.readouterr().err
