@@ -1,43 +1,31 @@
-"""omniguide: one guidance core for every modality."""
+"""omniguide: one guidance core for every modality.
 
-from .core import (
-    APG,
-    CFG,
-    FDG,
-    PAG,
-    SEG,
-    TCFG,
-    Adaptive,
-    AutoGuidance,
-    Axes,
-    BetaCFG,
-    Branch,
-    CFGCache,
-    CFGPlusPlus,
-    CFGRescale,
-    CFGZeroStar,
-    ConfigError,
-    GuidanceError,
-    Guided,
-    Guider,
-    Interval,
-    ModelCall,
-    NoiseLevel,
-    Prediction,
-    Rescale,
-    ScaleSchedule,
-    Schedule,
-    SkipLayer,
-    Term,
-    Terms,
-    build_guider,
-    register_guider,
-)
-from .core.sampler import sample
-from .modalities.base import Guide, guide
-from .modalities.from_diffusers import from_diffusers
+The public names (``from omniguide import CFG, guide, sample``) are loaded on first use (PEP 562), so
+that ``import omniguide`` -- and with it ``omniguide --help`` and ``omniguide show`` -- does not
+import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(
+        ["APG", "CFG", "FDG", "PAG", "SEG", "TCFG", "Adaptive", "AutoGuidance", "Axes", "BetaCFG", "Branch",
+         "CFGCache", "CFGPlusPlus", "CFGRescale", "CFGZeroStar", "ConfigError", "GuidanceError", "Guided", "Guider",
+         "Interval", "ModelCall", "NoiseLevel", "Prediction", "Rescale", "ScaleSchedule", "Schedule", "SkipLayer",
+         "Term", "Terms", "build_guider", "register_guider"],
+        "omniguide.core",
+    ),
+    "sample": "omniguide.core.sampler",
+    "guide": "omniguide.modalities.base",
+    "Guide": "omniguide.modalities.base",
+    "from_diffusers": "omniguide.modalities.from_diffusers",
+}
 
 __all__ = [
     "Adaptive", "APG", "AutoGuidance", "Axes", "BetaCFG", "Branch", "build_guider", "CFG", "CFGCache", "CFGPlusPlus",
@@ -45,3 +33,56 @@ __all__ = [
     "Guider", "Interval", "ModelCall", "NoiseLevel", "PAG", "Prediction", "register_guider", "Rescale", "sample",
     "ScaleSchedule", "Schedule", "SEG", "SkipLayer", "TCFG", "Term", "Terms",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name the first time it is asked for."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'omniguide' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value   # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
+    from .core import (  # noqa: F401
+        APG,
+        CFG,
+        FDG,
+        PAG,
+        SEG,
+        TCFG,
+        Adaptive,
+        AutoGuidance,
+        Axes,
+        BetaCFG,
+        Branch,
+        CFGCache,
+        CFGPlusPlus,
+        CFGRescale,
+        CFGZeroStar,
+        ConfigError,
+        GuidanceError,
+        Guided,
+        Guider,
+        Interval,
+        ModelCall,
+        NoiseLevel,
+        Prediction,
+        Rescale,
+        ScaleSchedule,
+        Schedule,
+        SkipLayer,
+        Term,
+        Terms,
+        build_guider,
+        register_guider,
+    )
+    from .core.sampler import sample  # noqa: F401
+    from .modalities.base import Guide, guide  # noqa: F401
+    from .modalities.from_diffusers import from_diffusers  # noqa: F401

@@ -93,7 +93,7 @@ def guider_configs(weak) -> dict[str, omniguide.Guider]:
         "schedule": build_guider({"name": "schedule", "guider": {"name": "cfg", "scale": 3.0}, "shape": "cosine"}),
         "terms": build_guider({"name": "terms", "terms": {"uncond": 2.0}}),
         "fdg": build_guider({"name": "fdg", "transform": "fft"}),
-        "rescale": build_guider({"name": "rescale", "guider": {"name": "cfg", "scale": 3.0}}),
+        "rescale": build_guider({"name": "rescale", "guider": {"name": "apg", "scale": 3.0}, "rescale": 0.7}),
         "nested": build_guider({"name": "nested", "chain": ["uncond", "cond"], "scales": [3.0]}),
         "multimodal": build_guider({"name": "multimodal", "guidance_scale": 3.0, "stg_scale": 1.0}),
     }

@@ -19,6 +19,7 @@ from omniguide import (
     CFGRescale,
     CFGZeroStar,
     Interval,
+    Rescale,
     Schedule,
     Terms,
     build_guider,
@@ -64,6 +65,7 @@ def methods(layout, shape):
         "beta": BetaCFG(0.5),
         "autoguidance": AutoGuidance(2.0, weak_model=weak),
         "terms": Terms({"uncond": 2.0}),
+        "rescale": Rescale(APG(3.0), rescale=0.7),
     }
 
 
@@ -102,8 +104,13 @@ def test_runs_wrapped_and_resets(layout, name):
     inner = methods(layout, SHAPES[layout])[name]
     out = run(Interval(inner, step=(0.0, 0.6)), layout)
     assert out.nfe_per_step[-3:] == [1, 1, 1] and torch.isfinite(out.sample).all()
-    # a schedule wraps anything with a numeric scale; adaptive wraps the scheduled guider instead
-    wrapped = Adaptive(Schedule(CFG(3.0), "cosine")) if name == "adaptive" else Schedule(inner, "linear")
+    # a schedule wraps anything with a numeric scale; adaptive and rescale wrap the scheduled guider instead
+    if name == "adaptive":
+        wrapped = Adaptive(Schedule(CFG(3.0), "cosine"))
+    elif name == "rescale":
+        wrapped = Rescale(Schedule(APG(3.0), "linear"))
+    else:
+        wrapped = Schedule(inner, "linear")
     assert torch.isfinite(run(wrapped, layout).sample).all()
 
 

@@ -48,5 +48,10 @@ def test_quickstart_runs_and_writes_the_run_folder(tmp_path):
     # guidance pushes samples past the class modes, more at higher scales
     assert cfg["8"]["overshoot"] > cfg["4"]["overshoot"] > cfg["1"]["overshoot"] + 0.3
     assert metrics["interval(cfg)"]["4"]["nfe"] < 24
+    # which way each metric improves, for every metric a row reports
+    assert metrics["better"] == {"swd": "lower", "precision": "higher", "coverage": "higher",
+                                 "overshoot": "closer to 0", "nfe": "lower", "forward_passes": "lower",
+                                 "seconds": "lower"}
+    assert set(metrics["better"]) == set(cfg["1"])
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["sampler"]["samples"] == 200

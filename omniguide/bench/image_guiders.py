@@ -18,22 +18,18 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
-from ..core.errors import ConfigError
-from ..core.registry import build_guider
-from ..modalities.base import guide
-from ..modalities.image.io import diversity, pixel_stats
-from ..recipes import benchkit
-from ..recipes.components import DiffusersModel
+from ..recipes import benchkit, errors
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.runners.bench_guiders import MethodSweep, guider_config, row_label
-from ..recipes.sample_models import PipelineSampler
 from ..recipes.schema import build_dataclass, option
+
+if TYPE_CHECKING:   # torch, the modalities and the components are imported inside the functions
+    from torch import Tensor
+
+    from ..recipes.sample_models import PipelineSampler
 
 # image scorers: name -> "module:function" with function(images in [0, 1], prompts) -> {metric: value}
 # and, for a default prompt set, "module:function" with function(n, seed) -> prompts
@@ -68,24 +64,30 @@ def _imported(spec: str):
 
 
 def check_bench_image(cfg: BenchImageConfig) -> PipelineSampler:
+    from ..recipes.components import DiffusersModel, make_guider
+
     if cfg.scorer not in SCORERS:
-        raise ConfigError("scorer", f"unknown image scorer '{cfg.scorer}'; valid: {', '.join(SCORERS)}")
+        raise errors.ConfigError("scorer", f"unknown image scorer '{cfg.scorer}'; valid: {', '.join(SCORERS)}")
     if not cfg.seeds:
-        raise ConfigError("seeds", "empty; give at least one seed")
+        raise errors.ConfigError("seeds", "empty; give at least one seed")
     labels = [row_label(m) for m in cfg.methods]
     if len(set(labels)) != len(labels):
-        raise ConfigError("methods", f"two rows share a label ({labels}); give 'label' to tell them apart")
+        raise errors.ConfigError("methods", f"two rows share a label ({labels}); give 'label' to tell them apart")
     for i, sweep in enumerate(cfg.methods):
         if not sweep.scales:
-            raise ConfigError(f"methods.{i}.scales", "empty")
+            raise errors.ConfigError(f"methods.{i}.scales", "empty")
         for value in sweep.scales:
-            build_guider(guider_config(sweep, value), f"methods.{i}.guider")
+            make_guider(guider_config(sweep, value), f"methods.{i}.guider")
     model = build_dataclass(DiffusersModel, cfg.model, "model")
     return model.sampler({}, True, "model")
 
 
 def generate(pipe, family, guider, prompts: list[str], seed: int, steps: int) -> tuple[Tensor, int, float]:
     """The images of ``prompts`` (one each) with ``guider`` and ``seed``; NFE per image and seconds."""
+    import torch
+
+    from ..modalities.base import guide
+
     start = time.perf_counter()
     with guide(pipe, guider) as handle:
         result = pipe(prompts, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
@@ -96,9 +98,14 @@ def generate(pipe, family, guider, prompts: list[str], seed: int, steps: int) ->
 
 
 def measure_row(pipe, family, guider_cfg: dict, prompts: list[str], cfg: BenchImageConfig, score) -> dict:
+    import torch
+
+    from ..modalities.image.io import diversity, pixel_stats
+    from ..recipes.components import make_guider
+
     per_seed, nfe, seconds = [], 0, 0.0
     for seed in cfg.seeds:
-        images, n, s = generate(pipe, family, build_guider(guider_cfg), prompts, seed, cfg.steps)
+        images, n, s = generate(pipe, family, make_guider(guider_cfg), prompts, seed, cfg.steps)
         per_seed.append(images)
         nfe, seconds = nfe + n, seconds + s
     images = torch.cat(per_seed)
@@ -114,7 +121,10 @@ def measure_row(pipe, family, guider_cfg: dict, prompts: list[str], cfg: BenchIm
 
 def overhead(pipe, family, prompts: list[str], cfg: BenchImageConfig) -> dict:
     """Bare pipeline CFG vs guide(pipe, CFG) at the same NFE, interleaved rounds, ratio of medians."""
+    import torch
+
     from ..core.methods import CFG
+    from ..modalities.base import guide
 
     scale, steps = cfg.overhead.scale, cfg.steps
 
@@ -136,6 +146,8 @@ def overhead(pipe, family, prompts: list[str], cfg: BenchImageConfig) -> dict:
 @register_recipe("bench-image-guiders", BenchImageConfig, check=check_bench_image)
 def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
     """Every guider on the small image model through guide(): accuracy, diversity, saturation, NFE."""
+    import torch
+
     sampler = check_bench_image(cfg)
     score_fn, prompt_fn = (_imported(s) for s in SCORERS[cfg.scorer])
     prompts = list(cfg.prompts) or prompt_fn(cfg.num_prompts, 0)

@@ -11,6 +11,9 @@ Kept outside :mod:`omniguide.recipes.runners`, whose modules are all imported as
   ratios of medians (:func:`median_ratio`), with ``torch.cuda.synchronize`` around every timing;
 * **reports**: the environment (:func:`environment`), markdown tables and the lines every report
   shares.
+
+torch, diffusers and the core are imported inside the functions: the config dataclasses load
+without them (``omniguide show`` imports every runner, and the runners' schemas extend these).
 """
 
 from __future__ import annotations
@@ -24,17 +27,18 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+from . import errors
 
-from ..core.axes import as_axes
-from ..core.errors import ConfigError
-from ..core.guider import GuidanceStep
-from ..core.schedulers import SchedulerView, build_scheduler
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    from ..core.guider import GuidanceStep
+    from ..core.schedulers import SchedulerView
+
+DTYPES = ("float32", "float16", "bfloat16")   # names of torch dtypes
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -78,39 +82,48 @@ class UNetBenchConfig:
 
 
 def pick_device(name: str, path: str = "device") -> torch.device:
+    """The torch device ``name`` asks for (``auto``: CUDA when torch sees one)."""
+    import torch
+
     if name not in DEVICES:
-        raise ConfigError(path, f"unknown device '{name}'; valid: {', '.join(DEVICES)}")
+        raise errors.ConfigError(path, f"unknown device '{name}'; valid: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(path, "cuda was asked for but torch sees no CUDA device; use device=cpu or auto")
+        raise errors.ConfigError(path, "cuda was asked for but torch sees no CUDA device; use device=cpu or auto")
     return torch.device(name)
 
 
 def pick_dtype(name: str, path: str = "dtype") -> torch.dtype:
+    """The torch dtype named ``name`` (one of :data:`DTYPES`)."""
+    import torch
+
     if name not in DTYPES:
-        raise ConfigError(path, f"unknown dtype '{name}'; valid: {', '.join(DTYPES)}")
-    return DTYPES[name]
+        raise errors.ConfigError(path, f"unknown dtype '{name}'; valid: {', '.join(DTYPES)}")
+    return getattr(torch, name)
 
 
 def check_unet(cfg: UNetConfig, path: str = "model") -> None:
     if not cfg.block_out_channels:
-        raise ConfigError(f"{path}.block_out_channels", "empty; give one width per level, e.g. [32, 64]")
+        raise errors.ConfigError(f"{path}.block_out_channels", "empty; give one width per level, e.g. [32, 64]")
     for i, width in enumerate(cfg.block_out_channels):
         if width <= 0 or width % cfg.norm_num_groups:
-            raise ConfigError(
+            raise errors.ConfigError(
                 f"{path}.block_out_channels.{i}",
                 f"{width} must be a positive multiple of norm_num_groups={cfg.norm_num_groups}",
             )
     if cfg.sample_size % (2 ** (len(cfg.block_out_channels) - 1)):
-        raise ConfigError(f"{path}.sample_size", f"{cfg.sample_size} is not divisible by the UNet's downsampling")
+        raise errors.ConfigError(f"{path}.sample_size",
+                                 f"{cfg.sample_size} is not divisible by the UNet's downsampling")
     for key in ("layers_per_block", "cross_attention_dim", "attention_head_dim", "channels", "tokens"):
         if getattr(cfg, key) < 1:
-            raise ConfigError(f"{path}.{key}", f"must be >= 1, got {getattr(cfg, key)}")
+            raise errors.ConfigError(f"{path}.{key}", f"must be >= 1, got {getattr(cfg, key)}")
 
 
 def check_unet_bench(cfg: UNetBenchConfig) -> None:
     """The checks every UNet benchmark shares: model, device, dtype and scheduler."""
+    from ..core.schedulers import build_scheduler
+
     check_unet(cfg.model)
     pick_device(cfg.device)
     pick_dtype(cfg.dtype)
@@ -145,6 +158,7 @@ def describe_error(err: BaseException) -> str:
 # -- the measured step -------------------------------------------------------------------------------
 def build_unet(cfg: UNetConfig, device: torch.device, dtype: torch.dtype):
     """The small diffusers UNet of ``cfg`` in eval mode on ``device`` / ``dtype``."""
+    import torch
     from diffusers import UNet2DConditionModel
 
     levels = len(cfg.block_out_channels)
@@ -166,6 +180,8 @@ def build_unet(cfg: UNetConfig, device: torch.device, dtype: torch.dtype):
 
 def unet_inputs(cfg: UNetConfig, batch: int, device, dtype, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """``(noise [B, C, H, W], cond embeddings [B, L, D], uncond embeddings [B, L, D])``."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, cfg.channels, cfg.sample_size, cfg.sample_size)
     noise = torch.randn(shape, generator=gen)
@@ -194,6 +210,10 @@ class UNetStep:
 
 def unet_step(cfg: UNetBenchConfig, axes: str) -> UNetStep:
     """Build the UNet of ``cfg`` and its inputs, and place them at the measured step."""
+    from ..core.axes import as_axes
+    from ..core.guider import GuidanceStep
+    from ..core.schedulers import SchedulerView, build_scheduler
+
     device, dtype = pick_device(cfg.device), pick_dtype(cfg.dtype)
     unet = build_unet(cfg.model, device, dtype)
     noise, cond, uncond = unet_inputs(cfg.model, cfg.batch, device, dtype, cfg.model.seed)
@@ -220,6 +240,8 @@ def unet_bench(cfg: UNetBenchConfig, axes: str) -> Iterator[tuple[dict[str, str]
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Use ``n`` torch CPU threads inside the block (0: leave them), then restore the previous count."""
+    import torch
+
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)
@@ -230,6 +252,9 @@ def torch_threads(n: int):
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that a timing covers it."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -243,6 +268,8 @@ def interleaved(
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, timed round-robin (order rotated every round) after
     ``warmup`` untimed rounds. ``inner[name]`` calls are timed together and averaged."""
+    import torch
+
     names = list(fns)
     inner = inner or {}
     with torch.inference_mode():
@@ -284,7 +311,9 @@ def rounds_text(timing: TimingConfig) -> str:
 
 # -- reports -----------------------------------------------------------------------------------------
 def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Where a benchmark ran: device, dtype, library versions, threads, CPU (and GPU), load."""
     import diffusers
+    import torch
 
     env = {
         "device": device.type,

@@ -1,17 +1,24 @@
-"""Built-in components recipes look up by name: schedulers, sample models, trainable models.
+"""Built-in components recipes look up by name: guiders, schedulers, sample models, callbacks.
 
+    guider: {name: cfg, scale: 4}                         # any guider of omniguide.core, checked first
     scheduler: {name: ddim}                               # any name in omniguide.core.schedulers
     model: {name: mixture, classes: 3}                    # the analytic testbed (exact scores)
     model: {name: small-denoiser, weights: runs/.../model.safetensors}   # one trained by `train`
     model: {name: diffusers, path: <pipeline folder or model id>}        # any pipeline guide() serves
+    callbacks: [{name: lr-monitor}]                       # Lightning callbacks
 
 A sample model's config is a dataclass registered with ``@register_model("name")`` whose
 ``sampler(scheduler_cfg, batch, path)`` returns what generates items (see
 :mod:`omniguide.recipes.sample_models`).
+
+Importing this module registers the built-ins; it imports torch and the core, but neither
+Lightning nor diffusers (``omniguide list`` imports it): those are imported when a component is
+built.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,11 +28,11 @@ import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError, did_you_mean
+from ..core.registry import GUIDERS, build_guider, init_fields
 from ..core.schedulers import ALIASES, BY_NAME, SCHEDULER_NAMES, build_scheduler
 from ..zoo.gaussian_mixture import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
-from ..zoo.small_denoiser import SmallDenoiser
-from .registry import MODELS, SCHEDULERS, register_model
-from .schema import build_dataclass, find_file, option
+from .registry import CALLBACKS, MODELS, SCHEDULERS, register_model
+from .schema import as_number, build_dataclass, describe, find_file, option, require_finite
 
 for _name in SCHEDULER_NAMES:
     SCHEDULERS.register(_name)(BY_NAME[_name][0])
@@ -33,6 +40,74 @@ for _alias, (_short, _) in ALIASES.items():   # ComfyUI's names for the same sol
     SCHEDULERS.register(_alias)(BY_NAME[_short][0])
 
 
+# -- guiders -----------------------------------------------------------------------------------
+SCHEDULE_EXAMPLE = "{shape: linear, scale: 7}"
+
+
+def make_guider(cfg: Any, path: str = "guider") -> Any:
+    """A guider from its recipe config: :func:`check_guider_values`, then the core's ``build_guider``
+    (which reports unknown names and keys). Recipes build every guider through this function, in
+    ``check`` and in the run alike, so ``validate`` rejects what the run would."""
+    check_guider_values(cfg, path)
+    return build_guider(cfg, path)
+
+
+def check_guider_values(cfg: Any, path: str = "guider") -> None:
+    """Scales must be finite numbers (or schedules of one) and number fields numbers, at any depth.
+
+    In code a scale may be a tensor and the core trusts its caller; in a recipe ``scale: abc``,
+    ``scale: .nan`` or ``scale: [1, 2]`` is a mistake that would otherwise surface mid-run (or
+    as a non-finite model output). Field types are read from the guider dataclass, as
+    ``build_guider`` reads them; keys it does not know are left to it."""
+    if not isinstance(cfg, Mapping):
+        return
+    if "name" in cfg and not isinstance(cfg["name"], str):
+        raise ConfigError(f"{path}.name", f"expected the name of a guider, got {describe(cfg['name'])}")
+    if cfg.get("name") not in GUIDERS:
+        return
+    fields = init_fields(GUIDERS.get(cfg["name"]))
+    for key, value in cfg.items():
+        if key not in fields or value is None:
+            continue
+        where = f"{path}.{key}"
+        annotation = _annotation(fields[key].type)
+        if "Guider" in annotation and isinstance(value, Mapping):
+            check_guider_values(value, where)
+        elif "Scale" in annotation:
+            check_scale(value, where, allow_list="tuple" in annotation)
+        elif cfg["name"] == "terms" and key == "terms" and isinstance(value, Mapping):
+            for branch, term in value.items():
+                check_scale(term.get("scale", 1.0) if isinstance(term, Mapping) else term, f"{where}.{branch}")
+        elif annotation in ("float", "int", "float | None", "int | None"):
+            require_finite(value, where)
+
+
+def check_scale(value: Any, where: str, allow_list: bool = False) -> None:
+    """A finite number, a schedule mapping with a finite ``scale`` (and a ``shape``), or -- where
+    the guider takes one scale per band or level (``allow_list``) -- a list of finite numbers."""
+    if isinstance(value, Mapping):
+        if "shape" not in value:
+            raise ConfigError(where, f"a scale schedule needs a 'shape' (constant, linear, cosine), e.g. "
+                              f"{SCHEDULE_EXAMPLE}; got {describe(value)}")
+        for key in ("scale", "neutral"):
+            if key in value:
+                require_finite(value[key], f"{where}.{key}")
+        return
+    if isinstance(value, (list, tuple)) and allow_list:
+        for i, item in enumerate(value):
+            require_finite(item, f"{where}.{i}")
+        return
+    if as_number(value) is None:
+        raise ConfigError(where, f"expected a number or a schedule {SCHEDULE_EXAMPLE}, got {describe(value)}")
+    require_finite(value, where)
+
+
+def _annotation(hint: Any) -> str:
+    """A field's type as text (``"float"``, ``"Scale | tuple"``), whether or not it was stringified."""
+    return hint if isinstance(hint, str) else getattr(hint, "__name__", str(hint))
+
+
+# -- schedulers ---------------------------------------------------------------------------------
 def make_scheduler(cfg: Mapping[str, Any], path: str = "scheduler") -> Any:
     """A fresh diffusers scheduler from ``{name: ddim, **config}``; unknown config keys are errors
     (diffusers itself would only warn)."""
@@ -134,6 +209,8 @@ class SmallDenoiserModel:
         if type(scheduler).__name__.startswith("FlowMatch"):
             raise ConfigError("scheduler.name",
                               "small-denoiser predicts eps on a VP schedule; use ddim, euler, dpm++")
+        from ..zoo.small_denoiser import SmallDenoiser  # imports Lightning
+
         weights = find_file(self.weights, f"{path}.weights")
         spec = build_dataclass(MixtureSpec, self.data, f"{path}.data", skip=())
         model = SmallDenoiser.load(weights)
@@ -190,9 +267,21 @@ def make_sampler(cfg: Mapping[str, Any], scheduler_cfg: Mapping[str, Any], batch
 
 
 # -- Lightning callbacks -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class LazyCallback:
+    """A callback class registered by import path (``"module:Class"``) and imported when a recipe
+    uses it, so that registering and listing Lightning's callbacks does not import Lightning."""
+
+    target: str
+
+    def load(self) -> Callable:
+        """The class (or factory) the path names."""
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
 def make_callbacks(cfgs: list, path: str = "callbacks") -> list:
     """Lightning callbacks from ``[{name: ..., **kwargs}]`` (factories registered in CALLBACKS)."""
-    from .registry import CALLBACKS
     from .schema import strict_kwargs
 
     out = []
@@ -200,6 +289,8 @@ def make_callbacks(cfgs: list, path: str = "callbacks") -> list:
         where = f"{path}.{i}"
         cfg = _named(cfg, where)
         factory = CALLBACKS.get(cfg["name"], f"{where}.name")
+        if isinstance(factory, LazyCallback):
+            factory = factory.load()
         try:
             out.append(factory(**strict_kwargs(factory, cfg, where)))
         except TypeError as err:
@@ -207,15 +298,11 @@ def make_callbacks(cfgs: list, path: str = "callbacks") -> list:
     return out
 
 
-def _register_lightning_callbacks() -> None:
-    from lightning.pytorch import callbacks as cb
-
-    from .registry import CALLBACKS
-
-    for name, cls in (("lr-monitor", cb.LearningRateMonitor), ("model-summary", cb.ModelSummary),
-                      ("early-stopping", cb.EarlyStopping)):
-        if name not in CALLBACKS:
-            CALLBACKS.register(name)(cls)
-
-
-_register_lightning_callbacks()
+LIGHTNING_CALLBACKS = {
+    "lr-monitor": "lightning.pytorch.callbacks:LearningRateMonitor",
+    "model-summary": "lightning.pytorch.callbacks:ModelSummary",
+    "early-stopping": "lightning.pytorch.callbacks:EarlyStopping",
+}
+for _name, _target in LIGHTNING_CALLBACKS.items():
+    if _name not in CALLBACKS:
+        CALLBACKS.register(_name)(LazyCallback(_target))

@@ -8,10 +8,18 @@ dotted path, the problem and the nearest valid choice.
 Top-level keys every recipe understands besides its schema's fields:
 ``kind`` (the recipe), ``extends`` (base recipe file(s), relative to this file), ``run`` (the
 run folder section) and ``plugins`` (modules to import first, which register components).
+
+Layers merge key by key (lists replace), except **component sections**: a mapping with a ``name``
+under a ``dict``-typed field (``guider``, ``model``, ``scheduler``, an inner ``guider.guider`` ...)
+*replaces* the schema's default outright, and replaces a lower layer's mapping when it names a
+different component; without a ``name``, or with the same one, it merges. So ``guider: {name:
+interval, guider: {name: cfg}, sigma: [0.28, 5.42]}`` does not inherit the default CFG's
+``scale``, while a child recipe's ``guider: {scale: 5}`` keeps its base's guider.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import types
@@ -23,8 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..core.errors import ConfigError, did_you_mean
-from . import schema
+from . import errors, schema
 from .registry import Recipe, get_recipe
 from .run import RunSection
 from .schema import check_constraints
@@ -49,7 +56,7 @@ def load_yaml(path: str | Path, where: str = "") -> DictConfig:
     path = Path(path)
     where = where or str(path)
     if not path.is_file():
-        raise ConfigError(where, f"file not found: {path}")
+        raise errors.ConfigError(where, f"file not found: {path}")
     import yaml
 
     try:
@@ -58,34 +65,105 @@ def load_yaml(path: str | Path, where: str = "") -> DictConfig:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(where, f"invalid YAML{at}: {problem}") from None
+        raise errors.ConfigError(where, f"invalid YAML{at}: {problem}") from None
     except Exception as err:  # omegaconf rejects e.g. non-string keys
-        raise ConfigError(where, f"invalid recipe: {_first_line(err)}") from None
+        raise errors.ConfigError(where, f"invalid recipe: {_first_line(err)}") from None
     if not isinstance(cfg, DictConfig):
-        raise ConfigError(where, "a recipe must be a mapping of keys to values at the top level")
+        raise errors.ConfigError(where, "a recipe must be a mapping of keys to values at the top level")
     return cfg
 
 
-def load_with_extends(path: str | Path, seen: tuple[Path, ...] = ()) -> DictConfig:
-    """A recipe file merged over its ``extends`` base file(s) (recursively, left to right)."""
+def load_layers(path: str | Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+    """The recipe's layers as plain data, lowest first: its ``extends`` base file(s) (recursively,
+    left to right), then the file itself. Interpolations stay unresolved (``${...}`` text)."""
     path = Path(path).resolve()
     if path in seen:
-        raise ConfigError("extends", f"circular extends: {' -> '.join(p.name for p in (*seen, path))}")
+        raise errors.ConfigError("extends", f"circular extends: {' -> '.join(p.name for p in (*seen, path))}")
     cfg = load_yaml(path, str(path) if seen else "")
     bases = cfg.pop("extends", None)
+    own = OmegaConf.to_container(cfg, resolve=False)
     if bases is None:
-        return cfg
+        return [own]
     if isinstance(bases, str):
         bases = [bases]
     layers = []
     for i, base in enumerate(bases):
         if not isinstance(base, str):
-            raise ConfigError(f"extends.{i}", "expected a file name")
+            raise errors.ConfigError(f"extends.{i}", "expected a file name")
         base_path = path.parent / base
         if not base_path.is_file():
-            raise ConfigError("extends", f"file not found: {base} (relative to {path.parent})")
-        layers.append(load_with_extends(base_path, (*seen, path)))
-    return OmegaConf.merge(*layers, cfg)
+            raise errors.ConfigError("extends", f"file not found: {base} (relative to {path.parent})")
+        layers += load_layers(base_path, (*seen, path))
+    return [*layers, own]
+
+
+# -- merging layers: component sections replace, everything else merges --------------------------
+def merge_recipe(lower: Mapping, upper: Mapping, schema_cls: type, over_defaults: bool = False) -> dict:
+    """``upper`` over ``lower`` (plain recipe data at the top level, ``run`` included); see the
+    module docstring. ``over_defaults``: ``lower`` is the schema's defaults, which a named
+    component mapping replaces even when it has the same name."""
+    hints = {**typing.get_type_hints(schema_cls), "run": RunSection}
+    out = dict(lower)
+    for key, value in upper.items():
+        out[key] = merge_data(lower[key], value, hints.get(key), over_defaults) if key in lower else value
+    return out
+
+
+def merge_data(lower: Any, upper: Any, hint: Any, over_defaults: bool = False) -> Any:
+    """``upper`` over ``lower`` for a value of type ``hint`` (None: unknown, merged like a section)."""
+    if not (isinstance(lower, Mapping) and isinstance(upper, Mapping)):
+        return copy.deepcopy(upper)
+    if is_component(hint) and replaces(lower, upper, over_defaults):
+        return copy.deepcopy(upper)
+    out = dict(lower)
+    for key, value in upper.items():
+        out[key] = merge_data(lower[key], value, field_hint(hint, key), over_defaults) if key in lower else value
+    return out
+
+
+def merge_component(base: Mapping, own: Mapping) -> dict:
+    """A component config ``own`` over ``base`` by the same rule (e.g. a prompt item's ``guider``
+    over the recipe's): replaced when ``own`` names another component, else merged key by key."""
+    return merge_data(base, own, Any)
+
+
+def replaces(lower: Mapping, upper: Mapping, over_defaults: bool = False) -> bool:
+    """True when a component mapping ``upper`` replaces ``lower`` instead of merging into it."""
+    return "name" in upper and (over_defaults or upper["name"] != lower.get("name"))
+
+
+def is_component(hint: Any) -> bool:
+    """A value under a ``dict``-typed field (or an untyped one): where components are configured."""
+    return hint is Any or typing.get_origin(hint) in (dict, Mapping) or hint in (dict, Mapping)
+
+
+def field_hint(hint: Any, key: Any) -> Any:
+    """The type of ``key`` inside a value of type ``hint`` (None when the schema does not say)."""
+    hint = _strip_optional(hint)
+    if is_component(hint):
+        return Any
+    if dataclasses.is_dataclass(hint):
+        return typing.get_type_hints(hint).get(str(key))
+    if typing.get_origin(hint) in (list, tuple, Sequence):
+        args = typing.get_args(hint)
+        return args[0] if args else Any
+    return None
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any
+    return hint
+
+
+def _path_hint(schema_cls: type, dotted: str) -> Any:
+    """The schema type at a dotted path (``guider.guider`` -> Any, ``trainer`` -> TrainerConfig)."""
+    parts = dotted.split(".")
+    hint = {**typing.get_type_hints(schema_cls), "run": RunSection}.get(parts[0])
+    for part in parts[1:]:
+        hint = field_hint(hint, part)
+    return hint
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
@@ -94,39 +172,76 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     for item in overrides:
         key = item.split("=", 1)[0]
         if "=" not in item or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override '{item}'", "expected key.path=value")
+            raise errors.ConfigError(f"override '{item}'", "expected key.path=value")
         try:
             value = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
         except Exception as err:
-            raise ConfigError(key, f"cannot parse override value: {_first_line(err)}") from None
+            raise errors.ConfigError(key, f"cannot parse override value: {_first_line(err)}") from None
         pairs.append((key, OmegaConf.to_container(value) if OmegaConf.is_config(value) else value))
     return pairs
 
 
-def apply_overrides(cfg: DictConfig, pairs: Sequence[tuple[str, Any]]) -> DictConfig:
-    """Set each dotted key (list items by index: ``guiders.1.scale=5``) with ``OmegaConf.update``."""
+def apply_overrides(cfg: DictConfig, pairs: Sequence[tuple[str, Any]], schema_cls: type | None = None) -> DictConfig:
+    """Set each dotted key (list items by index: ``guiders.1.scale=5``) with ``OmegaConf.update``.
+
+    With the recipe's schema, an override that names another component (``guider.name=apg``, or
+    ``guider={name: apg}``) first resets that section to the new component, whatever the order of
+    the overrides, so fields of the old one do not leak into it."""
+    def in_component(dotted: str) -> bool:
+        return schema_cls is not None and bool(dotted) and is_component(_path_hint(schema_cls, dotted))
+
+    for key, value in pairs:   # renames first: `guider.scale=5 guider.name=apg` keeps the scale
+        parent, _, leaf = key.rpartition(".")
+        if leaf == "name" and in_component(parent) and _select(cfg, key) != value:
+            _update(cfg, parent, {"name": value}, merge=False)
     for key, value in pairs:
-        try:
-            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
-        except Exception as err:
-            raise ConfigError(key, f"cannot apply override: {_first_line(err)}") from None
+        current = _select(cfg, key)
+        reset = (isinstance(value, Mapping) and OmegaConf.is_dict(current) and in_component(key)
+                 and replaces(current, value))
+        _update(cfg, key, value, merge=not reset)
     return cfg
 
 
+def _select(cfg: DictConfig, key: str) -> Any:
+    """The value at a dotted key, or None where there is none (or the path cannot be followed:
+    ``prompts.x`` on a list; applying the override reports that)."""
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except Exception:
+        return None
+
+
+def _update(cfg: DictConfig, key: str, value: Any, merge: bool) -> None:
+    try:
+        OmegaConf.update(cfg, key, value, merge=merge, force_add=True)
+    except Exception as err:
+        raise errors.ConfigError(key, f"cannot apply override: {_first_line(err)}") from None
+
+
 def load_raw(path: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
-    """The merged, untyped recipe: schema defaults, the file with its bases, then overrides."""
+    """The merged, untyped recipe: schema defaults, the file with its bases, then overrides
+    (component sections follow the replace rule of the module docstring)."""
     pairs = parse_overrides(overrides)
     for key, _ in pairs:
         if key.split(".")[0] == "extends":
-            raise ConfigError(key, "base recipes can only be named in the recipe file")
-    cfg = load_with_extends(path) if path is not None else OmegaConf.create({})
-    kind = dict(pairs).get("kind", cfg.get("kind"))
-    plugins = dict(pairs).get("plugins", cfg.get("plugins")) or []
+            raise errors.ConfigError(key, "base recipes can only be named in the recipe file")
+    layers = load_layers(path) if path is not None else []
+    kind = dict(pairs).get("kind", _last(layers, "kind"))
+    plugins = dict(pairs).get("plugins", _last(layers, "plugins")) or []
     if isinstance(plugins, (list, ListConfig)):
         import_plugins(list(plugins))
     recipe = get_recipe(kind)
-    defaults = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(recipe.schema)))
-    return apply_overrides(OmegaConf.merge(defaults, cfg), pairs)
+    data: dict = {}
+    for layer in layers:
+        data = merge_recipe(data, layer, recipe.schema)
+    defaults = OmegaConf.to_container(OmegaConf.structured(recipe.schema))
+    merged = OmegaConf.create(merge_recipe(defaults, data, recipe.schema, over_defaults=True))
+    return apply_overrides(merged, pairs, recipe.schema)
+
+
+def _last(layers: Sequence[Mapping], key: str) -> Any:
+    """``key``'s value in the highest layer that sets it (None if none does)."""
+    return next((layer[key] for layer in reversed(layers) if key in layer), None)
 
 
 def import_plugins(modules: Sequence[str], path: str = "plugins") -> None:
@@ -139,10 +254,10 @@ def import_plugins(modules: Sequence[str], path: str = "plugins") -> None:
                 _import_file(Path(module))
             else:
                 importlib.import_module(module)
-        except ConfigError:
+        except errors.ConfigError:
             raise
         except Exception as err:
-            raise ConfigError(where, f"cannot import plugin '{module}': {_first_line(err)}") from None
+            raise errors.ConfigError(where, f"cannot import plugin '{module}': {_first_line(err)}") from None
 
 
 def _import_file(file: Path) -> None:
@@ -172,7 +287,7 @@ def load_entry_point_plugins() -> None:
         try:
             ep.load()
         except Exception as err:
-            raise ConfigError(f"entry point '{ep.name}'", f"cannot load plugin: {_first_line(err)}") from None
+            raise errors.ConfigError(f"entry point '{ep.name}'", f"cannot load plugin: {_first_line(err)}") from None
 
 
 # -- the typed config --------------------------------------------------------------------------
@@ -184,7 +299,7 @@ def resolve(raw: DictConfig, source: Path | None = None) -> Resolved:
         raise translate_omegaconf_error(err) from None
     plugins = data.get("plugins") or []
     if not isinstance(plugins, list):
-        raise ConfigError("plugins", "expected a list of module names")
+        raise errors.ConfigError("plugins", "expected a list of module names")
     import_plugins(plugins)
     recipe = get_recipe(data.get("kind"))
     body = {k: v for k, v in data.items() if k not in FRAMEWORK_KEYS}
@@ -211,7 +326,11 @@ def load_recipe(path: str | Path | None, overrides: Sequence[str] = ()) -> Resol
 
 
 def typed(cls: type, data: Mapping, path: str) -> Any:
-    """A ``cls`` instance from plain ``data`` through an omegaconf structured merge."""
+    """A ``cls`` instance from plain ``data`` through an omegaconf structured merge.
+
+    The merge would fold each ``dict`` field's default into the data's mapping again (a default
+    ``{name: cfg, scale: 3}`` under a given ``{name: interval, ...}``); component mappings with a
+    ``name`` are put back as the data gives them (omegaconf converts nothing inside ``dict[str, Any]``)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), data)
     except Exception as err:
@@ -219,8 +338,26 @@ def typed(cls: type, data: Mapping, path: str) -> Any:
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         key = str(missing[0]).replace("[", ".").replace("]", "")
-        raise ConfigError(_join(path, key), "required value is missing")
-    return OmegaConf.to_object(merged)
+        raise errors.ConfigError(_join(path, key), "required value is missing")
+    obj = OmegaConf.to_object(merged)
+    _keep_named_components(obj, data)
+    return obj
+
+
+def _keep_named_components(obj: Any, data: Any) -> None:
+    """Set every ``dict`` field of the dataclass tree ``obj`` whose ``data`` is a named mapping to
+    that mapping (see :func:`typed`); sections and lists of sections are followed."""
+    if dataclasses.is_dataclass(obj) and isinstance(data, Mapping):
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            given = data.get(f.name)
+            if is_component(_strip_optional(hints[f.name])) and isinstance(given, Mapping) and "name" in given:
+                setattr(obj, f.name, copy.deepcopy(dict(given)))
+            else:
+                _keep_named_components(getattr(obj, f.name), given)
+    elif isinstance(obj, list) and isinstance(data, list):
+        for item, given in zip(obj, data):
+            _keep_named_components(item, given)
 
 
 def check_structure(target: Any, data: Any, path: str, extra_keys: Sequence[str] = ()) -> None:
@@ -237,36 +374,53 @@ def check_structure(target: Any, data: Any, path: str, extra_keys: Sequence[str]
         origin, args = typing.get_origin(target), typing.get_args(target)
     if dataclasses.is_dataclass(target):
         if not isinstance(data, Mapping):
-            raise ConfigError(path or "<root>", f"expected a section (mapping), got {_kind(data)}")
+            raise errors.ConfigError(path or "<root>", f"expected a section (mapping), got {_kind(data)}")
         hints = typing.get_type_hints(target)
         known = [f.name for f in dataclasses.fields(target)]
         for key, value in data.items():
             if key not in known:
-                hint = did_you_mean(key, [*known, *extra_keys])
-                raise ConfigError(_join(path, str(key)), f"unknown key{hint}")
+                hint = errors.did_you_mean(key, [*known, *extra_keys])
+                raise errors.ConfigError(_join(path, str(key)), f"unknown key{hint}")
             check_structure(hints[key], value, _join(path, key))
     elif origin in (list, tuple, Sequence) or target in (list, tuple):
         if not isinstance(data, list):
-            raise ConfigError(path, f"expected a list, got {_kind(data)}")
+            raise errors.ConfigError(path, f"expected a list, got {_kind(data)}")
         for i, item in enumerate(data):
             check_structure(args[0] if args else Any, item, _join(path, str(i)))
     elif origin in (dict, Mapping) or target in (dict,):
         if not isinstance(data, Mapping):
-            raise ConfigError(path, f"expected a mapping, got {_kind(data)}")
+            raise errors.ConfigError(path, f"expected a mapping, got {_kind(data)}")
     elif target in (int, float, str, bool) and isinstance(data, (Mapping, list)):
-        raise ConfigError(path, f"expected {target.__name__}, got {_kind(data)}")
+        raise errors.ConfigError(path, f"expected {target.__name__}, got {_kind(data)}")
+    elif target in (int, float, bool) and data is not None:
+        _check_scalar(target, data, path)
 
 
-def translate_omegaconf_error(err: Exception, prefix: str = "") -> ConfigError:
+def _check_scalar(target: type, data: Any, path: str) -> None:
+    """A value omegaconf cannot convert to ``target``, reported at its full path (omegaconf's own
+    message names the path from the nearest section only, e.g. ``scales.1`` inside a list item)."""
+    from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode
+
+    node = {int: IntegerNode, float: FloatNode, bool: BooleanNode}[target]
+    try:
+        node(value=data)
+    except Exception as err:
+        message = _first_line(err).replace("could not be converted to", "is not a valid")
+        # a node outside a config leaves omegaconf's template unfilled; fill it as omegaconf would
+        message = message.replace("$VALUE_TYPE", type(data).__name__).replace("$VALUE", str(data))
+        raise errors.ConfigError(path, message) from None
+
+
+def translate_omegaconf_error(err: Exception, prefix: str = "") -> Exception:
     """An omegaconf exception as a one-line ConfigError at ``prefix`` + the error's key path."""
-    if isinstance(err, ConfigError):
+    if isinstance(err, errors.ConfigError):
         return err
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
     key = str(key).replace("[", ".").replace("]", "")
     message = getattr(err, "msg", None) or str(err)
     message = _first_line(message).replace("could not be converted to", "is not a valid")
     message = message.split(". Did you mean")[0]
-    return ConfigError(_join(prefix, key) or "<config>", message)
+    return errors.ConfigError(_join(prefix, key) or "<config>", message)
 
 
 def _join(path: str, key: str) -> str:

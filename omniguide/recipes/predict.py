@@ -8,6 +8,9 @@ with the writer of its kind (``items/000012.pt`` for points, ``items/000012_0.pn
 WAV for audio, MP4/GIF for video), then ``items/000012.json`` listing those files -- all atomic; the
 JSON marks the item complete, so a rerun in the same folder skips finished items and results do
 not depend on the sharding.
+
+This module imports Lightning (its classes extend Lightning's); the ``sample`` runner imports it
+inside its functions, so that loading the recipe schemas stays cheap.
 """
 
 from __future__ import annotations

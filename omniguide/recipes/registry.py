@@ -4,9 +4,13 @@
     def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict | None: ...
 
 A recipe kind is a strict dataclass schema plus a function; ``kind: quickstart`` in a YAML file
-picks it. Components (models, schedulers, callbacks, ...) live in :class:`~omniguide.core.registry.Registry`
-objects listed in :data:`COMPONENTS`, which is what ``omniguide list`` prints. Users add their own
-with the decorators below from a module loaded with ``--plugin`` or an ``omniguide.plugins`` entry point.
+picks it. Components (models, schedulers, callbacks, ...) live in :class:`Registry` objects listed
+in :data:`COMPONENTS` (and, for registries that live in heavier modules such as the core's guiders,
+:data:`LISTINGS`), which is what ``omniguide list`` prints. Users add their own with the decorators
+below from a module loaded with ``--plugin`` or an ``omniguide.plugins`` entry point.
+
+This module imports neither torch nor Lightning: runner modules register their kinds at import
+time, and ``omniguide show`` imports every runner module.
 """
 
 from __future__ import annotations
@@ -16,8 +20,47 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import ConfigError, did_you_mean
-from ..core.registry import GUIDERS, SCALES, Registry
+from . import errors
+from .schema import describe
+
+
+class Registry:
+    """Names -> classes (or factories) of one kind of component.
+
+    The same interface as :class:`omniguide.core.registry.Registry` (which holds the guiders), kept
+    here because that module imports torch and the recipe registries must load without it."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Any] = {}
+
+    def register(self, name: str) -> Callable:
+        """Decorator: register ``obj`` under ``name`` (a class also gets ``obj.name = name``)."""
+
+        def decorator(obj):
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' is registered twice ({self._items[name]} and {obj})")
+            self._items[name] = obj
+            if isinstance(obj, type):
+                obj.name = name
+            return obj
+
+        return decorator
+
+    def get(self, name: str, path: str = "name") -> Any:
+        """The object registered as ``name``; a ConfigError at ``path`` with the nearest name otherwise."""
+        if not isinstance(name, str):
+            raise errors.ConfigError(path, f"expected the name of a {self.kind}, got {describe(name)}")
+        if name not in self._items:
+            raise errors.ConfigError(path, f"unknown {self.kind} '{name}'{errors.did_you_mean(name, self._items)}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
 
 
 @dataclass(frozen=True)
@@ -42,15 +85,53 @@ CALLBACKS = Registry("callback")      # name -> factory(**kwargs) -> lightning.C
 # Score-distillation objectives: the slot a later issue fills (omniguide.distillation registers here).
 OBJECTIVES = Registry("distillation objective")
 
+# The registries ``omniguide list`` shows. Guiders live in the core (torch), so they are listed
+# through a loader; so may other kinds whose names live in heavier modules (``register_listing``).
 COMPONENTS: dict[str, Registry] = {
     "recipes": RECIPES,
-    "guiders": GUIDERS,
-    "scales": SCALES,
     "models": MODELS,
     "schedulers": SCHEDULERS,
     "callbacks": CALLBACKS,
     "objectives": OBJECTIVES,
 }
+LISTINGS: dict[str, Callable[[], Registry]] = {}
+
+
+def register_listing(kind: str, loader: Callable[[], Registry]) -> None:
+    """Show the registry ``loader()`` returns as ``kind`` in ``omniguide list`` (loaded only when listed)."""
+    LISTINGS.setdefault(kind, loader)
+
+
+def _guiders() -> Registry:
+    from ..core.registry import GUIDERS
+    from ..modalities.base import load_families
+
+    load_families()   # the modality packages register their own guiders (history, stg, nested, ...)
+    return GUIDERS
+
+
+def _scales() -> Registry:
+    from ..core.registry import SCALES
+    from ..modalities.base import load_families
+
+    load_families()   # the video modality registers frame-ramp, region, decay, ...
+    return SCALES
+
+
+register_listing("guiders", _guiders)
+register_listing("scales", _scales)
+
+
+def all_components() -> dict[str, Registry]:
+    """Every registry by kind, in listing order (recipes, guiders, models, ...).
+
+    Imports the core (torch) for the guiders and :mod:`omniguide.recipes.components` for the
+    built-in models, schedulers and callbacks -- but neither Lightning nor diffusers."""
+    from . import components  # noqa: F401  (registers the built-in components)
+
+    order = ["recipes", "guiders", "models", "schedulers", "callbacks", "objectives"]
+    kinds = [*order, *(k for k in [*COMPONENTS, *LISTINGS] if k not in order)]
+    return {k: COMPONENTS[k] if k in COMPONENTS else LISTINGS[k]() for k in dict.fromkeys(kinds)}
 
 
 def register_recipe(name: str, schema: type, check: Callable[[Any], None] | None = None) -> Callable:
@@ -83,18 +164,20 @@ def get_recipe(kind: Any, path: str = "kind") -> Recipe:
 
     broken = f" (runner modules that failed to import: {'; '.join(f'{k}: {v}' for k, v in FAILED.items())})"
     if not isinstance(kind, str) or not kind:
-        raise ConfigError(path, f"missing or not a string; one of: {', '.join(RECIPES.names())}")
+        raise errors.ConfigError(path, f"missing or not a string; one of: {', '.join(RECIPES.names())}")
     if kind not in RECIPES and FAILED:
-        raise ConfigError(path, f"unknown recipe '{kind}'{did_you_mean(kind, RECIPES.names())}{broken}")
+        hint = errors.did_you_mean(kind, RECIPES.names())
+        raise errors.ConfigError(path, f"unknown recipe '{kind}'{hint}{broken}")
     return RECIPES.get(kind, path)
 
 
 def component_kind(kind: str) -> Registry:
     """The registry listed as ``kind`` (``guiders``, ``models``; a singular name works too)."""
+    registries = all_components()
     for key in (kind, kind + "s"):
-        if key in COMPONENTS:
-            return COMPONENTS[key]
-    raise ConfigError("list", f"unknown component kind '{kind}'{did_you_mean(kind, COMPONENTS)}")
+        if key in registries:
+            return registries[key]
+    raise errors.ConfigError("list", f"unknown component kind '{kind}'{errors.did_you_mean(kind, registries)}")
 
 
 def register_model(name: str) -> Callable:

@@ -7,6 +7,9 @@ folder, then renamed, so a killed run leaves either the complete file or none un
 
 Lightning's DDP launcher re-executes the command line for ranks > 0; they find the folder that
 rank 0 created through the ``OMNIGUIDE_RUN_DIR`` environment variable they inherit.
+
+A run whose recipe fails is marked: a ``FAILED`` file holds the error line, and a folder the run
+created itself is renamed ``<name>.failed`` (:meth:`RunContext.mark_failed`); its outputs stay.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 from ..io import atomic_path
 
 RUN_DIR_ENV = "OMNIGUIDE_RUN_DIR"
+FAILED_MARKER = "FAILED"        # in a run folder: the run failed; the file holds the error line
+FAILED_SUFFIX = ".failed"       # appended to the name of a failed run's timestamped folder
 
 
 @dataclass
@@ -59,7 +64,7 @@ class RunContext:
         """Create (rank 0) or join (other ranks) the run folder and write ``config.yaml``."""
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherited:
-            run = RunContext(Path(inherited), recipe, explicit_dir=bool(section.dir))
+            run = RunContext(Path(inherited), recipe, explicit_dir=True)
         elif section.dir:
             path = Path(section.dir)
             path.mkdir(parents=True, exist_ok=True)
@@ -99,6 +104,27 @@ class RunContext:
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as indented JSON to ``dir / name`` atomically."""
         return self.write_text(name, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+    # -- failure -------------------------------------------------------------------------------
+    def mark_failed(self, message: str) -> Path:
+        """Write ``FAILED`` (atomically) holding ``message``; rename a folder this run created to
+        ``<name>.failed`` so that it no longer looks like a run. A folder named with ``run.dir`` or
+        inherited keeps its name (it may be continued). Outputs are never removed. Returns the
+        folder's path now."""
+        self.write_text(FAILED_MARKER, message.rstrip("\n") + "\n")
+        if self.explicit_dir:
+            return self.dir
+        target = self.dir.with_name(self.dir.name + FAILED_SUFFIX)
+        try:
+            os.rename(self.dir, target)   # same parent folder: atomic; refuses to replace a non-empty folder
+        except OSError:
+            return self.dir
+        self.dir = target
+        return target
+
+    def clear_failed(self) -> None:
+        """Remove the ``FAILED`` marker a previous failed run left in this folder."""
+        (self.dir / FAILED_MARKER).unlink(missing_ok=True)
 
     def log(self, message: str) -> None:
         """Append a line to ``dir/log.txt`` and print it to stderr."""

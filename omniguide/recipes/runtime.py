@@ -10,6 +10,12 @@ into its arguments and plugs in the two behaviours recipes promise on top:
 * a rank whose parent (rank 0, the launcher) died exits instead of waiting in a collective;
   the reverse case (a child dies) is handled by Lightning's own child-process observer, and the
   DDP ``timeout_s`` bounds everything else.
+
+And two for the terminal: progress bars on stderr that leave no finished bar behind (the run
+folder stays the last line of stdout), and the model summary as a log record (``log.txt``; the
+terminal with ``--verbose``) instead of Rich's table.
+
+torch and Lightning are imported inside the functions, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -24,40 +31,40 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..core.errors import ConfigError, did_you_mean
+from . import errors
 from .run import RunContext, atomic_path
-from .schema import TrainerConfig
+from .schema import TrainerConfig, check_trainer_values
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 OWN_KEYS = ("logger", "process_group_backend", "timeout_s", "threads", "extra")  # ours, not Trainer arguments
 
 
 def check_trainer(tcfg: TrainerConfig, path: str = "trainer") -> None:
-    """Names Lightning would reject later (strategy, accelerator, ``extra`` keys), checked now."""
+    """Values Lightning would reject later (devices, precision, strategy, accelerator, ``extra``
+    keys), checked now."""
     from lightning.pytorch.strategies import StrategyRegistry
 
+    check_trainer_values(tcfg, path)
     if tcfg.accelerator not in ACCELERATORS:
-        raise ConfigError(f"{path}.accelerator", f"unknown accelerator '{tcfg.accelerator}'"
-                          f"{did_you_mean(tcfg.accelerator, ACCELERATORS)}")
+        raise errors.ConfigError(f"{path}.accelerator", f"unknown accelerator '{tcfg.accelerator}'"
+                                 f"{errors.did_you_mean(tcfg.accelerator, ACCELERATORS)}")
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     if tcfg.strategy not in strategies:
-        raise ConfigError(f"{path}.strategy", f"unknown strategy '{tcfg.strategy}'"
-                          f"{did_you_mean(tcfg.strategy, strategies)}")
+        raise errors.ConfigError(f"{path}.strategy", f"unknown strategy '{tcfg.strategy}'"
+                                 f"{errors.did_you_mean(tcfg.strategy, strategies)}")
     import lightning
 
     params = inspect.signature(lightning.Trainer.__init__).parameters
     for key in tcfg.extra:
         if key not in params or key == "self":
-            hint = did_you_mean(key, params)
-            raise ConfigError(f"{path}.extra.{key}", f"not a lightning.Trainer argument{hint}")
+            hint = errors.did_you_mean(key, params)
+            raise errors.ConfigError(f"{path}.extra.{key}", f"not a lightning.Trainer argument{hint}")
     if tcfg.logger == "tensorboard":
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise ConfigError(f"{path}.logger", "'tensorboard' needs the tensorboard package "
-                              "(pip install tensorboard)") from None
+            raise errors.ConfigError(f"{path}.logger", "'tensorboard' needs the tensorboard package "
+                                     "(pip install tensorboard)") from None
 
 
 def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None = None, path: str = "trainer",
@@ -65,12 +72,13 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     """A :class:`lightning.Trainer` for the recipe: run folder as root, CSV/TensorBoard logger,
     atomic checkpoint IO, DDP with the configured backend and timeout."""
     import lightning
+    from lightning.pytorch.callbacks import ModelSummary
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     check_trainer(tcfg, path)
     if tcfg.num_nodes > 1 and not run.explicit_dir:
-        raise ConfigError("run.dir", "a multi-node job needs an explicit run.dir on a shared filesystem "
-                          "(each node would otherwise create its own timestamped folder)")
+        raise errors.ConfigError("run.dir", "a multi-node job needs an explicit run.dir on a shared filesystem "
+                                 "(each node would otherwise create its own timestamped folder)")
     kwargs = {k: v for k, v in vars(tcfg).items() if k not in OWN_KEYS}
     kwargs["strategy"] = _strategy(tcfg)
     kwargs.update(tcfg.extra)
@@ -84,7 +92,13 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     kwargs.setdefault("default_root_dir", str(run.dir))
     kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), *(callbacks or [])]
+    kwargs["callbacks"] += terminal_callbacks(kwargs["callbacks"], kwargs.get("enable_progress_bar", True),
+                                              kwargs.get("enable_model_summary", True))
+    if any(isinstance(c, ModelSummary) for c in kwargs["callbacks"]):
+        kwargs["enable_model_summary"] = False   # a summary callback is there; Lightning need not add one
     if tcfg.threads:
+        import torch
+
         torch.set_num_threads(tcfg.threads)
     # Our dataloaders yield whole items or step numbers: worker processes and batch indices do not apply.
     warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")
@@ -93,22 +107,67 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     try:
         return lightning.Trainer(**kwargs)
     except (ValueError, TypeError, RuntimeError) as err:  # MisconfigurationException is a ValueError
-        raise ConfigError(path, " ".join(str(err).split())) from None
+        raise errors.ConfigError(path, " ".join(str(err).split())) from None
 
 
-def _device_count(devices: Any) -> int | None:
+def terminal_callbacks(given: list, progress_bar: bool, model_summary: bool) -> list:
+    """The progress bar and model summary Lightning would add by default, unless ``given`` has its
+    own: :func:`progress_bar_callback` instead of Lightning's (which writes to stdout and keeps the finished
+    bar), a plain ``ModelSummary`` (a log record) instead of Rich's table printed to the terminal."""
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+
+    out = []
+    if progress_bar and not any(isinstance(c, ProgressBar) for c in given):
+        out.append(progress_bar_callback())
+    if model_summary and not any(isinstance(c, ModelSummary) for c in given):
+        out.append(ModelSummary())
+    return out
+
+
+def progress_bar_callback() -> Any:
+    """Lightning's tqdm progress bar, on stderr, leaving no finished bar behind."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    class StderrProgressBar(TQDMProgressBar):
+        """Every bar as Lightning makes it, but on stderr and with ``leave=False``."""
+
+        def _bar(self, desc: str, offset: int = 0, **kwargs: Any) -> Tqdm:
+            return Tqdm(desc=desc, position=2 * self.process_position + offset, disable=self.is_disabled,
+                        leave=False, dynamic_ncols=True, file=sys.stderr, bar_format=self.BAR_FORMAT, **kwargs)
+
+        def init_sanity_tqdm(self) -> Tqdm:
+            return self._bar(self.sanity_check_description)
+
+        def init_train_tqdm(self) -> Tqdm:
+            return self._bar(self.train_description, smoothing=0)
+
+        def init_predict_tqdm(self) -> Tqdm:
+            return self._bar(self.predict_description, smoothing=0)
+
+        def init_validation_tqdm(self) -> Tqdm:
+            return self._bar(self.validation_description, offset=int(self.trainer.state.fn != "validate"))
+
+        def init_test_tqdm(self) -> Tqdm:
+            return self._bar("Testing")
+
+    return StderrProgressBar()
+
+
+def device_count(devices: Any) -> int | None:
+    """The number of processes per node ``devices`` asks for, when it says (None for ``auto``, -1)."""
     if isinstance(devices, int) and not isinstance(devices, bool):
-        return devices
+        return devices if devices >= 1 else None
     if isinstance(devices, (list, tuple)):
         return len(devices)
-    return None   # "auto", "-1", "0,1": Lightning decides
+    return None   # "auto", -1, "0,1": Lightning decides
 
 
 def _strategy(tcfg: TrainerConfig) -> Any:
     """``ddp*`` strategy names become a DDPStrategy carrying the backend and timeout; so does
     ``auto`` with several devices or nodes (where Lightning would pick plain DDP)."""
     name = tcfg.strategy
-    if name == "auto" and ((_device_count(tcfg.devices) or 1) > 1 or tcfg.num_nodes > 1):
+    if name == "auto" and ((device_count(tcfg.devices) or 1) > 1 or tcfg.num_nodes > 1):
         name = "ddp"
     if not name.startswith("ddp"):
         return name
@@ -125,6 +184,7 @@ class AtomicCheckpointIO:
     """Lightning checkpoint IO that writes ``path`` through a temporary file and a rename."""
 
     def __new__(cls):
+        import torch
         from lightning.pytorch.plugins.io import TorchCheckpointIO
 
         class _Atomic(TorchCheckpointIO):
@@ -144,6 +204,8 @@ def newest_checkpoint(folder: Path) -> Path | None:
 
     Files are written atomically, so a listed file is complete; loading it once more guards
     against files copied in by hand."""
+    import torch
+
     found = sorted(((int(m.group(1)), p) for p in Path(folder).glob("step-*.ckpt")
                     if (m := _STEP.search(p.name))), reverse=True)
     for _, path in found:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError
-from ..core.registry import build_guider
+from .components import make_guider
 from .predict import Item
 
 KINDS = ("points", "image", "audio", "video")
@@ -78,7 +78,7 @@ class MixtureSampler:
         from ..core.sampler import sample
 
         scheduler, model = self._model()
-        guider = build_guider(settings.guider, f"{item.where}.guider")
+        guider = make_guider(settings.guider, f"{item.where}.guider")
         label = model.label(item.prompt, item.where)
         gen = torch.Generator().manual_seed(item.seed)
         noise = torch.randn(settings.num_samples, model.dim, generator=gen)
@@ -206,7 +206,7 @@ class PipelineSampler:
         from ..modalities.base import guide
 
         pipe, family = self.pipeline(device), self.family
-        guider = build_guider(settings.guider, f"{item.where}.guider")
+        guider = make_guider(settings.guider, f"{item.where}.guider")
         generator = torch.Generator().manual_seed(item.seed)
         start = time.perf_counter()
         first = family.item_inputs(item.prompt, item.where) if family.item_inputs else {"prompt": item.prompt}

@@ -21,19 +21,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
-from ...core.branch import BranchExecutor
-from ...core.errors import ConfigError
-from ...core.guider import GuidanceStep, Guider
-from ...core.prediction import Prediction
-from ...core.registry import GUIDERS, build_guider
-from .. import benchkit
+from .. import benchkit, errors
 from ..registry import register_recipe
 from ..run import RunContext
+
+if TYPE_CHECKING:   # torch and the core are imported inside the functions (cheap schema import)
+    from torch import Tensor
+
+    from ...core.guider import GuidanceStep, Guider
+    from ...core.prediction import Prediction
 
 BRANCH_CALLS = ("batched", "sequential", "single")  # the executor calls compared side by side
 
@@ -58,19 +56,19 @@ def check_bench_core(cfg: BenchCoreConfig) -> None:
     benchkit.check_unet_bench(cfg)
     for key in ("batch", "steps"):
         if getattr(cfg, key) < 1:
-            raise ConfigError(key, f"must be >= 1, got {getattr(cfg, key)}")
+            raise errors.ConfigError(key, f"must be >= 1, got {getattr(cfg, key)}")
     if not -1 <= cfg.step_index < cfg.steps:
-        raise ConfigError(
+        raise errors.ConfigError(
             "step_index", f"must be in [0, {cfg.steps - 1}] (or -1 for the middle), got {cfg.step_index}"
         )
     if cfg.timing.repeats < 1 or cfg.timing.warmup < 0 or cfg.timing.inner < 1:
-        raise ConfigError("timing", "repeats >= 1, warmup >= 0 and inner >= 1 are required")
+        raise errors.ConfigError("timing", "repeats >= 1, warmup >= 0 and inner >= 1 are required")
     if cfg.threads < 0:
-        raise ConfigError("threads", f"must be >= 0, got {cfg.threads}")
+        raise errors.ConfigError("threads", f"must be >= 0, got {cfg.threads}")
     benchkit.load_guider_modules()
     for name, spec in cfg.guiders.items():
         if not isinstance(spec, Mapping):
-            raise ConfigError(f"guiders.{name}", "expected a mapping of guider fields (the key is the name)")
+            raise errors.ConfigError(f"guiders.{name}", "expected a mapping of guider fields (the key is the name)")
         make_guider({"name": name, **spec}, name, "guiders")
     for label, spec in cfg.extra.items():
         make_guider(extra_spec(spec), label, "extra")
@@ -83,6 +81,8 @@ def extra_spec(spec: Any) -> dict[str, Any]:
 
 def guider_specs(cfg: BenchCoreConfig) -> tuple[dict[str, Any], dict[str, str]]:
     """``{label: guider config}`` for every registered guider (plus extras), and ``{label: why not}``."""
+    from ...core.registry import GUIDERS
+
     specs, skipped = {}, {}
     for name in GUIDERS.names():
         if name in cfg.skip:
@@ -95,18 +95,23 @@ def guider_specs(cfg: BenchCoreConfig) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def make_guider(spec: Mapping[str, Any], label: str, section: str = "guiders") -> Guider:
-    """Build; a wrapper that needs an inner guider gets CFG when the config gave none."""
+    """Build (values checked as in every recipe); a wrapper that needs an inner guider gets CFG when
+    the config gave none."""
+    from ..components import make_guider as build
+
     try:
-        return build_guider(dict(spec), f"{section}.{label}")
-    except ConfigError as err:
+        return build(dict(spec), f"{section}.{label}")
+    except errors.ConfigError as err:
         if "guider" in spec or "'guider'" not in str(err):
             raise
-        return build_guider({**spec, "guider": {"name": "cfg"}}, f"{section}.{label}")
+        return build({**spec, "guider": {"name": "cfg"}}, f"{section}.{label}")
 
 
 def synthetic_preds(names: tuple[str, ...], real: Mapping[str, Prediction], seed: int = 1) -> dict[str, Prediction]:
     """The real UNet predictions where they exist; other branches (perturbed, weak) as the conditional
     prediction plus a little noise, which is all the guidance math needs to be timed."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name in names:
@@ -122,6 +127,8 @@ def synthetic_preds(names: tuple[str, ...], real: Mapping[str, Prediction], seed
 def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Prediction]) -> dict[str, Prediction]:
     """Run ``guider`` one step before ``step`` (so momentum, caches and agreement masks exist), then
     return the predictions it asks for at ``step``: the path a sampler takes there."""
+    import torch
+
     guider.reset()
     if step.index:
         before = dataclasses.replace(step, index=step.index - 1)
@@ -136,6 +143,11 @@ def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Predicti
 def step_calls(s: benchkit.UNetStep) -> tuple[dict[str, Callable], dict[str, Prediction]]:
     """The UNet calls timed side by side (the guided step, batched / sequential / single branch
     evaluation) and the real cond / uncond predictions at the step."""
+    import torch
+
+    from ...core.branch import BranchExecutor
+    from ...core.registry import build_guider
+
     point, step = s.point, s.step
     batched = BranchExecutor(s.unet, s.branches, s.view.parameterization, batch=True)
     sequential = BranchExecutor(s.unet, s.branches, s.view.parameterization, batch=False)

@@ -25,18 +25,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
-
-from ...core.branch import BranchExecutor
-from ...core.errors import ConfigError
-from ...core.guider import GuidanceStep, Guider
-from ...core.registry import GUIDERS, build_guider
-from .. import benchkit
+from .. import benchkit, errors
 from ..registry import register_recipe
 from ..run import RunContext
+
+if TYPE_CHECKING:   # torch, diffusers and the core are imported inside the functions (cheap schema import)
+    from torch import Tensor
+
+    from ...core.branch import BranchExecutor
+    from ...core.guider import GuidanceStep, Guider
 
 METHODS = ("cfg", "apg", "tcfg", "cfg-zero-star", "fdg", "pag", "skip-layer", "seg")
 NOTES = {
@@ -74,15 +73,15 @@ def check_bench_diffusers(cfg: BenchDiffusersConfig) -> None:
     benchkit.check_unet_bench(cfg)
     for i, name in enumerate(cfg.methods):
         if name not in METHODS:
-            raise ConfigError(
+            raise errors.ConfigError(
                 f"methods.{i}", f"'{name}' has no diffusers counterpart here; valid: {', '.join(METHODS)}"
             )
     if cfg.batch < 1 or cfg.steps < 1:
-        raise ConfigError("batch" if cfg.batch < 1 else "steps", "must be >= 1")
+        raise errors.ConfigError("batch" if cfg.batch < 1 else "steps", "must be >= 1")
     if not -1 <= cfg.step_index < cfg.steps:
-        raise ConfigError("step_index", f"must be in [0, {cfg.steps - 1}] or -1, got {cfg.step_index}")
+        raise errors.ConfigError("step_index", f"must be in [0, {cfg.steps - 1}] or -1, got {cfg.step_index}")
     if cfg.timing.repeats < 1 or cfg.timing.warmup < 0:
-        raise ConfigError("timing", "repeats >= 1 and warmup >= 0 are required")
+        raise errors.ConfigError("timing", "repeats >= 1 and warmup >= 0 are required")
 
 
 # -- the two sides of one method ---------------------------------------------------------------------
@@ -123,7 +122,7 @@ def diffusers_guider(name: str, cfg: BenchDiffusersConfig):
     if name == "fdg":
         return g.FrequencyDecoupledGuidance(guidance_scales=[2 * w, w])
     if name not in PERTURBED:
-        raise ConfigError("methods", f"unknown method '{name}'")
+        raise errors.ConfigError("methods", f"unknown method '{name}'")
     if name == "pag":
         layer = LayerSkipConfig(idx, fqn=fqn, skip_attention=False, skip_attention_scores=True, skip_ff=False)
     elif name == "skip-layer":
@@ -177,6 +176,12 @@ def ours_step(guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind
 def both_sides(name: str, cfg: BenchDiffusersConfig, s: benchkit.UNetStep, entry: dict[str, Any]) -> dict:
     """``{'omniguide:name': step, 'diffusers:name': step}``, each run once; ``entry`` gets why not
     (``status``) or the difference of their outputs and their forward passes."""
+    import torch
+
+    from ...core.branch import BranchExecutor
+    from ...core.registry import GUIDERS
+    from ..components import make_guider
+
     if name not in GUIDERS:
         entry["status"] = "missing"
         return {}
@@ -186,7 +191,7 @@ def both_sides(name: str, cfg: BenchDiffusersConfig, s: benchkit.UNetStep, entry
     except Exception as err:  # e.g. FDG without kornia
         entry["status"] = f"diffusers guider unavailable: {benchkit.describe_error(err)}"
         return {}
-    ours = build_guider(ours_config(name, cfg), f"methods.{name}")
+    ours = make_guider(ours_config(name, cfg), f"methods.{name}")
     ours.reset()
     executor = BranchExecutor(s.unet, s.branches, s.view.parameterization)
     executor.with_defaults(ours.branch_defaults())

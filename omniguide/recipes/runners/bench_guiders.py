@@ -29,21 +29,20 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import OmegaConf
-from torch import Tensor
 
-from ...core.errors import ConfigError, OmniguideError
-from ...core.registry import GUIDERS, build_guider
-from ...core.sampler import sample
-from ...core.schedulers import build_scheduler
-from ...zoo import GaussianMixture, MixtureSpec, denoiser_for, label_branches
-from ...zoo.metrics import all_metrics, sliced_wasserstein
+from .. import errors
 from ..benchkit import first_line, load_guider_modules
 from ..registry import register_recipe
 from ..run import RunContext
+from ..schema import MixtureSection
+
+if TYPE_CHECKING:   # torch, the core and the zoo are imported inside the functions (cheap schema import)
+    from torch import Tensor
+
+    from ...zoo import GaussianMixture
 
 PERTURBED = {
     "pag": "needs an attention model (perturbs self-attention maps); the mixture has none",
@@ -53,7 +52,7 @@ PERTURBED = {
 
 
 @dataclass
-class Testbed(MixtureSpec):
+class Testbed(MixtureSection):
     name: str = "2d"
 
 
@@ -97,31 +96,35 @@ class BenchGuidersConfig:
 
 
 def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
+    """Every setting and every configured guider of the sweep, built without sampling."""
+    from ...core.schedulers import build_scheduler
+    from ..components import make_guider
+
     load_guider_modules()
     if not cfg.testbeds:
-        raise ConfigError("testbeds", "empty; give at least one {name, dim, ...}")
+        raise errors.ConfigError("testbeds", "empty; give at least one {name, dim, ...}")
     for i, tb in enumerate(cfg.testbeds):
         if tb.dim < 2 or tb.classes < 1 or tb.per_class < 1 or tb.std <= 0:
-            raise ConfigError(f"testbeds.{i}", "needs dim >= 2, classes >= 1, per_class >= 1 and std > 0")
+            raise errors.ConfigError(f"testbeds.{i}", "needs dim >= 2, classes >= 1, per_class >= 1 and std > 0")
         if not 0 <= cfg.sampler.label < tb.classes:
-            raise ConfigError("sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})")
+            raise errors.ConfigError("sampler.label", f"must be a class of testbed '{tb.name}' (0..{tb.classes - 1})")
     if len({tb.name for tb in cfg.testbeds}) != len(cfg.testbeds):
-        raise ConfigError("testbeds", "testbed names must be unique")
+        raise errors.ConfigError("testbeds", "testbed names must be unique")
     build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
     if cfg.sampler.steps < 1 or cfg.sampler.samples < 2 or cfg.sampler.chunk < 0:
-        raise ConfigError("sampler", "needs steps >= 1, samples >= 2 and chunk >= 0")
+        raise errors.ConfigError("sampler", "needs steps >= 1, samples >= 2 and chunk >= 0")
     if cfg.weak_std_factor <= 0:
-        raise ConfigError("weak_std_factor", f"must be > 0, got {cfg.weak_std_factor}")
+        raise errors.ConfigError("weak_std_factor", f"must be > 0, got {cfg.weak_std_factor}")
     labels = [row_label(m) for m in cfg.methods]
     if len(set(labels)) != len(labels):
-        raise ConfigError("methods", f"two rows share a label ({labels}); give 'label' to tell them apart")
+        raise errors.ConfigError("methods", f"two rows share a label ({labels}); give 'label' to tell them apart")
     if cfg.methods and cfg.baseline not in labels:
-        raise ConfigError("baseline", f"'{cfg.baseline}' is not a method label; labels: {', '.join(labels)}")
+        raise errors.ConfigError("baseline", f"'{cfg.baseline}' is not a method label; labels: {', '.join(labels)}")
     for i, sweep in enumerate(cfg.methods):
         if not sweep.scales:
-            raise ConfigError(f"methods.{i}.scales", "empty")
+            raise errors.ConfigError(f"methods.{i}.scales", "empty")
         for value in sweep.scales:
-            build_guider(guider_config(sweep, value), f"methods.{i}.guider")
+            make_guider(guider_config(sweep, value), f"methods.{i}.guider")
 
 
 def guider_config(sweep: MethodSweep, value: float) -> dict:
@@ -151,6 +154,9 @@ def row_label(sweep: MethodSweep) -> str:
 def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], dict[str, str]]:
     """The rows to run (configured ones, then one default row per registered guider nobody listed),
     the not-applicable guiders and the ones that cannot be built with defaults."""
+    from ...core.registry import GUIDERS
+    from ..components import make_guider
+
     rows = list(cfg.methods)
     covered = {n for m in rows for n in guider_names(m.guider)}
     not_applicable, not_run = {}, {}
@@ -163,7 +169,7 @@ def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], di
         sweep = MethodSweep(guider={"name": name}, scales=list(cfg.auto_scales))
         try:
             for value in sweep.scales:
-                build_guider(guider_config(sweep, value), name)
+                make_guider(guider_config(sweep, value), name)
         except Exception as err:
             not_run[name] = f"not in the config and not buildable with defaults: {first_line(err)}"
             continue
@@ -173,6 +179,8 @@ def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], di
 
 def weak_mixture(mixture: GaussianMixture, factor: float) -> GaussianMixture:
     """The same mixture with wider components: a 'bad version' of the exact model."""
+    from ...zoo import GaussianMixture
+
     stds = mixture.stds * factor
     return GaussianMixture(mixture.means.clone(), stds, mixture.weights.clone(), mixture.labels.clone())
 
@@ -186,6 +194,13 @@ def run_one(
     cfg: BenchGuidersConfig,
 ) -> tuple[Tensor, float, float]:
     """Samples of one guider, and its NFE and forward passes per sampler batch."""
+    import torch
+
+    from ...core.sampler import sample
+    from ...core.schedulers import build_scheduler
+    from ...zoo import denoiser_for, label_branches
+    from ..components import make_guider
+
     chunk = cfg.sampler.chunk or len(noise)
     xs, nfe, passes, batches = [], 0, 0, 0
     for start in range(0, len(noise), chunk):
@@ -194,7 +209,7 @@ def run_one(
         scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
         model = denoiser_for(mixture, scheduler)
         branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
-        guider = build_guider(guider_cfg, path)
+        guider = make_guider(guider_cfg, path)
         steps = cfg.sampler.steps
         out = sample(model, scheduler, guider, part, branches, num_steps=steps, axes=cfg.axes, progress=False)
         xs.append(out.sample)
@@ -247,6 +262,13 @@ def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
 
 
 def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, run: RunContext) -> dict:
+    """Every row at every scale on one testbed: metrics per setting, and each one's distance to the
+    baseline's samples at the same scale."""
+    import torch
+
+    from ...core.errors import OmniguideError
+    from ...zoo.metrics import all_metrics, sliced_wasserstein
+
     mixture = tb.mixture()
     weak = weak_mixture(mixture, cfg.weak_std_factor)
     n, label = cfg.sampler.samples, cfg.sampler.label

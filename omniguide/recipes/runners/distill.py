@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...core.errors import ConfigError
-from ...core.registry import build_guider
+from .. import errors
 from ..registry import OBJECTIVES, register_recipe
 from ..run import RunContext
-from ..runtime import check_trainer
 from ..schema import TrainerConfig, option
 
 
@@ -36,11 +34,14 @@ class DistillConfig:
 
 def check_distill(cfg: DistillConfig) -> None:
     """The objective must be registered; the guider and trainer must be valid."""
+    from ..components import make_guider
+    from ..runtime import check_trainer
+
     if not OBJECTIVES.names():
-        raise ConfigError("objective.name", "no distillation objectives are registered yet "
+        raise errors.ConfigError("objective.name", "no distillation objectives are registered yet "
                           "(score distillation arrives with omniguide.distillation)")
     OBJECTIVES.get(cfg.objective.get("name"), "objective.name")
-    build_guider(cfg.guider, "guider")
+    make_guider(cfg.guider, "guider")
     check_trainer(cfg.trainer)
 
 
@@ -48,5 +49,5 @@ def check_distill(cfg: DistillConfig) -> None:
 def run_distill(cfg: DistillConfig, run: RunContext) -> dict | None:
     """Score distillation of a scene from a guided prior (needs a registered objective)."""
     check_distill(cfg)
-    raise ConfigError("kind", "distill recipes have no runner yet; an objective registered without a runner "
+    raise errors.ConfigError("kind", "distill recipes have no runner yet; an objective registered without a runner "
                       "cannot be trained")

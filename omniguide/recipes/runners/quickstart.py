@@ -1,8 +1,12 @@
 """The quickstart: sample the 2-D Gaussian-mixture testbed with every guider and measure each.
 
-Writes ``gallery.png`` (one panel per guider and scale, the true conditional overlaid) and
-``metrics.json`` (per guider and scale: distance to the true conditional, precision, coverage,
-overshoot, NFE and forward passes).
+Writes ``gallery.png`` (one panel per guider and scale, the true conditional overlaid, each
+titled with its swd, overshoot and NFE) and ``metrics.json`` (per guider and scale: distance to
+the true conditional, precision, coverage, overshoot, NFE and forward passes; plus ``reference``,
+two exact sample sets compared, and ``better``, which direction is better for each metric).
+
+torch, the core and the zoo are imported inside the functions: importing this module (``omniguide
+show`` imports every runner) only defines the schema.
 """
 
 from __future__ import annotations
@@ -12,21 +16,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
-from ...core.errors import ConfigError
-from ...core.registry import build_guider
-from ...core.sampler import sample
-from ...core.schedulers import build_scheduler
-from ...zoo import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
-from ...zoo.metrics import all_metrics
+from .. import errors
 from ..registry import register_recipe
 from ..run import RunContext
+from ..schema import MixtureSection
+
+# metrics.json's "better" entry: which way each metric improves (it is not a guider row)
+BETTER = {"swd": "lower", "precision": "higher", "coverage": "higher", "overshoot": "closer to 0",
+          "nfe": "lower", "forward_passes": "lower", "seconds": "lower"}
 
 
 @dataclass
-class TestbedConfig(MixtureSpec):
+class TestbedConfig(MixtureSection):
     weak_std_factor: float = 1.5   # autoguidance's "bad version": the same mixture, blurrier
 
 
@@ -75,27 +78,40 @@ def _row_label(sweep: GuiderSweep) -> str:
 
 
 def check_quickstart(cfg: QuickstartConfig) -> None:
+    """Every setting and every guider of the sweep, built without sampling. (The loader has already
+    checked that every scale of ``scales`` is a finite number.)"""
+    from ...core.schedulers import build_scheduler
+    from ..components import make_guider
+
     if cfg.testbed.weak_std_factor <= 0:
-        raise ConfigError("testbed.weak_std_factor", f"must be > 0, got {cfg.testbed.weak_std_factor}")
+        raise errors.ConfigError("testbed.weak_std_factor", f"must be > 0, got {cfg.testbed.weak_std_factor}")
     if cfg.sampler.steps < 1:
-        raise ConfigError("sampler.steps", f"must be >= 1, got {cfg.sampler.steps}")
+        raise errors.ConfigError("sampler.steps", f"must be >= 1, got {cfg.sampler.steps}")
     if cfg.sampler.samples < 2:
-        raise ConfigError("sampler.samples", f"must be >= 2, got {cfg.sampler.samples}")
+        raise errors.ConfigError("sampler.samples", f"must be >= 2, got {cfg.sampler.samples}")
     if not 0 <= cfg.sampler.label < cfg.testbed.classes:
-        raise ConfigError("sampler.label", f"must be a class in [0, {cfg.testbed.classes - 1}]")
+        raise errors.ConfigError("sampler.label", f"must be a class in [0, {cfg.testbed.classes - 1}]")
     build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
     if not cfg.guiders:
-        raise ConfigError("guiders", "empty; list at least one {guider: {name: ...}, scales: [...]}")
+        raise errors.ConfigError("guiders", "empty; list at least one {guider: {name: ...}, scales: [...]}")
     for i, sweep in enumerate(cfg.guiders):
         if not sweep.scales:
-            raise ConfigError(f"guiders.{i}.scales", "empty")
+            raise errors.ConfigError(f"guiders.{i}.scales", "empty")
         for value in sweep.scales:
-            build_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
+            make_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
 
 
 @register_recipe("quickstart", QuickstartConfig, check=check_quickstart)
 def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
     """Sample the 2-D mixture with every guider; write gallery.png and metrics.json."""
+    import torch
+
+    from ...core.sampler import sample
+    from ...core.schedulers import build_scheduler
+    from ...zoo import UNCOND, GaussianMixture, denoiser_for, label_branches
+    from ...zoo.metrics import all_metrics
+    from ..components import make_guider
+
     tb = cfg.testbed
     mixture = tb.mixture()
     n, label = cfg.sampler.samples, cfg.sampler.label
@@ -111,7 +127,7 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
         row = _row_label(sweep)
         metrics[row] = {}
         for value in sweep.scales:
-            guider = build_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
+            guider = make_guider(_guider_cfg(sweep, value), f"guiders.{i}.guider")
             scheduler = build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
             model = denoiser_for(mixture, scheduler)
             branches = label_branches(labels, weak_model=denoiser_for(weak, scheduler))
@@ -127,10 +143,14 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
     with run.atomic("gallery.png") as tmp:
         everything = mixture.sample(n, UNCOND, torch.Generator().manual_seed(cfg.seed + 3))
         _gallery(tmp, panels, reference, everything, cfg)
+    metrics["better"] = dict(BETTER)
     return metrics
 
 
 def _gallery(path, panels, reference, everything, cfg: QuickstartConfig) -> None:
+    """One panel per guider and scale (a row per guider), titled with its numbers. A header strip
+    above the panels holds the title, the key to the numbers and the legend -- outside every axes,
+    so that the legend covers no panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +158,9 @@ def _gallery(path, panels, reference, everything, cfg: QuickstartConfig) -> None
 
     rows = list(dict.fromkeys(p[0] for p in panels))
     cols = max(sum(1 for p in panels if p[0] == r) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.6 * len(rows)), squeeze=False)
+    header = 0.75   # inches: title, key, legend
+    height = 2.75 * len(rows) + header
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, height), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     lim = 1.6 * cfg.testbed.radius
@@ -148,16 +170,34 @@ def _gallery(path, panels, reference, everything, cfg: QuickstartConfig) -> None
         counters[row] += 1
         ax = axes[r][c]
         ax.set_axis_on()
-        ax.scatter(everything[:, 0], everything[:, 1], s=1, c="#dddddd", linewidths=0)
-        ax.scatter(reference[:, 0], reference[:, 1], s=1, c="#7f8c8d", alpha=0.6, linewidths=0)
-        ax.scatter(x[:, 0].float(), x[:, 1].float(), s=1, c="#c0392b", alpha=0.6, linewidths=0)
+        ax.scatter(everything[:, 0], everything[:, 1], s=1, c="#dddddd", linewidths=0, label="all classes")
+        ax.scatter(reference[:, 0], reference[:, 1], s=1, c="#7f8c8d", alpha=0.6, linewidths=0,
+                   label="true conditional")
+        ax.scatter(x[:, 0].float(), x[:, 1].float(), s=1, c="#c0392b", alpha=0.6, linewidths=0,
+                   label=f"guided samples (class {cfg.sampler.label})")
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{row} {value:g}\nswd {entry['swd']:.2f}  nfe {entry['nfe']}", fontsize=7)
-    fig.suptitle(f"omniguide quickstart: samples asked for class {cfg.sampler.label} (red), the true conditional "
-                 "(dark grey), all classes (light grey)", fontsize=9)
-    fig.tight_layout()
+        ax.set_title(_panel_title(row, value, entry), fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 1 - header / height))
+    fig.text(0.5, 1 - 0.08 / height, "omniguide quickstart: every guider on the 2-D Gaussian-mixture testbed",
+             ha="center", va="top", fontsize=10)
+    fig.text(0.5, 1 - 0.3 / height, _metrics_key(), ha="center", va="top", fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.45 / height), ncol=len(labels),
+               fontsize=8, markerscale=6, frameon=False, borderaxespad=0.0)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def _panel_title(row: str, value: float, entry: Mapping[str, Any]) -> str:
+    """``cfg 4`` over ``swd 0.26  overshoot +0.94  nfe 60``."""
+    return (f"{row} {value:g}\n"
+            f"swd {entry['swd']:.2f}  overshoot {entry['overshoot']:+.2f}  nfe {entry['nfe']}")
+
+
+def _metrics_key() -> str:
+    """What the numbers in the panel titles mean, and which way is better."""
+    return ("swd: distance to the true conditional (lower is better); overshoot: samples past the class mode, "
+            "in component stds (0 is the truth); nfe: model evaluations per sample")

@@ -11,6 +11,9 @@
 Each item is written under its global index with the writer of the model's output kind (PNG for
 images, WAV for audio, MP4/GIF for video, ``.pt`` for the testbed's points) and a JSON with its
 metrics; the run ends with ``metrics.json`` and, for images, a contact sheet.
+
+torch, Lightning and the components are imported inside the functions: importing this module
+(``omniguide show`` imports every runner) only defines the schema.
 """
 
 from __future__ import annotations
@@ -18,19 +21,17 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
-
-from ...core.errors import ConfigError
-from ...core.registry import build_guider
-from ..components import make_callbacks, make_sampler
-from ..predict import Generator, Item, ItemData, ItemStore, ItemWriter, load_items
+from .. import errors
+from ..config import merge_component
 from ..registry import register_recipe
 from ..run import RunContext
-from ..runtime import build_trainer, check_trainer
-from ..sample_models import ItemSettings
 from ..schema import TrainerConfig, option
+
+if TYPE_CHECKING:
+    from ..predict import Item
+    from ..sample_models import ItemSettings
 
 # output kind -> "module:function" summarising a finished run (contact sheets, aggregate metrics)
 SUMMARIES = {
@@ -61,32 +62,38 @@ class SampleConfig:
 
 
 def item_settings(cfg: SampleConfig, item: Item, default_samples: int) -> ItemSettings:
-    """The guider config, steps, sample count and negative prompt of one item (recipe values merged
-    with its own)."""
+    """The guider config, steps, sample count and negative prompt of one item (the recipe's values,
+    overridden by the item's own; an item's guider naming another guider replaces the recipe's)."""
+    from ..sample_models import ItemSettings
+
     guider = cfg.guider
     if "guider" in item.overrides:
         own = item.overrides["guider"]
         if not isinstance(own, dict):
-            raise ConfigError(f"{item.where}.guider", "expected a mapping")
-        guider = OmegaConf.to_container(OmegaConf.merge(cfg.guider, own))
+            raise errors.ConfigError(f"{item.where}.guider", "expected a mapping")
+        guider = merge_component(cfg.guider, own)
     steps = item.overrides.get("steps", cfg.steps)
     n = item.overrides.get("num_samples", cfg.num_samples or default_samples)
     for key, value in (("steps", steps), ("num_samples", n)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{item.where}.{key}", f"expected an int >= 1, got {value!r}")
+            raise errors.ConfigError(f"{item.where}.{key}", f"expected an int >= 1, got {value!r}")
     negative = item.overrides.get("negative_prompt", cfg.negative_prompt)
     if negative is not None and not isinstance(negative, str):
-        raise ConfigError(f"{item.where}.negative_prompt", f"expected a string, got {negative!r}")
+        raise errors.ConfigError(f"{item.where}.negative_prompt", f"expected a string, got {negative!r}")
     return ItemSettings(guider, steps, n, negative)
 
 
 def check_sample(cfg: SampleConfig) -> None:
     """Build every component and every item's settings without generating anything."""
+    from ..components import make_callbacks, make_guider, make_sampler
+    from ..predict import load_items
+    from ..runtime import check_trainer
+
     sampler = make_sampler(cfg.model, cfg.scheduler, cfg.batch)
-    build_guider(cfg.guider, "guider")
+    make_guider(cfg.guider, "guider")
     for item in load_items(cfg.prompts, cfg.prompts_file, cfg.seed):
         settings = item_settings(cfg, item, sampler.default_samples)
-        build_guider(settings.guider, f"{item.where}.guider")
+        make_guider(settings.guider, f"{item.where}.guider")
         sampler.check_item(item)
     make_callbacks(cfg.callbacks)
     check_trainer(cfg.trainer)
@@ -95,6 +102,10 @@ def check_sample(cfg: SampleConfig) -> None:
 @register_recipe("sample", SampleConfig, check=check_sample)
 def run_sample(cfg: SampleConfig, run: RunContext) -> dict | None:
     """Generate every prompt with the guider; items/NNNNNN.*; resumable, shardable."""
+    from ..components import make_callbacks, make_sampler
+    from ..predict import Generator, ItemData, ItemStore, ItemWriter, load_items
+    from ..runtime import build_trainer
+
     items = load_items(cfg.prompts, cfg.prompts_file, cfg.seed)
     store = ItemStore(run.dir, cfg.output)
     sampler = make_sampler(cfg.model, cfg.scheduler, cfg.batch)

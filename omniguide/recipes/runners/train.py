@@ -9,6 +9,9 @@
 
 Resume by running the same recipe into the same folder: ``run.dir=runs/train-...``.
 Outputs: ``checkpoints/step-NNNNNN.ckpt``, ``checkpoints/final.ckpt``, ``model.safetensors``.
+
+The zoo, torch and Lightning are imported inside the functions: importing this module
+(``omniguide show`` imports every runner) only defines the schema.
 """
 
 from __future__ import annotations
@@ -19,20 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...core.errors import ConfigError
-from ...core.registry import Registry
-from ...zoo.trainables import TRAINABLES, trainable
-from ..components import make_callbacks
-from ..registry import COMPONENTS, register_recipe
+from .. import errors
+from ..registry import Registry, register_listing, register_recipe
 from ..run import RunContext
-from ..runtime import build_trainer, check_trainer, newest_checkpoint
 from ..schema import TrainerConfig, find_file, option
 
-# `omniguide list trainables` prints the zoo's names without importing the models
-_LISTED = Registry("trainable model")
-for _name in TRAINABLES:
-    _LISTED.register(_name)(_name)
-COMPONENTS.setdefault("trainables", _LISTED)
+
+def _trainables() -> Registry:
+    """`omniguide list trainables`: the zoo's names, without importing the models."""
+    from ...zoo.trainables import TRAINABLES
+
+    listed = Registry("trainable model")
+    for name in TRAINABLES:
+        listed.register(name)(name)
+    return listed
+
+
+register_listing("trainables", _trainables)
 
 
 @dataclass
@@ -54,9 +60,11 @@ class TrainConfig:
 
 def build_module(cfg: TrainConfig) -> Any:
     """The LightningModule the recipe trains."""
+    from ...zoo.trainables import TRAINABLES, trainable
+
     name = cfg.model.get("name") if isinstance(cfg.model, dict) else None
     if name is None:
-        raise ConfigError("model.name", f"missing; one of: {', '.join(TRAINABLES)}")
+        raise errors.ConfigError("model.name", f"missing; one of: {', '.join(TRAINABLES)}")
     build = trainable(name)
     import lightning
 
@@ -66,18 +74,27 @@ def build_module(cfg: TrainConfig) -> Any:
 
 def check_train(cfg: TrainConfig) -> None:
     """Build the module, callbacks and trainer settings without training."""
+    from ..components import make_callbacks
+    from ..runtime import check_trainer, device_count
+
     build_module(cfg)
     make_callbacks(cfg.callbacks)
     check_trainer(cfg.trainer)
     if cfg.trainer.max_steps < 1:
-        raise ConfigError("trainer.max_steps",
+        raise errors.ConfigError("trainer.max_steps",
                           f"a train recipe needs max_steps >= 1, got {cfg.trainer.max_steps}")
     if cfg.resume not in ("auto", "never"):
         find_file(cfg.resume, "resume")
+    processes = device_count(cfg.trainer.devices)
+    if processes and cfg.batch_size % (processes * cfg.trainer.num_nodes):
+        raise errors.ConfigError("batch_size", f"{cfg.batch_size} is not divisible by the "
+                                 f"{processes * cfg.trainer.num_nodes} processes")
 
 
 def resume_from(cfg: TrainConfig, folder: Path) -> str | None:
     """The checkpoint to continue from (None: start fresh)."""
+    from ..runtime import newest_checkpoint
+
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
@@ -91,6 +108,9 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     """Train a zoo model; checkpoints/step-N.ckpt every N steps, model.safetensors at the end."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from ..components import make_callbacks
+    from ..runtime import build_trainer
+
     module = build_module(cfg)
     folder = run.path("checkpoints")
     checkpoints = ModelCheckpoint(dirpath=folder, filename="step-{step:06d}", auto_insert_metric_name=False,
@@ -98,7 +118,8 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     trainer = build_trainer(cfg.trainer, run, callbacks=[checkpoints, *make_callbacks(cfg.callbacks)])
     run.rank = trainer.global_rank
     if cfg.batch_size % trainer.world_size:
-        raise ConfigError("batch_size", f"{cfg.batch_size} is not divisible by the {trainer.world_size} processes")
+        raise errors.ConfigError("batch_size",
+                                 f"{cfg.batch_size} is not divisible by the {trainer.world_size} processes")
     ckpt = resume_from(cfg, folder)
     if ckpt and run.is_main:
         run.log(f"resuming from {ckpt}")
