@@ -7,6 +7,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Every modality package registers its guiders, so the guider registry is the same whatever order the
+# tests run in (as ``omniguide list`` shows it).
+from omniguide.modalities.base import load_families  # noqa: E402
+
+load_families()
+
 
 @pytest.fixture
 def gen():

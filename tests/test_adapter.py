@@ -99,6 +99,9 @@ class LatentClassifier:
 def guider_configs(weak, condition=None) -> dict[str, omniguide.Guider]:
     """One instance of every registered guider, with settings that guide on a 3-step run. ``condition``
     is the family's ``encoder_hidden_states`` (for GFCG's per-class pool)."""
+    from omniguide.modalities.base import load_families
+
+    load_families()   # the modality packages register their guiders (history, stg, nested, multimodal)
     made = {
         "adaptive": build_guider({"name": "adaptive", "guider": {"name": "cfg", "scale": 3.0}}),
         "autoguidance": omniguide.AutoGuidance(scale=2.0, weak_model=weak),
@@ -114,6 +117,8 @@ def guider_configs(weak, condition=None) -> dict[str, omniguide.Guider]:
         "scale-search": ScaleSearch(scales=(2.0, 3.0), evaluator=LatentScorer()),
         "nag": NAG(), "vsf": VSF(), "pladis": PLADIS(),          # CFG off: one forward pass per step
         "perp-neg": build_guider({"name": "perp-neg", "scale": 3.0, "negatives": {"negative": 1.0}}),
+        "nested": build_guider({"name": "nested", "chain": ["uncond", "cond"], "scales": [3.0]}),
+        "multimodal": build_guider({"name": "multimodal", "guidance_scale": 3.0, "stg_scale": 1.0}),
     }
     if condition is not None:
         pool = condition[:1].repeat(3, *([1] * (condition.ndim - 1))) * torch.tensor([1.0, -1.0, 0.5]).reshape(
@@ -129,7 +134,7 @@ def guider_configs(weak, condition=None) -> dict[str, omniguide.Guider]:
 # NFE and forward passes per step of the guiders whose plan is not CFG's (2 evaluations in 1 pass)
 WORK = {"pag": (3, 2), "seg": (3, 2), "skip-layer": (3, 2), "autoguidance": (2, 2), "prior-guidance": (2, 2),
         "tsg": (2, 2), "tpg": (3, 2), "s2-guidance": (3, 2), "sag": (3, 2), "gfcg": (2, 2), "perp-neg": (3, 1),
-        "residual-cfg": (1, 1), "pladis": (1, 1), "scorer-guidance": (1, 1)}
+        "residual-cfg": (1, 1), "pladis": (1, 1), "scorer-guidance": (1, 1), "stg": (3, 2), "multimodal": (3, 2)}
 # guiders a family refuses, with the reason they give
 REFUSED = {("sag", "sd3"): "joint text-image attention", ("sag", "flux"): "joint text-image attention"}
 

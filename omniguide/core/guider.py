@@ -134,7 +134,7 @@ class Guider:
     def requires(self) -> dict[str, str]:
         """``{requirement: why}`` for what this guider needs from its driver (see the module docstring):
         its own needs, those of the guiders it wraps, and ``step`` coordinates in its scale schedules."""
-        from .scale import ScaleSchedule
+        from .scale import DynamicScale, ScaleSchedule
 
         needs: dict[str, str] = {}
         if self.stateful:
@@ -143,7 +143,7 @@ class Guider:
             value = getattr(self, f.name)
             if isinstance(value, Guider):
                 needs = {**value.requires(), **needs}
-            elif isinstance(value, ScaleSchedule) and value.coordinate == "step":
+            elif isinstance(value, DynamicScale) and value.reads_step:
                 needs.setdefault(STEP_INDEX, f"{f.name} is scheduled over the 'step' coordinate")
             elif isinstance(value, ScaleSchedule) and value.coordinate == PROGRESS:
                 needs.setdefault(PROGRESS, f"{f.name} is scheduled over training 'progress'")

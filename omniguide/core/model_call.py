@@ -14,6 +14,11 @@ learned variance next to the noise. A :class:`ModelCall` says all of it explicit
 itself when that is a module, and must be given otherwise -- nothing is found by searching
 closures. ``shared`` names inputs that never carry a batch dimension (so the executor never
 concatenates them when it batches branches, even when their first size equals the batch).
+
+``assemble(sample, inputs) -> (model input, inputs)`` builds the denoiser's input from the sample
+the guider reasons about when they differ: Stable Video Diffusion concatenates the conditioning
+image latents to the noisy latents on the channel axis, so its branches carry ``image_latents``
+as an ordinary (per-branch, batchable) input and the executor and the guiders see the latents alone.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class ModelCall:
     ``timestep_scale``: the model's timestep per unit of the sampler's (Flux: ``1/1000``), used when
     a noise level is turned into a timestep; ``output``: picks the prediction from the raw output;
     ``module``: what perturbations hook; ``shared``: inputs without a batch dimension;
-    ``fixed``: keyword arguments passed on every call (e.g. ``return_dict=False``)."""
+    ``fixed``: keyword arguments passed on every call (e.g. ``return_dict=False``); ``assemble``:
+    builds the model input from the sample and the inputs (see the module docstring)."""
 
     fn: Callable
     sample: str | None = None
@@ -56,6 +62,7 @@ class ModelCall:
     module: nn.Module | None = None
     shared: frozenset[str] = frozenset()
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    assemble: Callable[[Tensor, dict], tuple[Tensor, dict]] | None = None
 
     def __post_init__(self):
         if self.sample is not None and self.timestep is None:
@@ -68,6 +75,8 @@ class ModelCall:
         """Run the model on one (possibly batched) set of inputs and return its prediction."""
         args: list[Any] = []
         kwargs = {**self.fixed, **inputs}
+        if self.assemble is not None:
+            sample, kwargs = self.assemble(sample, kwargs)
         if self.sample is None:
             args.append(sample)
         else:

@@ -11,7 +11,9 @@
     build_guider({"preset": "ace-step", "scale": 10})     # a named configuration (register_preset)
 
 A guider field that holds another guider is built recursively (``interval``, ``schedule``); a
-scale given as ``{shape: linear, scale: 7}`` becomes a :class:`~omniguide.core.scale.ScaleSchedule`.
+scale given as ``{shape: linear, scale: 7}`` becomes a :class:`~omniguide.core.scale.ScaleSchedule`,
+and ``{name: piecewise, values: [...], at: [...]}`` any registered dynamic scale
+(:data:`SCALES`; ``@register_scale("name")`` adds one).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from .axes import Axes
 from .errors import ConfigError, did_you_mean
-from .scale import ScaleSchedule
+from .scale import DynamicScale, Piecewise, ScaleSchedule
 
 
 class Registry:
@@ -73,6 +75,7 @@ class Registry:
 
 
 GUIDERS = Registry("guider")
+SCALES = Registry("scale")
 
 
 def register_guider(name: str) -> Callable:
@@ -142,6 +145,47 @@ def _build_preset(cfg: Mapping, path: str):
         raise ConfigError(path, f"preset '{item.name}': {err}") from None
 
 
+def register_scale(name: str) -> Callable:
+    """Class decorator: make a :class:`~omniguide.core.scale.DynamicScale` dataclass buildable by
+    name in a guider's scale fields (``scale: {name: ..., ...}``)."""
+    return SCALES.register(name)
+
+
+register_scale("piecewise")(Piecewise)
+register_scale("schedule")(ScaleSchedule)
+
+
+def build_scale(cfg: Any, path: str = "scale") -> Any:
+    """A dynamic scale from ``{name: ..., **fields}`` (lists become tuples); anything else unchanged."""
+    if isinstance(cfg, DynamicScale) or not isinstance(cfg, Mapping):
+        return cfg
+    cls = SCALES.get(cfg.get("name"), f"{path}.name")
+    known = init_fields(cls)
+    kwargs = {}
+    for key, value in cfg.items():
+        if key == "name":
+            continue
+        if key not in known:
+            raise ConfigError(f"{path}.{key}", f"unknown key for scale '{cfg['name']}'{did_you_mean(key, known)}")
+        kwargs[key] = _plain_value(value, known[key], f"{path}.{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
+    except TypeError as err:
+        raise ConfigError(path, str(err)) from None
+
+
+def _plain_value(value: Any, field: dataclasses.Field, path: str) -> Any:
+    if isinstance(value, Mapping) and "name" in value and "Scale" in str(field.type):
+        return build_scale(value, path)
+    if isinstance(value, list) and "Tensor" in str(field.type) and all(isinstance(v, (int, float)) for v in value):
+        return torch.tensor(value)
+    if isinstance(value, list):
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    return value
+
+
 def init_fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
@@ -183,6 +227,8 @@ def _build_value(value: Any, field: dataclasses.Field, path: str) -> Any:
     annotation = str(field.type)
     if "Guider" in annotation and isinstance(value, (Mapping, str)) and not _is_plain_mapping_field(annotation):
         return build_guider(value, path)
+    if isinstance(value, Mapping) and "name" in value and "Scale" in annotation:
+        return build_scale(value, path)
     if isinstance(value, Mapping) and "shape" in value and "Scale" in annotation:
         try:
             return ScaleSchedule(**value)
@@ -210,6 +256,10 @@ def guider_config(guider) -> dict:
             return guider_config(value)
         if isinstance(value, ScaleSchedule):
             return dataclasses.asdict(value)
+        registered = getattr(type(value), "name", None) in SCALES
+        if isinstance(value, DynamicScale) and dataclasses.is_dataclass(value) and registered:
+            return {"name": type(value).name,
+                    **{f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}}
         if isinstance(value, Axes):
             return value.config()
         if isinstance(value, torch.Tensor):

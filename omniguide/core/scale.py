@@ -1,5 +1,11 @@
 """Scales: a number, a schedule over a named coordinate, or a tensor broadcast against the sample.
 
+Any object deriving from :class:`DynamicScale` is a scale too: its value is computed from the
+step (a :class:`ScaleSchedule`, a :class:`Piecewise` schedule over steps or noise-level bins, or
+maps over the sample's declared axes such as the video modality's per-frame ramps and regions).
+Dynamic scales are registered by name (``{name: piecewise, values: [...], at: [...]}`` in configs).
+A tensor scale must broadcast to the sample; one that does not is a one-line error.
+
 A schedule moves a guidance scale away from its *neutral* value (the scale at which the method
 returns the conditional prediction: 1 for ``u + w(c - u)``, 0 for ``c + w(c - u)``) by a shape
 ``f`` with mean 1 over the noise range, so the average guidance strength is unchanged
@@ -24,14 +30,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from .errors import ConfigError, GuidanceError
 
 SHAPES = ("constant", "linear", "cosine")
 SCHEDULE_COORDINATES = ("t", "step", "progress")
 
 
+class DynamicScale:
+    """Base of scales computed at each step: ``scale(step) -> float | Tensor`` (a tensor broadcast
+    against the sample). ``reads_step`` is True when the value depends on the sampler's step index."""
+
+    reads_step: bool = False
+
+    def __call__(self, step):
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class ScaleSchedule:
+class ScaleSchedule(DynamicScale):
     """A scale that varies over a coordinate (``t``, ``step`` or ``progress``); see the module docstring."""
 
     scale: float
@@ -47,6 +63,10 @@ class ScaleSchedule:
                 "coordinate",
                 f"a scale schedule needs a coordinate on [0, 1] ('t', 'step' or 'progress'), got '{self.coordinate}'",
             )
+
+    @property
+    def reads_step(self) -> bool:
+        return self.coordinate == "step"
 
     def __call__(self, step) -> Tensor:
         # x = 1 at pure noise: 1 - step (1 at the first step, 0 at the last), or t
@@ -65,16 +85,85 @@ def shape_factor(shape: str, x: Tensor) -> Tensor:
     raise ConfigError("shape", f"unknown schedule shape '{shape}'; valid: {', '.join(SHAPES)}")
 
 
-Scale = float | int | Tensor | ScaleSchedule
+@dataclass(frozen=True)
+class Piecewise(DynamicScale):
+    """A piecewise-constant scale over sampling steps or noise-level bins: ``values[i]`` in bin ``i``.
+
+    ``coordinate`` ``t`` or ``sigma`` (falling during sampling): ``at`` is descending and bin ``i``
+    is where ``at[i] <= x`` first holds (below every threshold: the last bin) -- LTX-Video's
+    ``guidance_timesteps`` rule (``guidance_scale: [1, 1, 6, 8, 6, 1, 1]`` at
+    ``[1.0, 0.996, 0.9933, 0.985, 0.9767, 0.9008, 0.618]``), and Wan 2.2's expert switch
+    (``values = (high, low)``, ``at = (boundary, 0)``). ``coordinate`` ``step`` (rising from 0 to 1):
+    ``at`` is ascending and bin ``i`` is the last with ``at[i] <= step``."""
+
+    values: tuple[float, ...]
+    at: tuple[float, ...]
+    coordinate: str = "t"
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
+        object.__setattr__(self, "at", tuple(float(v) for v in self.at))
+        if self.coordinate not in ("t", "sigma", "step"):
+            raise ConfigError("coordinate", f"a piecewise scale runs over t, sigma or step, got '{self.coordinate}'")
+        if len(self.values) != len(self.at) or not self.values:
+            raise ConfigError("at", f"{len(self.at)} bin starts for {len(self.values)} values (give one per value)")
+        rising = self.coordinate == "step"
+        pairs = list(zip(self.at, self.at[1:]))
+        if not all((a < b) if rising else (a > b) for a, b in pairs):
+            order = "ascending" if rising else "descending"
+            raise ConfigError("at", f"bin starts over '{self.coordinate}' must be strictly {order}, "
+                              f"got {list(self.at)}")
+
+    @property
+    def reads_step(self) -> bool:
+        return self.coordinate == "step"
+
+    def index(self, x: Tensor) -> Tensor:
+        """The bin of each value of the coordinate ``x`` (compared in ``x``'s precision, as
+        LTX-Video compares its float32 timesteps with the thresholds)."""
+        x = torch.as_tensor(x).detach().cpu()
+        x = x if x.is_floating_point() else x.double()
+        at = torch.tensor(self.at, dtype=x.dtype)
+        if self.coordinate == "step":
+            return (torch.searchsorted(at, x.reshape(-1), right=True) - 1).clamp(0, len(at) - 1).reshape(x.shape)
+        below = x.unsqueeze(-1) >= at                  # at descending: the first threshold <= x
+        first = torch.where(below.any(-1), below.int().argmax(-1), torch.full(x.shape, len(at) - 1))
+        return first
+
+    def __call__(self, step):
+        index = self.index(step.coordinate(self.coordinate))
+        values = torch.tensor(self.values, dtype=torch.float64)[index]
+        return float(values) if values.ndim == 0 else values
+
+
+Scale = float | int | Tensor | DynamicScale
+
+
+def check_broadcast(value: Tensor, sample: Tensor, who: str = "scale") -> None:
+    """A tensor scale must broadcast to the sample's shape (it may not grow the sample)."""
+    try:
+        shape = torch.broadcast_shapes(value.shape, sample.shape)
+    except RuntimeError:
+        shape = None
+    if shape != sample.shape:
+        raise GuidanceError(f"{who} of shape {tuple(value.shape)} does not broadcast to the sample "
+                            f"{tuple(sample.shape)}")
 
 
 def resolve(scale: Scale, step) -> float | Tensor:
     """The scale's value at this step: a float or a tensor broadcastable to the sample."""
-    if isinstance(scale, ScaleSchedule):
+    if isinstance(scale, DynamicScale):
         value = scale(step)
-        return value.to(step.x.dtype).to(step.x.device) if isinstance(value, Tensor) else value
+        if isinstance(value, Tensor):
+            value = value.to(step.x.dtype).to(step.x.device)
+            if value.ndim:
+                check_broadcast(value, step.x, f"{type(scale).__name__} scale")
+        return value
     if isinstance(scale, Tensor):
-        return scale.to(device=step.x.device, dtype=step.x.dtype)
+        value = scale.to(device=step.x.device, dtype=step.x.dtype)
+        if value.ndim:
+            check_broadcast(value, step.x)
+        return value
     return float(scale)
 
 

@@ -33,6 +33,7 @@ the axes, how prompts are encoded and which denoiser inputs carry the condition.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -87,11 +88,25 @@ class Family:
     ``check_call(pipe, arguments)``: refusals of one call's arguments (as passed, before the
     pipeline runs: an empty prompt list, a duration the model cannot produce), one-line errors.
 
+    Video pipelines add (all optional): ``split(model_input, inputs) -> (sample, inputs)`` and
+    ``assemble(sample, inputs) -> (model_input, inputs)`` when the denoiser's input is not the
+    sample the guider reasons about (SVD concatenates the image latents on the channel axis; the
+    branches carry them as an input, zeros in the unconditional one); ``experts``: further denoiser
+    attributes intercepted like ``denoiser`` (Wan 2.2's ``transformer_2``, switched at a noise
+    boundary); ``noise_of(scheduler) -> (timestep -> NoiseLevel)`` when the timestep the pipeline
+    passes is not a training timestep (SVD's ``0.25 log sigma``); ``frames(config_of) -> (step,
+    remainder)``: the pipeline makes ``num_frames`` with ``num_frames % step == remainder`` only
+    (``config_of(component)`` reads a component's config), other counts are a one-line error
+    instead of a silent rounding; ``batch``: the default of ``guide(batch=...)`` (False where the
+    pipeline itself runs its branches one at a time, as Wan does).
+
     For recipes that run the pipeline (``kind: sample``): ``modality`` (``image``, ``audio``,
     ``video``: which writer stores the outputs), ``samples_kwarg`` (outputs per prompt),
-    ``output_kwargs`` (arguments that make the pipeline return tensors) and
-    ``read_output(pipe, result) -> (data, rate)``: images ``[N, 3, H, W]`` in [0, 1], audio
-    ``[N, C, T]`` with its sample rate, video ``[N, F, 3, H, W]`` in [0, 1] with its frame rate."""
+    ``output_kwargs`` (arguments that make the pipeline return tensors),
+    ``item_inputs(prompt, where) -> call arguments`` (default ``{"prompt": prompt}``; SVD reads an
+    image file) and ``read_output(pipe, result) -> (data, rate)``: images ``[N, 3, H, W]`` in
+    [0, 1], audio ``[N, C, T]`` with its sample rate, video ``[N, F, 3, H, W]`` in [0, 1] with its
+    frame rate."""
 
     name: str
     pipelines: tuple[str, ...]
@@ -116,6 +131,13 @@ class Family:
     samples_kwarg: str = "num_images_per_prompt"
     output_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"output_type": "pt"})
     read_output: Callable[[Any, Any], tuple[Tensor, int | None]] = lambda pipe, result: (result.images, None)
+    split: Callable[[Tensor, dict], tuple[Tensor, dict]] | None = None
+    assemble: Callable[[Tensor, dict], tuple[Tensor, dict]] | None = None
+    experts: tuple[str, ...] = ()
+    noise_of: Callable[[Any], Callable[[Any], NoiseLevel]] | None = None
+    frames: Callable[[Callable[[str], Mapping]], tuple[int, int]] | None = None
+    batch: bool = True
+    item_inputs: Callable[[Any, str], dict] | None = None
 
     def classes(self) -> tuple[type, ...]:
         """The pipeline classes, imported."""
@@ -130,7 +152,18 @@ class Family:
         if isinstance(module, ModelCall):
             return module
         return ModelCall(module, sample=self.sample, timestep=self.timestep, timestep_scale=self.timestep_scale,
-                         output=self.output(module), shared=self.shared, fixed={"return_dict": False})
+                         output=self.output(module), shared=self.shared, fixed={"return_dict": False},
+                         assemble=self.assemble)
+
+    def check_frames(self, num_frames: Any, config_of: Callable[[str], Mapping], where: str) -> None:
+        """A one-line error when the pipeline cannot make ``num_frames`` frames (see ``frames``)."""
+        if self.frames is None or num_frames is None:
+            return
+        step, remainder = self.frames(config_of)
+        if not isinstance(num_frames, int) or num_frames < 1 or num_frames % step != remainder % step:
+            valid = ", ".join(str(remainder + step * k) for k in range(1, 4))
+            raise GuidanceError(f"{where}: {self.name} pipelines make num_frames = {step} k + {remainder} frames "
+                                f"(e.g. {valid}); {num_frames!r} would be rounded or rejected")
 
 
 FAMILIES: dict[str, Family] = {}
@@ -232,7 +265,7 @@ class Guide:
     ``nfe`` (branch evaluations per sample), ``forward_passes`` (denoiser calls), per step, over
     every pipeline call made in the block."""
 
-    def __init__(self, pipe: Any, guider: Guider, negatives: dict, batch: bool = True,
+    def __init__(self, pipe: Any, guider: Guider, negatives: dict, batch: bool | None = None,
                  axes: Axes | str | tuple | None = None, branches: BranchTable | None = None,
                  family: str | None = None, prompts: Mapping[str, Any] | None = None):
         self.pipe, self.guider, self.batch = pipe, guider, batch
@@ -245,7 +278,7 @@ class Guide:
         if family is not None and self.family is None:
             raise GuidanceError(f"guide(family='{family}'): unknown family; valid: {', '.join(sorted(FAMILIES))}")
         self.family = self.family or family_for(pipe)
-        unknown = [k for k in negatives if k not in self.family.negatives]
+        unknown = [k for k, v in negatives.items() if v is not None and k not in self.family.negatives]
         if unknown:
             raise GuidanceError(f"guide(): '{unknown[0]}' is not a negative input of the {self.family.name} family; "
                                 f"valid: {', '.join(self.family.negatives)}")
@@ -280,15 +313,22 @@ class Guide:
         if getattr(pipe, "_omniguide_guide", None) is not None:
             raise GuidanceError(f"guide(): this {type(pipe).__name__} is already inside a guide() block")
         check_requirements(self.guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP), "the pipeline adapter")
-        self.call = family.model_call(self.denoiser)
+        # the denoiser and any experts (Wan 2.2's transformer_2), each intercepted the same way
+        self.denoisers = {family.denoiser: self.denoiser}
+        for name in family.experts:
+            module = getattr(pipe, name, None)
+            if isinstance(module, nn.Module) and all(module is not m for m in self.denoisers.values()):
+                self.denoisers[name] = module
+        self.model_calls = {name: family.model_call(module) for name, module in self.denoisers.items()}
+        self.call = self.model_calls[family.denoiser]
         self.branch_defaults = self._resolve_models(self.guider.branch_defaults())
         self._check_perturbations()
         cls = type(pipe)
-        self._saved = {"class": cls, "forward": self.denoiser.__dict__.get("forward")}
-        original_forward = self.denoiser.forward
-        self._original_forward = original_forward
-        self._forward_signature = inspect.signature(original_forward)
-        self.denoiser.forward = self._forward
+        self._saved = {"class": cls, "forwards": {n: m.__dict__.get("forward") for n, m in self.denoisers.items()}}
+        self._original_forwards = {n: m.forward for n, m in self.denoisers.items()}
+        self._forward_signatures = {n: inspect.signature(f) for n, f in self._original_forwards.items()}
+        for name, module in self.denoisers.items():
+            module.forward = functools.partial(self._forward, name)
         pipe._omniguide_guide = self
         pipe.__class__ = _guided_class(cls)
         return self
@@ -298,16 +338,18 @@ class Guide:
         return False
 
     def restore(self) -> None:
-        """Put the pipeline back exactly as it was (class, denoiser forward, attributes)."""
+        """Put the pipeline back exactly as it was (class, denoiser forwards, attributes)."""
         if not self._saved:
             return
         pipe = self.pipe
         pipe.__class__ = self._saved["class"]
         pipe.__dict__.pop("_omniguide_guide", None)
-        if self._saved["forward"] is None:
-            self.denoiser.__dict__.pop("forward", None)
-        else:
-            self.denoiser.forward = self._saved["forward"]
+        for name, module in self.denoisers.items():
+            saved = self._saved["forwards"][name]
+            if saved is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = saved
         self._saved = {}
 
     def _resolve_models(self, table: Mapping[str, Branch]) -> dict[str, Branch]:
@@ -324,9 +366,10 @@ class Guide:
         for name, branch in {**self.branch_defaults, **self._resolve_models(self.user_branches)}.items():
             perturbation = branch.perturbation
             if isinstance(perturbation, LayerPerturbation):
-                model = branch.model if isinstance(branch.model, ModelCall) else self.call
+                models = [branch.model] if isinstance(branch.model, ModelCall) else list(self.model_calls.values())
                 try:
-                    perturbation.targets(model.require_module(f"branch '{name}'"))
+                    for model in models:
+                        perturbation.targets(model.require_module(f"branch '{name}'"))
                 except GuidanceError as err:
                     raise GuidanceError(f"guide(): {self.guider.name or 'the guider'} cannot build its branch "
                                         f"'{name}' on {type(self.denoiser).__name__}: {err}") from None
@@ -344,6 +387,8 @@ class Guide:
                 raise GuidanceError(
                     f"guide(): {type(pipe).__name__}({name}=...) is the pipeline's own CFG scale; inside guide() "
                     f"the guider owns guidance (set its scale, e.g. CFG(scale={arguments[name]}))")
+        family.check_frames(arguments.get("num_frames"), lambda name: getattr(pipe, name).config,
+                            f"guide(): {type(pipe).__name__}")
         negatives = {k: arguments[k] for k in family.negatives if arguments.get(k) is not None}
         negatives.update(self.negatives)
         if family.check_call is not None:
@@ -353,8 +398,10 @@ class Guide:
         self._check_scheduler(scheduler)
         from ..core.schedulers import model_parameterization, noise_schedule
 
-        executor = BranchExecutor(self.call, None, model_parameterization(scheduler), batch=self.batch,
-                                  noise_of=self._noise_of(noise_schedule(scheduler)))
+        noise_of = family.noise_of(scheduler) if family.noise_of is not None else \
+            self._noise_of(noise_schedule(scheduler))
+        batch = family.batch if self.batch is None else self.batch
+        executor = BranchExecutor(self.call, None, model_parameterization(scheduler), batch=batch, noise_of=noise_of)
         self._call = _Call(executor, scheduler, negatives)
         self.guider.reset()
         encoder = getattr(pipe, family.encoder)
@@ -428,14 +475,17 @@ class Guide:
         return step
 
     # -- one denoiser call --------------------------------------------------------------------------
-    def _forward(self, *args, **kwargs):
+    def _forward(self, denoiser: str, *args, **kwargs):
         if self._inner or self._call is None:   # the executor's own calls, or a call outside the pipeline
-            return self._original_forward(*args, **kwargs)
+            return self._original_forwards[denoiser](*args, **kwargs)
         family, call = self.family, self._call
-        inputs = dict(self._forward_signature.bind(*args, **kwargs).arguments)
+        inputs = dict(self._forward_signatures[denoiser].bind(*args, **kwargs).arguments)
         inputs.update(inputs.pop("kwargs", None) or {})
         return_dict = inputs.pop("return_dict", True)
         sample, timestep = inputs.pop(family.sample), inputs.pop(family.timestep)
+        model_input = sample
+        if family.split is not None:     # the latents the guider reasons about, the rest as inputs
+            sample, inputs = family.split(sample, inputs)
         if call.positive is None:
             raise GuidanceError(f"guide(): {type(self.pipe).__name__} called its {family.denoiser} before encoding "
                                 f"prompts with {family.encoder}; the adapter has no negative inputs")
@@ -445,6 +495,7 @@ class Guide:
         table = {"cond": Branch("cond", inputs), "uncond": Branch("uncond", self._uncond_inputs(inputs))}
         for name, encoded in call.named.items():
             table[name] = Branch(name, self._uncond_inputs(inputs, encoded, name))
+        call.executor.model = self.model_calls[denoiser]
         call.executor.branches = {**table, **self.branch_defaults, **self._resolve_models(self.user_branches)}
         self._inner = True
         try:
@@ -452,9 +503,9 @@ class Guide:
         finally:
             self._inner = False
         call.last = (result, noise)
-        out = result.to(call.executor.parameterization).to(sample.dtype)
+        out = result.to(call.executor.parameterization).to(model_input.dtype)
         if family.pack is not None:
-            out = family.pack(self.denoiser, out)
+            out = family.pack(self.denoisers[denoiser], out)
         return _DenoiserOutput(out) if return_dict else (out,)
 
     def _uncond_inputs(self, inputs: dict, encoded: dict | None = None, branch: str = "negative") -> dict:
@@ -495,14 +546,16 @@ def _guided_class(cls: type) -> type:
     return _GUIDED_CLASSES[cls]
 
 
-def guide(pipe: Any, guider: Guider, negative_prompt: str | list[str] | None = None, *, batch: bool = True,
+def guide(pipe: Any, guider: Guider, negative_prompt: str | list[str] | None = None, *, batch: bool | None = None,
           axes: Axes | str | tuple | None = None, branches: BranchTable | None = None, family: str | None = None,
           prompts: Mapping[str, Any] | None = None, **negatives: Any) -> Guide:
     """Drive ``pipe`` with ``guider`` inside a ``with`` block (see the module docstring).
 
     ``negative_prompt`` (and the family's other negative inputs by name, e.g. ``negative_prompt_2``)
     replaces the pipeline's unconditional input; without one the pipeline's own default is used.
-    ``batch=False`` runs branches one at a time (less memory). ``axes`` overrides the family's
+    ``batch=False`` runs branches one at a time (less memory); ``None``: the family's default
+    (batched, except for pipelines that run their own branches one at a time, such as Wan).
+    ``axes`` overrides the family's
     layout. ``branches`` adds or replaces named branches (``{"weak": Branch(..., model=unet)}``).
     ``prompts`` adds a branch per named prompt, encoded as the pipeline encodes its negative
     (``{"negative": "blurry"}`` for Perp-Neg). ``family`` picks a family by name instead of by the

@@ -85,8 +85,16 @@ def check_guider_values(cfg: Any, path: str = "guider") -> None:
 
 
 def check_scale(value: Any, where: str, allow_list: bool = False) -> None:
-    """A finite number, a schedule mapping with a finite ``scale`` (and a ``shape``), or -- where
+    """A finite number, a named dynamic scale (``{name: piecewise, ...}``, built to check it), a
+    schedule mapping with a finite ``scale`` (and a ``shape``), or -- where
     the guider takes one scale per band or level (``allow_list``) -- a list of finite numbers."""
+    if isinstance(value, Mapping) and "name" in value:
+        from ..core.registry import build_scale  # a named dynamic scale (piecewise, frame-ramp, ...)
+        from ..modalities.base import load_families
+
+        load_families()   # the modalities register their scales (frame-ramp, region, ...)
+        build_scale(dict(value), where)
+        return
     if isinstance(value, Mapping):
         if "shape" not in value:
             raise ConfigError(where, f"a scale schedule needs a 'shape' (constant, linear, cosine), e.g. "

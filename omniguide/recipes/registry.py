@@ -103,11 +103,22 @@ def register_listing(kind: str, loader: Callable[[], Registry]) -> None:
 
 def _guiders() -> Registry:
     from ..core.registry import GUIDERS
+    from ..modalities.base import load_families
 
+    load_families()   # the modality packages register their own guiders (history, stg, nested, ...)
     return GUIDERS
 
 
+def _scales() -> Registry:
+    from ..core.registry import SCALES
+    from ..modalities.base import load_families
+
+    load_families()   # the video modality registers frame-ramp, region, decay, ...
+    return SCALES
+
+
 register_listing("guiders", _guiders)
+register_listing("scales", _scales)
 
 
 def _presets() -> Registry:

@@ -175,6 +175,12 @@ class PipelineSampler:
         self.scorer = _scorer(model_cfg.scorer, f"{path}.scorer")
         self._pipe = None
         self._check_scheduler()
+        self.family.check_frames(model_cfg.call.get("num_frames"), self._component_config, f"{path}.call.num_frames")
+
+    def _component_config(self, name: str) -> dict:
+        """A component's ``config.json`` in the pipeline folder (no weights loaded)."""
+        file = self.folder / name / "config.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
 
     def _check_scheduler(self) -> None:
         if self.scheduler_cfg:
@@ -198,7 +204,9 @@ class PipelineSampler:
         return self._pipe
 
     def check_item(self, item: Item) -> None:
-        if not isinstance(item.prompt, str) or not item.prompt.strip():
+        if self.family.item_inputs is not None:
+            self.family.item_inputs(item.prompt, item.where)
+        elif not isinstance(item.prompt, str) or not item.prompt.strip():
             raise ConfigError(item.where, f"expected a text prompt, got {item.prompt!r}")
 
     def generate(self, item: Item, settings: ItemSettings, device: torch.device, progress: bool) -> Generated:
@@ -208,12 +216,15 @@ class PipelineSampler:
         guider = make_guider(settings.guider, f"{item.where}.guider")
         generator = torch.Generator().manual_seed(item.seed)
         start = time.perf_counter()
+        first = family.item_inputs(item.prompt, item.where) if family.item_inputs else {"prompt": item.prompt}
         with guide(pipe, guider, negative_prompt=settings.negative_prompt, batch=self.batch) as handle:
-            result = pipe(item.prompt, num_inference_steps=settings.steps, generator=generator,
+            result = pipe(**first, num_inference_steps=settings.steps, generator=generator,
                           **{family.samples_kwarg: settings.num_samples}, **family.output_kwargs, **self.cfg.call)
         data, rate = family.read_output(pipe, result)
         seconds = time.perf_counter() - start
         meta = {"nfe": handle.nfe, "forward_passes": handle.forward_passes, "generate_seconds": seconds}
+        if self.kind == "video":
+            meta["frames"] = int(data.shape[0] * data.shape[1])
         data, scores = score_outputs(self.scorer, self.cfg.rerank, data.detach().float().cpu(), item.prompt, rate, meta)
         return Generated(self.kind, data, meta, rate)
 

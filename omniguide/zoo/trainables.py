@@ -19,6 +19,7 @@ TRAINABLES: dict[str, str] = {
     "shapes": "omniguide.zoo.shapes.training:build_trainable",
     "shapes-classifier": "omniguide.zoo.shapes.classifier_training:build_trainable",
     "toy-audio": "omniguide.zoo.toy_audio_train:build_trainable",
+    "video-denoiser": "omniguide.zoo.video_denoiser:build_trainable",
 }
 
 

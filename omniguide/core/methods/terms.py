@@ -28,7 +28,7 @@ from ..guider import STEP_INDEX, GuidanceStep, Guider, guided, passthrough
 from ..noise import COORDINATES, coordinate_range
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, ScaleSchedule, is_neutral, resolve
+from ..scale import DynamicScale, Scale, ScaleSchedule, is_neutral, resolve
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,11 @@ def as_term(spec: Any, path: str) -> Term:
             if key not in known:
                 raise ConfigError(f"{path}.{key}", f"unknown key for a term{did_you_mean(key, known)}")
         spec = dict(spec)
-        if isinstance(spec.get("scale"), Mapping):
+        if isinstance(spec.get("scale"), Mapping) and "name" in spec["scale"]:
+            from ..registry import build_scale
+
+            spec["scale"] = build_scale(spec["scale"], f"{path}.scale")
+        elif isinstance(spec.get("scale"), Mapping):
             spec["scale"] = ScaleSchedule(**{"neutral": 0.0, **spec["scale"]})
         for c in COORDINATES:
             if isinstance(spec.get(c), list):
@@ -91,7 +95,7 @@ def as_term(spec: Any, path: str) -> Term:
             return Term(**spec)
         except ConfigError as err:
             raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
-    if isinstance(spec, (int, float, torch.Tensor, ScaleSchedule)):
+    if isinstance(spec, (int, float, torch.Tensor, DynamicScale)):
         return Term(scale=spec)
     raise ConfigError(path, f"expected a scale or a term mapping, got {type(spec).__name__}")
 
@@ -125,7 +129,7 @@ class Terms(Guider):
         needs = super().requires()
         for name, term in self.parsed.items():
             if term.step is not None or (term.shape != "constant" and term.coordinate == "step") or (
-                    isinstance(term.scale, ScaleSchedule) and term.scale.coordinate == "step"):
+                    isinstance(term.scale, DynamicScale) and term.scale.reads_step):
                 needs[STEP_INDEX] = f"term '{name}' reads the 'step' coordinate"
         return needs
 
