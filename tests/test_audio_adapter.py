@@ -11,12 +11,13 @@ import pytest
 import tiny_audio as TA
 import tiny_pipelines as TP
 import torch
+from guider_names import core_guider_names
 from test_adapter import METHODS_II
 
 import omniguide
 from omniguide import CFG, CFGRescale, GuidanceError, Interval, guide
 from omniguide.core.axes import Axes
-from omniguide.core.registry import GUIDERS, build_guider
+from omniguide.core.registry import build_guider
 
 PROMPTS, NEGATIVES = ["a rising chirp", "a dog barking in the rain"], ["noise", "quiet"]
 
@@ -259,7 +260,3 @@ def test_guidance_scale_inside_guide_is_refused(pipes):
         with pytest.raises(GuidanceError, match="is the pipeline's own CFG scale"):
             run(pipes["audioldm"], "audioldm", prompt="a rising chirp", guidance_scale=3.0)
 
-
-def core_guider_names() -> set[str]:
-    """The core's guiders; the modalities' own (history, stg, nested, ...) are tested in their suites."""
-    return {n for n in GUIDERS.names() if GUIDERS.get(n).__module__.startswith("omniguide.core.")}

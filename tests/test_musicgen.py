@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import tiny_audio as TA
 import torch
+from guider_names import core_guider_names
 from test_adapter import METHODS_II
 
 from omniguide import APG, CFG, GuidanceError, build_guider
-from omniguide.core.registry import GUIDERS
 from omniguide.modalities.audio.musicgen import GuidedLogitsProcessor, guide_musicgen
 
 PROMPTS = ["a rising chirp", "a rising chirp", "piano music", "piano music"]   # 2 prompts x 2 samples
@@ -166,7 +166,3 @@ trainer: {{accelerator: cpu, devices: 1, enable_progress_bar: false, logger: non
     _, err = capsys.readouterr()
     assert rc != 0 and "cannot be produced by this model (at most 62 frames" in err
 
-
-def core_guider_names() -> set[str]:
-    """The core's guiders; the modalities' own (history, stg, nested, ...) are tested in their suites."""
-    return {n for n in GUIDERS.names() if GUIDERS.get(n).__module__.startswith("omniguide.core.")}

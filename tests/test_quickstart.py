@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from omniguide.core.registry import GUIDERS
+from guider_names import core_guider_names
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -56,7 +55,3 @@ def test_quickstart_runs_and_writes_the_run_folder(tmp_path):
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["sampler"]["samples"] == 200
 
-
-def core_guider_names() -> set[str]:
-    """The core's guiders; the modalities' own (history, stg, nested, ...) are tested in their suites."""
-    return {n for n in GUIDERS.names() if GUIDERS.get(n).__module__.startswith("omniguide.core.")}

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from guider_names import core_guider_names
 from test_adapter import METHODS_II
 
 import omniguide
 from omniguide import CFG, GuidanceError, Interval, guide
-from omniguide.core.registry import GUIDERS, build_guider
+from omniguide.core.registry import build_guider
 from omniguide.zoo import toy_audio_data as D
 from omniguide.zoo.toy_audio import (
     WEIGHTS,
@@ -258,7 +259,3 @@ def test_toy_recipe_generates_wavs(tmp_path, capsys):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["nfe"] == 2 * 8 * 2
     assert len(list((run_dir / "items").glob("*.wav"))) == 4 and len(list((run_dir / "items").glob("*.png"))) == 4
 
-
-def core_guider_names() -> set[str]:
-    """The core's guiders; the modalities' own (history, stg, nested, ...) are tested in their suites."""
-    return {n for n in GUIDERS.names() if GUIDERS.get(n).__module__.startswith("omniguide.core.")}

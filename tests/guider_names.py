@@ -1,0 +1,8 @@
+"""Which registered guiders a suite checks."""
+
+from omniguide.core.registry import GUIDERS
+
+
+def core_guider_names() -> set[str]:
+    """The core's guiders; the modalities' own (history, stg, nested, ...) are tested in their suites."""
+    return {n for n in GUIDERS.names() if GUIDERS.get(n).__module__.startswith("omniguide.core.")}
