@@ -199,3 +199,20 @@ def test_the_committed_sprite_model_follows_the_physics(capsys, tmp_path):
     assert guided["found"] >= 0.95 and guided["pos_err_w1"] < 2.5, guided
     assert abs(guided["motion_ratio"] - 1) < abs(plain["motion_ratio"] - 1), (guided, plain)
     assert guided["nfe_per_frame"] == 2 * plain["nfe_per_frame"]
+
+
+def test_history_bench_writes_the_table_with_reference_rows_and_memory(weights, capsys, tmp_path):
+    bench = str(Path(__file__).parents[1] / "configs" / "bench" / "video_history.yaml")
+    code, out, err = run(capsys, bench, f"model.weights={weights}", "videos=1", "windows=2", "steps=1",
+                         "memory.lengths=[6, 10]", f"run.root={tmp_path}")
+    assert code == 0, err
+    folder = Path(out.strip().splitlines()[-1])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["baselines"]) == {"ground truth", "frozen (last given frame)"}
+    assert metrics["baselines"]["ground truth"]["pos_err_w1"] < 0.5           # the estimate's floor
+    assert metrics["baselines"]["frozen (last given frame)"]["motion_ratio"] == 0
+    assert len(metrics["methods"]) == 7 and metrics["methods"]["conditional"]["nfe_per_frame"] == 1 / 4
+    assert metrics["methods"]["vanilla w=3"]["nfe_per_frame"] == 2 / 4
+    assert [m["frames"] for m in metrics["memory"].values()] == [6, 10]
+    table = (folder / "table.md").read_text()
+    assert "| frozen (last given frame) |" in table and "| temporal newest2+all w=(1.5,1) |" in table

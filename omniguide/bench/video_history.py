@@ -7,7 +7,8 @@ several weights) the same videos (random captions and starts from ``seed``) are 
 method: the sprite position error (pixels) in windows 1, 4 and 16 against the true trajectory, the
 share of sprites still found, background flicker between consecutive frames (frame-to-frame
 consistency), the motion ratio (estimated over true per-frame displacement: 0 is a frozen video),
-NFE per generated frame and seconds. Then one rollout per length in ``memory.lengths``, each in its
+NFE per generated frame and seconds; two reference rows without a model (the true frames, and the
+last given frame repeated). Then one rollout per length in ``memory.lengths``, each in its
 own process, with its peak resident memory, side by side. Writes ``metrics.json`` and ``table.md``.
 """
 
@@ -114,6 +115,28 @@ def run_method(cfg: VideoHistoryBenchConfig, subject: Any, guider_cfg: dict) -> 
     return out
 
 
+def run_baselines(cfg: VideoHistoryBenchConfig, subject: Any) -> dict:
+    """Reference rows without a model, on the same videos: ``ground truth`` (the true frames: the floor
+    of the position estimate) and ``frozen`` (the last given frame repeated: a model that stops)."""
+    import torch
+
+    from ..zoo.sprites import random_state, render, trajectory
+
+    world = subject.world
+    state = random_state(world, cfg.videos, torch.Generator().manual_seed(cfg.seed))
+    total = cfg.history + cfg.windows * cfg.chunk
+    truth = render(world, state, trajectory(world, state, total)) * 2 - 1
+    last = truth[:, :, cfg.history - 1:cfg.history].expand(-1, -1, total - cfg.history, -1, -1)
+    out = {}
+    for label, generated in (("ground truth", truth[:, :, cfg.history:]), ("frozen (last given frame)", last)):
+        score = subject.score(state)
+        score(truth[:, :, :cfg.history], 0)
+        score(generated, cfg.history)
+        out[label] = {**score.summary(cfg.history, cfg.chunk), "nfe_per_frame": 0.0, "passes_per_frame": 0.0,
+                      "seconds": 0.0}
+    return out
+
+
 def _memory_child(cfg: VideoHistoryBenchConfig, length: int, queue) -> None:
     """In a fresh process: one rollout of ``length`` frames (frames streamed to a sink that keeps
     nothing); reports the resident memory before the rollout and the process peak after it."""
@@ -166,10 +189,11 @@ def run_bench(cfg: VideoHistoryBenchConfig, run: RunContext) -> dict:
         errors = " ".join(f"w{k} {m.get(f'pos_err_w{k}', float('nan')):.2f}" for k in (1, 4, 16))
         run.log(f"{label}: pos err {errors} px, found {m['found']:.2f}, motion {m['motion_ratio']:.2f}, "
                 f"nfe/frame {m['nfe_per_frame']:.1f}")
+    baselines = run_baselines(cfg, subject)
     memory = run_memory(cfg)
     for length, m in memory.items():
         run.log(f"memory: {length} frames: peak {m['peak_mb']:.0f} MB (before the rollout {m['baseline_mb']:.0f} MB)")
-    metrics = {"methods": methods, "memory": memory,
+    metrics = {"methods": methods, "baselines": baselines, "memory": memory,
                "setup": {"videos": cfg.videos, "history": cfg.history, "windows": cfg.windows, "context": cfg.context,
                          "chunk": cfg.chunk, "steps": cfg.steps, "stabilization": cfg.stabilization,
                          "threads": torch.get_num_threads()}}
@@ -184,7 +208,7 @@ def report(metrics: dict) -> str:
         return "-" if v is None or v != v else f"{v:.{digits}f}"
     rows = [[label, fmt(m.get("pos_err_w1")), fmt(m.get("pos_err_w4")), fmt(m.get("pos_err_w16")), fmt(m["found"]),
              fmt(m["flicker"], 4), fmt(m["motion_ratio"]), fmt(m["nfe_per_frame"], 1), fmt(m["seconds"], 1)]
-            for label, m in metrics["methods"].items()]
+            for label, m in {**metrics.get("baselines", {}), **metrics["methods"]}.items()]
     s = metrics["setup"]
     text = (f"# History guidance on the sprite model ({s['videos']} videos, {s['history']} given frames, "
             f"{s['windows']} windows of {s['chunk']} frames, context {s['context']}, {s['steps']} steps, "
