@@ -9,8 +9,6 @@ calls :meth:`ClassifierModule.save_outputs`, which writes ``classifier.safetenso
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,18 +85,14 @@ class ClassifierModule(lightning.LightningModule):
         return torch.utils.data.DataLoader(_Steps(), batch_size=None)
 
     def save_outputs(self, run_dir: str | Path) -> Path:
-        """Write ``run_dir/classifier.safetensors`` (float16) through a temporary file and a rename."""
+        """Write ``run_dir/classifier.safetensors`` (float16) atomically."""
         from safetensors.torch import save_file
 
+        from ...io import atomic_path
+
         final = Path(run_dir) / "classifier.safetensors"
-        fd, tmp = tempfile.mkstemp(prefix=".classifier.", suffix=".tmp", dir=run_dir)
-        os.close(fd)
-        try:
-            save_file({k: v.detach().cpu().half().contiguous() for k, v in self.model.state_dict().items()}, tmp)
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(final) as tmp:
+            save_file({k: v.detach().cpu().half().contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
         return final
 
 
