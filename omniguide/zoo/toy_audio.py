@@ -25,9 +25,11 @@ Components (each saved by ``save_pretrained``, reloaded by ``from_pretrained``):
 **Denoiser call convention** (for reuse, e.g. continuation with history guidance):
 ``denoiser(sample [B, 129, F], timestep, encoder_hidden_states [B, L, D], encoder_attention_mask
 [B, L]) -> v [B, 129, F]``, with ``timestep`` a number, ``[B]`` (per sample) or ``[B, F]`` (per
-frame, training-schedule units 0 ... 999). A quarter of the training batches used independent
-timesteps per 16-frame chunk, so per-frame noise levels are in distribution. ``F`` must be a
-multiple of 4 (two 2x downsamplings); the model was trained on 64-frame windows (1.008 s).
+frame, training-schedule units 0 ... 999). Training drew per-frame timesteps in 4-frame blocks,
+with history prefixes given clean, slightly noisy or masked (timestep 999) while the other frames
+share one level (:func:`omniguide.zoo.history_levels.history_levels`), so continuation with
+history guidance queries the model in distribution. ``F`` must be a multiple of 4 (two 2x
+downsamplings); the model was trained on 64-frame windows (1.008 s).
 
 The pipeline's own ``guidance_scale`` is plain CFG (``u + w (c - u)``, batched ``[negative,
 positive]``) like diffusers' pipelines, so :func:`omniguide.guide` is checked against it.
@@ -285,6 +287,14 @@ class ToyAudioPipeline(DiffusionPipeline):
                  scheduler):
         super().__init__()
         self.register_modules(text_encoder=text_encoder, denoiser=denoiser, codec=codec, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> ToyAudioPipeline:
+        """``DiffusionPipeline.from_pretrained``, float32 by default: the weights are stored in
+        float16 to keep the folder small and come back as float32 on any device."""
+        if "torch_dtype" not in kwargs:
+            kwargs.setdefault("dtype", torch.float32)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
     def sample_rate(self) -> int:

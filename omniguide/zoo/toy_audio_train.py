@@ -1,8 +1,8 @@
 """Training the small text-to-audio model (:mod:`omniguide.zoo.toy_audio`) with a ``train`` recipe.
 
     kind: train
-    model: {name: toy-audio, channels: [96, 128, 160]}
-    data: {drop: 0.25, chunk_prob: 0.25}
+    model: {name: toy-audio, channels: [144, 144, 160]}
+    data: {drop: 0.25, p_structured: 0.4}
     cond_dropout: 0.15
 
 A pool of ``data.pool`` clips (:mod:`omniguide.zoo.toy_audio_data`) is synthesised once from the
@@ -11,8 +11,11 @@ timbre / envelope left out at random, noise, timesteps) with its own generator s
 ``(seed, step)``; each rank keeps rows ``rank::world``, so resuming and the number of ranks do not
 change the data. Loss: MSE of the v prediction on the cosine VP
 schedule; captions are replaced by the empty prompt with probability ``cond_dropout`` (the
-unconditional input for guidance); with probability ``chunk_prob`` a clip gets an independent
-timestep per 16-frame chunk (so per-frame noise levels are in distribution). An exponential moving
+unconditional input for guidance). Timesteps are per frame, drawn by
+:func:`~omniguide.zoo.history_levels.history_levels` in blocks of 4 frames (the coarsest level's
+resolution): a share of the clips have a history prefix given clean, slightly noisy or masked
+while the rest shares one level, the situations continuation with history guidance queries; clean
+frames (timestep 0) are left out of the loss (their v is the noise itself, unpredictable). An exponential moving
 average of the weights is kept and is what ``save_outputs`` writes: ``pipeline/``, a folder
 ``ToyAudioPipeline.from_pretrained`` reads.
 """
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 from ..core.errors import ConfigError
 from . import toy_audio_data as data
+from .history_levels import history_levels
 from .toy_audio import SpectrogramCodec, ToyAudioDenoiser, ToyTextEncoder, build_pipeline
 
 
@@ -40,8 +44,8 @@ from .toy_audio import SpectrogramCodec, ToyAudioDenoiser, ToyTextEncoder, build
 class ToyAudioModelConfig:
     """Architecture of the denoiser and the text encoder."""
 
-    channels: list[int] = field(default_factory=lambda: [96, 128, 160])
-    embed_dim: int = 128
+    channels: list[int] = field(default_factory=lambda: [144, 144, 160])   # level 1 >= 129 bins: no bottleneck
+    embed_dim: int = 64
     text_dim: int = 64
     heads: int = 4
     groups: int = 8
@@ -53,8 +57,10 @@ class ToyAudioData:
 
     pool: int = 6144            # clips synthesised once (latents kept in memory)
     drop: float = 0.25          # leave the timbre / the envelope out of a caption
-    chunk_prob: float = 0.25    # share of clips with an independent timestep per chunk
-    chunk_frames: int = 16
+    p_clean: float = 0.1        # per-block atoms of the unstructured clips (history_levels)
+    p_masked: float = 0.05
+    p_structured: float = 0.4   # share of clips with a history prefix / subset at one level
+    block: int = 4              # frames per noise-level block
 
 
 @dataclass
@@ -129,16 +135,13 @@ class ToyAudioModule(lightning.LightningModule):
             said = data.Attributes(a.kind, a.pitch, a.timbre if keep[row, 0] else None,
                                    a.envelope if keep[row, 1] else None)
             captions.append("" if dropped[row] else data.caption(said))
-        frames, chunks = data.FRAMES, data.FRAMES // d.chunk_frames
-        uniform = torch.randint(0, 1000, (s.batch_size, 1), generator=gen).expand(-1, frames)
-        per_chunk = torch.randint(0, 1000, (s.batch_size, chunks), generator=gen).repeat_interleave(d.chunk_frames, 1)
-        chunked = torch.rand(s.batch_size, 1, generator=gen) < d.chunk_prob
-        t = torch.where(chunked, per_chunk, uniform)
-        noise = torch.randn(s.batch_size, self.codec.channels, frames, generator=gen)
+        levels = history_levels(s.batch_size, data.FRAMES, gen, d.p_clean, d.p_masked, d.p_structured, d.block)
+        t = (levels * (len(self.alphas_cumprod) - 1)).round().long()
+        noise = torch.randn(s.batch_size, self.codec.channels, data.FRAMES, generator=gen)
         return latents[index].float(), captions, t, noise
 
     def loss(self, x0: Tensor, captions: list[str], t: Tensor, noise: Tensor) -> Tensor:
-        """MSE of the v prediction at per-frame timesteps ``t`` ``[B, F]``."""
+        """MSE of the v prediction at per-frame timesteps ``t`` ``[B, F]``, over the frames with ``t > 0``."""
         abar = self.alphas_cumprod[t].unsqueeze(1)                       # [B, 1, F]
         alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
         xt = alpha * x0 + sigma * noise
@@ -146,7 +149,8 @@ class ToyAudioModule(lightning.LightningModule):
         ids, mask = self.model.text_encoder.tokenize(captions)
         text = self.model.text_encoder(ids.to(self.device), mask.to(self.device))
         pred = self.model.denoiser(xt, t, text, mask.to(self.device), return_dict=False)[0]
-        return torch.nn.functional.mse_loss(pred, target)
+        noisy = (t > 0).unsqueeze(1).to(pred.dtype)                      # [B, 1, F]
+        return ((pred - target) ** 2 * noisy).sum() / (noisy.sum() * pred.shape[1]).clamp_min(1.0)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, captions, t, noise = self.global_batch(self.global_step)
@@ -187,11 +191,15 @@ class ToyAudioModule(lightning.LightningModule):
         return build_pipeline(ema.denoiser, ema.text_encoder)
 
     def save_outputs(self, run_dir: Path) -> None:
-        """``run_dir/pipeline/``: the EMA pipeline, written to a temporary folder then renamed."""
+        """``run_dir/pipeline/``: the EMA pipeline in float16 (``load_pretrained`` reads it back as
+        float32), written to a temporary folder then renamed."""
         final = Path(run_dir) / "pipeline"
         tmp = Path(run_dir) / f".pipeline.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.pipeline().save_pretrained(tmp, safe_serialization=True)
+        pipe = self.pipeline()
+        pipe.text_encoder.half()
+        pipe.denoiser.half()
+        pipe.save_pretrained(tmp, safe_serialization=True)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.errors import ConfigError
+from .history_levels import history_levels
 from .sprites import AXES, COLOURS, SPEEDS, SpriteWorld, random_state, render, trajectory
 
 
@@ -274,28 +275,9 @@ def sprite_batch(data: SpriteData, n: int, generator: torch.Generator, frames: i
 
 
 def per_frame_levels(n: int, frames: int, generator: torch.Generator, data: SpriteData) -> Tensor:
-    """``[n, frames]`` noise levels in [0, 1]. A clip is *structured* with probability
-    ``p_structured``: some frames are history (a prefix, or a random subset for interpolation) at
-    one level per clip (clean 60 %, small 0-0.1 10 %, uniform 15 %, masked 15 %; each history
-    frame also masked alone with probability 0.2), the others share one uniform level -- the
-    situations history guidance queries. Otherwise every frame is independent: uniform, with atoms
-    at 0 (clean, ``p_clean``) and 1 (masked, ``p_masked``)."""
-    t = torch.rand(n, frames, generator=generator)
-    u = torch.rand(n, frames, generator=generator)
-    t = torch.where(u < data.p_clean, torch.zeros_like(t), t)
-    t = torch.where((u >= data.p_clean) & (u < data.p_clean + data.p_masked), torch.ones_like(t), t)
-    structured = torch.rand(n, generator=generator) < data.p_structured
-    count = torch.randint(0, frames, (n,), generator=generator)
-    prefix = torch.arange(frames).unsqueeze(0) < count.unsqueeze(1)
-    subset = torch.rand(n, frames, generator=generator) < count.unsqueeze(1) / frames
-    history = torch.where((torch.rand(n, generator=generator) < 0.8).unsqueeze(1), prefix, subset)
-    kind = torch.rand(n, generator=generator)
-    level = torch.where(kind < 0.6, torch.zeros(n), torch.where(kind < 0.7, 0.1 * torch.rand(n, generator=generator),
-                        torch.where(kind < 0.85, torch.rand(n, generator=generator), torch.ones(n))))
-    level = torch.where(torch.rand(n, frames, generator=generator) < 0.2, torch.ones(n, frames), level.unsqueeze(1))
-    shared = torch.rand(n, 1, generator=generator).expand(n, frames)
-    structured_t = torch.where(history, level, shared)
-    return torch.where(structured.unsqueeze(1), structured_t, t)
+    """``[n, frames]`` noise levels in [0, 1]: :func:`~omniguide.zoo.history_levels.history_levels`
+    with the data's ``p_clean``, ``p_masked`` and ``p_structured``."""
+    return history_levels(n, frames, generator, data.p_clean, data.p_masked, data.p_structured)
 
 
 class _Steps(torch.utils.data.IterableDataset):
