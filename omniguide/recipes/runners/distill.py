@@ -32,17 +32,17 @@ from ..schema import TrainerConfig, find_file, option
 # torch, Lightning and the distillation library are imported inside the functions: importing this
 # module (``omniguide show`` imports every runner) only defines the schema.
 ZOO = Path(__file__).resolve().parents[2] / "zoo" / "weights"
-ZOO_PRIORS = {"eps": ZOO / "primitives_prior", "flow": ZOO / "primitives_prior_flow"}
+ZOO_PRIORS = {"v": ZOO / "primitives_prior", "flow": ZOO / "primitives_prior_flow"}
 DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
 class PriorConfig:
-    """``name: zoo`` (the zoo's 3D prior; ``prediction: eps | flow``) or ``name: pretrained`` with
+    """``name: zoo`` (the zoo's 3D prior; ``prediction: v | flow``: DDPM with v-prediction, or rectified flow) or ``name: pretrained`` with
     ``path`` to a diffusers pipeline folder (SD 1.x/2.x, SD3, the zoo's pixel pipeline)."""
 
     name: str = "zoo"
-    prediction: str = option("eps", choices=("eps", "flow"))
+    prediction: str = option("v", choices=("v", "flow"))
     path: str | None = None
     dtype: str = option("float32", choices=DTYPES)
     encode: dict[str, Any] = field(default_factory=dict)     # extra encode_prompt arguments (max_sequence_length)

@@ -77,7 +77,8 @@ class PixelDiffusionPipeline(DiffusionPipeline):
         x = x * getattr(self.scheduler, "init_noise_sigma", 1.0)
         for t in self.progress_bar(self.scheduler.timesteps):
             inp = torch.cat([x, x]) if cfg else x
-            inp = self.scheduler.scale_model_input(inp, t)
+            if hasattr(self.scheduler, "scale_model_input"):    # flow-matching schedulers take x as is
+                inp = self.scheduler.scale_model_input(inp, t)
             emb = torch.cat([cond, uncond]) if cfg else cond
             out = self.unet(inp, t, encoder_hidden_states=emb, return_dict=False)[0]
             if cfg:

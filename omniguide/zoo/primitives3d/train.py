@@ -1,7 +1,7 @@
 """Training the 3D prior: a :class:`~.pipeline.PixelDiffusionPipeline` learns multi-view renders of
 coloured primitives (``data.py``) with captions such as ``"a red cube, side view"``.
 
-``prediction: eps`` (DDPM linear betas, DDIM at sampling) or ``v``, or ``flow`` (rectified flow:
+``prediction: v`` (the default; DDPM linear betas, DDIM at sampling) or ``eps``, or ``flow`` (rectified flow:
 ``x_t = (1 - t) x0 + t eps``, target ``eps - x0``, flow-matching Euler at sampling). Captions are
 dropped to ``""`` with probability ``cond_dropout`` for classifier-free guidance; the text encoder
 trains with the UNet. As for the other zoo models, the global batch of step ``k`` is a pure
@@ -42,7 +42,7 @@ class PriorArchitecture:
     text_hidden: int = 32
     text_layers: int = 2
     max_length: int = 16
-    prediction: str = "eps"
+    prediction: str = "v"
     num_train_timesteps: int = 1000
 
 
