@@ -58,7 +58,8 @@ class VideoHistoryBenchConfig:
     threads: int | None = option(1, ge=1)
 
 
-def _label(method: Method) -> str:
+def method_label(method: Method) -> str:
+    """The row label of a method: its own, or the scheme and its numbers."""
     if method.label:
         return method.label
     g = method.guider
@@ -183,7 +184,7 @@ def run_bench(cfg: VideoHistoryBenchConfig, run: RunContext) -> dict:
     subject = build_subject(cfg.model)
     methods = {}
     for method in cfg.methods:
-        label = _label(method)
+        label = method_label(method)
         methods[label] = run_method(cfg, subject, method.guider)
         m = methods[label]
         errors = " ".join(f"w{k} {m.get(f'pos_err_w{k}', float('nan')):.2f}" for k in (1, 4, 16))

@@ -248,3 +248,18 @@ def build_scheduler(name: str, path: str = "scheduler", **overrides):
         return getattr(diffusers, cls_name)(**{**defaults, **overrides})
     except TypeError as err:
         raise ConfigError(path, str(err)) from None
+
+
+def swap_scheduler(current, name: str, path: str = "scheduler", **overrides):
+    """A scheduler by short name (as :func:`build_scheduler`) on ``current``'s training noise schedule
+    (its betas, ``num_train_timesteps`` and ``prediction_type`` carry over); ``overrides`` win."""
+    import diffusers
+
+    from .errors import ConfigError
+
+    short, implied = resolve_scheduler_name(name, path)
+    cls = getattr(diffusers, BY_NAME[short][0])
+    try:
+        return cls.from_config(current.config, **{**implied, **overrides})
+    except TypeError as err:
+        raise ConfigError(path, str(err)) from None

@@ -231,14 +231,9 @@ class PipelineSampler:
 
 def _swap_scheduler(current, cfg: dict):
     """The pipeline's scheduler replaced by ``cfg['name']``, keeping its training noise schedule."""
-    import diffusers
+    from ..core.schedulers import swap_scheduler
 
-    from ..core.schedulers import BY_NAME, resolve_scheduler_name
-
-    short, implied = resolve_scheduler_name(cfg["name"], "scheduler.name")
-    cls = getattr(diffusers, BY_NAME[short][0])
-    overrides = {k: v for k, v in cfg.items() if k != "name"}
-    return cls.from_config(current.config, **{**implied, **overrides})
+    return swap_scheduler(current, cfg["name"], "scheduler.name", **{k: v for k, v in cfg.items() if k != "name"})
 
 
 # scorers of generated outputs against their prompts: name -> "module:function" building one. A scorer

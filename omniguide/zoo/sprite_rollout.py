@@ -8,8 +8,10 @@ null values, ground-truth start frames rendered from the caption's physics, and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,6 +40,9 @@ class SpriteRollout:
     rate: int = 8
     layout: str = "BCFHW"
     axis: int = 2
+    frame_multiple: int = 1                       # any number of frames per window
+    sampler: str = "flow-euler"                   # the default scheduler (flow matching)
+    output_defaults: tuple = (("scale", 8),)      # 16 px frames, shown 8x
 
     @staticmethod
     def load(weights: str | Path | None = None) -> SpriteRollout:
@@ -59,6 +64,30 @@ class SpriteRollout:
     @property
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule.flow(self.net.config.num_train_timesteps)
+
+    def scheduler(self, name: str, path: str = "scheduler", **overrides: Any):
+        """A sampler by short name (flow matching: ``flow-euler``)."""
+        from ..core.schedulers import build_scheduler
+
+        return build_scheduler(name, path, **overrides)
+
+    def check_prompt(self, prompt: str, path: str = "prompt") -> None:
+        self.caption(prompt, 1, path)
+
+    def keyframe_inputs(self, stride: int) -> dict:
+        """The condition that tells the model its keyframes are ``stride`` frames apart."""
+        return {"stride": stride}
+
+    def check_output(self, options: Mapping[str, Any]) -> None:
+        from ..modalities.video.io import options_of
+
+        options_of({**dict(self.output_defaults), **options}, self.rate)
+
+    def stream(self, folder: Path, n: int, options: Mapping[str, Any]):
+        """The writer of ``n`` videos (a rollout sink; ``finish()`` assembles MP4 / GIF and sheets)."""
+        from ..modalities.video.io import FrameStream
+
+        return FrameStream(folder, "video", n, {**dict(self.output_defaults), **options}, self.rate, self.to_pixels)
 
     def caption(self, prompt: str, n: int, where: str = "prompt") -> Tensor:
         return parse_caption(prompt, self.net.config.max_sprites, where).unsqueeze(0).expand(n, -1, -1).clone()

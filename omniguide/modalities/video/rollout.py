@@ -19,7 +19,11 @@ protocol of :mod:`.protocol`; the branches are ``conditions`` (the model's exter
 ``cond`` (conditions + clean history) and ``uncond`` (``cond`` with the null conditions), plus what
 the guider defines; a :class:`~.history.HistoryGuidance` anywhere in the guider is bound to each
 window's history first. The same machinery runs on any sequence axis (``axis``), e.g. audio
-``[B, C, T]`` continuation.
+``[B, C, T]`` continuation (:mod:`omniguide.zoo.audio_rollout`).
+
+A model enters a rollout as a :class:`RolloutSubject` (its protocol model call, noise path, layout
+and conditions); :meth:`Rollout.of` builds the rollout of one prompt from it, so the video and the
+audio models of the zoo share one construction.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -82,6 +86,42 @@ class RolloutPlan:
             out.append((c, h))
             produced += h
         return out
+
+
+class RolloutSubject(Protocol):
+    """What a rollout needs from a model: ``model`` (the protocol call, see :mod:`.protocol`),
+    ``schedule`` (its noise path), ``layout`` / ``axis`` (the sample's axes and its sequence axis),
+    ``window`` (frames per model call at most), and the external conditions of a prompt for ``n``
+    samples with their null values."""
+
+    layout: str
+    axis: int
+
+    @property
+    def model(self) -> Callable | ModelCall: ...
+
+    @property
+    def schedule(self) -> NoiseSchedule: ...
+
+    @property
+    def window(self) -> int: ...
+
+    def conditions(self, prompt: str, n: int) -> dict[str, Any]: ...
+
+    def null(self, n: int) -> dict[str, Any]: ...
+
+
+def check_frame_multiple(multiple: int, **counts: int) -> None:
+    """Each named frame count (``window``, ``history``, ``context``, ``chunk``, ``frames``) is a multiple
+    of ``multiple``, so every window of a sliding rollout is (it holds ``c + h`` frames, each a
+    minimum or difference of these): a one-line error naming the first that is not. Models whose
+    UNet halves the frame axis ``n`` times need multiples of ``2^n``."""
+    if multiple <= 1:
+        return
+    for key, value in counts.items():
+        if value % multiple:
+            raise ConfigError(key, f"{value} frames is not a multiple of {multiple}; the model takes windows of a "
+                              f"multiple of {multiple} frames")
 
 
 @dataclass
@@ -140,6 +180,15 @@ class Rollout:
     batch: bool = True
     progress: bool = True
     on_window: Callable[[dict], None] | None = None
+
+    @classmethod
+    def of(cls, subject: RolloutSubject, prompt: str, samples: int, scheduler: Any, guider: Guider,
+           plan: RolloutPlan, **options: Any) -> Rollout:
+        """The rollout of ``prompt`` (``samples`` at once) on ``subject``'s model, conditions and layout;
+        ``options``: the other fields (``steps``, ``stabilization``, ``keyframe_inputs`` ...)."""
+        return cls(subject.model, scheduler, guider, plan, subject.schedule,
+                   conditions=subject.conditions(prompt, samples), null=subject.null(samples),
+                   axes=subject.layout, axis=subject.axis, **options)
 
     def __call__(self, given: Tensor, total: int, sink: Sink, generator: torch.Generator | None = None
                  ) -> RolloutResult:

@@ -1,4 +1,4 @@
-"""``kind: rollout`` -- a long video from a few history frames, window by window, with history guidance.
+"""``kind: rollout`` -- a long video (or audio) from a few history frames, window by window, with history guidance.
 
     kind: rollout
     model: {name: video-denoiser}                 # the zoo's sprite model (committed weights)
@@ -14,6 +14,15 @@ that stops keeps everything generated so far; MP4 / GIF and a contact sheet per 
 at the end (also after an error, from the frames written). ``metrics.json``: NFE per frame, windows,
 seconds and, for models with known physics, the position error against the truth per window.
 Progress: one log line per window and a bar over windows.
+
+The same kind continues audio on the zoo's text-to-audio model (``model: {name: toy-audio}``,
+``configs/audio/continuation.yaml``): frames are latent (spectrogram) frames, the output is one WAV
+and one log-mel PNG per sample, decoded from the whole latent at the end (also after an error), and
+the metrics compare each window with the known signal (pitch, timbre, level, seams). What a model
+must offer is in :data:`ROLLOUT_MODELS`' builders: the rollout subject of
+:class:`~omniguide.modalities.video.rollout.RolloutSubject` plus ``rate``, ``frame_multiple``,
+``scheduler``, ``check_prompt``, ``keyframe_inputs``, ``check_output``, ``stream``, ``start`` and
+optionally ``score``.
 """
 
 from __future__ import annotations
@@ -31,12 +40,13 @@ from ..schema import option
 # model name -> "module:function" building what a rollout needs from ``model:`` (cfg, path)
 ROLLOUT_MODELS: dict[str, str] = {
     "video-denoiser": "omniguide.zoo.sprite_rollout:build",
+    "toy-audio": "omniguide.zoo.audio_rollout:build",
 }
 
 
 @dataclass
 class RolloutConfig:
-    """A long rollout of a model with per-frame noise levels."""
+    """A long rollout of a model with per-frame noise levels (a video, or an audio latent)."""
 
     model: dict[str, Any] = field(default_factory=lambda: {"name": "video-denoiser"})
     prompt: str = "a red square moving horizontally fast and a blue square moving vertically slow"
@@ -47,13 +57,13 @@ class RolloutConfig:
     chunk: int = option(4, ge=1)
     keyframe_stride: int = option(1, ge=1)
     steps: int = option(10, ge=1, le=1000)
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "flow-euler"})
+    scheduler: dict[str, Any] = field(default_factory=dict)   # {name: ..., **config}; no name: the model's sampler
     stabilization: Any = 0.02                      # level of generated history fed clean: k or [oldest, newest]
     guider: dict[str, Any] = field(default_factory=lambda: {"name": "history", "scheme": "vanilla", "scale": 2.0})
-    samples: int = option(2, ge=1)                 # videos rolled out together
+    samples: int = option(2, ge=1)                 # videos (or clips) rolled out together
     seed: int = 0
     batch: bool = True
-    output: dict[str, Any] = field(default_factory=lambda: {"scale": 8})
+    output: dict[str, Any] = field(default_factory=dict)   # the model's writer options (video: formats, scale ...)
     progress: bool = True
     threads: int | None = option(None, ge=1)       # torch CPU threads (None: torch's default)
 
@@ -72,9 +82,8 @@ def make_rollout(cfg: RolloutConfig, subject: Any, guider=None, on_window=None):
     """The :class:`~omniguide.modalities.video.rollout.Rollout` of a config (validates the plan)."""
     # torch, the core and the video modality load here: ``omniguide show`` imports this module
     from ...core.registry import build_guider
-    from ...core.schedulers import build_scheduler
     from ...modalities import video as _video  # noqa: F401  (registers the video guiders and scales by name)
-    from ...modalities.video.rollout import Rollout, RolloutPlan
+    from ...modalities.video.rollout import Rollout, RolloutPlan, check_frame_multiple
 
     window = cfg.window or subject.window
     if window > subject.window:
@@ -82,19 +91,19 @@ def make_rollout(cfg: RolloutConfig, subject: Any, guider=None, on_window=None):
     if cfg.context >= window:
         raise errors.ConfigError("context", f"history of {cfg.context} frames is longer than the window allows "
                           f"(at most {window - 1} with a window of {window})")
+    check_frame_multiple(subject.frame_multiple, window=window, history=cfg.history, context=cfg.context,
+                         chunk=cfg.chunk, frames=cfg.frames)
     try:
         plan = RolloutPlan(window, cfg.context, cfg.chunk, cfg.keyframe_stride)
     except errors.ConfigError as err:
         raise errors.ConfigError(err.path, err.message) from None
-    scheduler = build_scheduler(cfg.scheduler.get("name", "flow-euler"), "scheduler.name",
-                                **{k: v for k, v in cfg.scheduler.items() if k != "name"})
+    options = {k: v for k, v in cfg.scheduler.items() if k != "name"}
+    scheduler = subject.scheduler(cfg.scheduler.get("name", subject.sampler), "scheduler.name", **options)
     guider = guider or build_guider(cfg.guider, "guider")
-    n = cfg.samples
-    return Rollout(subject.model, scheduler, guider, plan, subject.schedule,
-                   conditions=subject.conditions(cfg.prompt, n), null=subject.null(n),
-                   keyframe_inputs={"stride": cfg.keyframe_stride}, steps=cfg.steps,
-                   stabilization=cfg.stabilization, axes=subject.layout, axis=subject.axis, batch=cfg.batch,
-                   progress=cfg.progress, on_window=on_window)
+    keyframe_inputs = subject.keyframe_inputs(cfg.keyframe_stride) if cfg.keyframe_stride > 1 else {}
+    return Rollout.of(subject, cfg.prompt, cfg.samples, scheduler, guider, plan, keyframe_inputs=keyframe_inputs,
+                      steps=cfg.steps, stabilization=cfg.stabilization, batch=cfg.batch, progress=cfg.progress,
+                      on_window=on_window)
 
 
 def check_histories(cfg: RolloutConfig, roll: Any) -> None:
@@ -119,30 +128,26 @@ def check_histories(cfg: RolloutConfig, roll: Any) -> None:
 
 def check_rollout(cfg: RolloutConfig) -> None:
     subject = build_subject(cfg.model)
-    subject.caption(cfg.prompt, 1, "prompt")
+    subject.check_prompt(cfg.prompt, "prompt")
     if cfg.history >= cfg.frames:
         raise errors.ConfigError("frames", f"{cfg.frames} frames in all leaves nothing to generate after {cfg.history} "
                           "history frames")
     roll = make_rollout(cfg, subject)
     check_histories(cfg, roll)
-    from ...modalities.video.io import options_of
-
-    options_of(cfg.output, subject.rate)
+    subject.check_output(cfg.output)
 
 
 @register_recipe("rollout", RolloutConfig, check=check_rollout)
 def run_rollout(cfg: RolloutConfig, run: RunContext) -> dict:
-    """Roll out a long video from a few history frames; frames streamed to disk, MP4/GIF and sheets."""
+    """Roll out a long video (or audio) from a few history frames; the model's writer gets every frame in order."""
     import torch
-
-    from ...modalities.video.io import FrameStream
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     check_rollout(cfg)
     subject = build_subject(cfg.model)
     given, state = subject.start(cfg.prompt, cfg.samples, cfg.history, cfg.seed)
-    stream = FrameStream(run.dir, "video", cfg.samples, cfg.output, subject.rate, subject.to_pixels)
+    stream = subject.stream(run.dir, cfg.samples, cfg.output)
     score = subject.score(state) if hasattr(subject, "score") else None
     windows = {"done": 0}
 
@@ -162,9 +167,9 @@ def run_rollout(cfg: RolloutConfig, run: RunContext) -> dict:
             result = roll(given, cfg.frames, sink, torch.Generator().manual_seed(cfg.seed))
     finally:
         files = stream.finish()
-        run.log(f"{stream.frames} frames per video written: {', '.join(files)}")
+        run.log(f"{stream.frames} frames per sample written: {', '.join(files)}")
     seconds = time.perf_counter() - start
-    metrics = {"frames": result.frames, "videos": cfg.samples, "windows": result.windows, "nfe": result.nfe,
+    metrics = {"frames": result.frames, "samples": cfg.samples, "windows": result.windows, "nfe": result.nfe,
                "forward_passes": result.forward_passes, "nfe_per_frame": result.nfe_per_frame, "seconds": seconds,
                "files": files}
     if score is not None:
