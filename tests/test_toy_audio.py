@@ -217,28 +217,33 @@ def test_train_recipe_writes_a_loadable_pipeline(tmp_path):
 
 
 def test_committed_weights_are_trained_and_guidance_helps():
-    """The committed model (configs/train/toy_audio.yaml, 3000 steps) loads from the package folder
-    without a network, and is trained: on six prompts, 4 clips each, CFG 3 gets the sound's kind
-    (tone / rising / falling / noise, chance 1/4) right clearly above chance, and better than no
-    guidance (CFG 1). Measured when committed: kind accuracy 0.29 at CFG 1, 0.54 at CFG 3; the
-    all-attributes accuracy is low (0.17 / 0.21) -- the model is weak (see docs/audio.md)."""
+    """The committed model (configs/train/toy_audio.yaml, 5000 steps) loads from the package folder
+    without a network, and is trained: on six prompts, 4 clips each, it gets the sound's kind (tone /
+    rising / falling / noise, chance 1/4) right, every named attribute right for most clips, more
+    often with CFG 3 than without guidance, and without guidance its clips stay near full scale
+    (the previous, bottlenecked model clipped 55-81 % of its samples). Measured when committed:
+    kind 0.92 / 0.96, all attributes 0.67 / 0.83 at CFG 1 / 3, clipped 0.2 % at CFG 1."""
     assert (Path(WEIGHTS) / "model_index.json").is_file()
     pipe = load_pretrained()
     pipe.set_progress_bar_config(disable=True)
-    assert sum(p.numel() for p in pipe.denoiser.parameters()) < 2_000_000
+    assert sum(p.numel() for p in pipe.denoiser.parameters()) < 3_000_000
     scorer = D.ToyAudioScorer()
     prompts = ["a pure A4 tone, sustained", "a rising chirp", "a noise burst, decaying", "a bright C5 tone",
                "a falling chirp", "a hollow E4 tone"]
-    kind = {}
+    kind, every, clipped = {}, {}, {}
     for scale in (1.0, 3.0):
         scores = []
         for i, prompt in enumerate(prompts):
             with guide(pipe, CFG(scale=scale)):
                 audio = pipe(prompt, num_inference_steps=15, num_waveforms_per_prompt=4, output_type="pt",
                              generator=torch.Generator().manual_seed(i)).audios
-            scores.append(scorer(audio, prompt)["accuracy_kind"])
-        kind[scale] = sum(scores) / len(scores)
-    assert kind[3.0] >= 0.45 and kind[3.0] > kind[1.0] + 0.1, kind
+            scores.append((scorer(audio, prompt), float((audio.abs() >= 1).float().mean())))
+        kind[scale] = sum(s["accuracy_kind"] for s, _ in scores) / len(scores)
+        every[scale] = sum(s["accuracy"] for s, _ in scores) / len(scores)
+        clipped[scale] = sum(c for _, c in scores) / len(scores)
+    assert kind[1.0] >= 0.75 and kind[3.0] >= 0.75, kind
+    assert every[3.0] >= 0.6 and every[3.0] > every[1.0], every
+    assert clipped[1.0] < 0.02, clipped
 
 
 def test_a_missing_weights_folder_is_a_one_line_error(tmp_path):
