@@ -102,3 +102,13 @@ def test_the_public_names_load_on_first_use():
     assert set(omniguide.__all__) <= set(dir(omniguide))
     with pytest.raises(AttributeError):
         omniguide.NoSuchThing  # noqa: B018
+
+
+def test_validate_in_a_fresh_process_knows_the_modalities_presets_and_guiders():
+    """``validate`` in a new interpreter (no test session registering the modalities first) accepts
+    recipes naming an audio preset and a video guider: the recipe layer loads the modality packages
+    before it builds a guider (it once answered "unknown guider preset 'stable-audio-tools'")."""
+    for recipe in ("configs/bench/audio_guiders.yaml", "configs/bench/video_history.yaml"):
+        proc = subprocess.run([sys.executable, "-m", "omniguide", "validate", recipe], capture_output=True,
+                              text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.startswith("ok:"), (recipe, proc.stdout, proc.stderr[-500:])

@@ -49,7 +49,9 @@ def make_guider(cfg: Any, path: str = "guider") -> Any:
     (which reports unknown names and keys). Recipes build every guider through this function, in
     ``check`` and in the run alike, so ``validate`` rejects what the run would."""
     from .. import zoo  # noqa: F401  (registers the built-in scorers a guider may name)
+    from ..modalities.base import load_families
 
+    load_families()     # the modalities register their guiders (history, stg, ...) and presets (audio)
     check_guider_values(cfg, path)
     return build_guider(cfg, path)
 
