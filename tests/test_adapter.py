@@ -96,9 +96,9 @@ class LatentClassifier:
         return x0.flatten(1) @ weight
 
 
-def guider_configs(weak, condition=None) -> dict[str, omniguide.Guider]:
+def guider_configs(weak, condition=None, key="encoder_hidden_states") -> dict[str, omniguide.Guider]:
     """One instance of every registered guider, with settings that guide on a 3-step run. ``condition``
-    is the family's ``encoder_hidden_states`` (for GFCG's per-class pool)."""
+    is the family's prompt embedding input ``key`` (for GFCG's per-class pool)."""
     from omniguide.modalities.base import load_families
 
     load_families()   # the modality packages register their guiders (history, stg, nested, multimodal)
@@ -124,7 +124,7 @@ def guider_configs(weak, condition=None) -> dict[str, omniguide.Guider]:
         pool = condition[:1].repeat(3, *([1] * (condition.ndim - 1))) * torch.tensor([1.0, -1.0, 0.5]).reshape(
             -1, *([1] * (condition.ndim - 1)))
         made["gfcg"] = GFCG(gfcg_scale=3.0, classifier=LatentClassifier(), target=0,
-                            pool={"encoder_hidden_states": pool})
+                            pool={key: pool})
     for name in GUIDERS.names():
         if name not in made:
             made[name] = build_guider({"name": name, "scale": 3.0})

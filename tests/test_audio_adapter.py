@@ -162,6 +162,122 @@ def test_every_guider_runs_on_every_family(pipes, name):
         assert max(handle.passes_per_step) == (2 if key in (*PERTURBED, "autoguidance") else 1), key
 
 
+# -- Methods II on every family ------------------------------------------------------------------------
+NO_CONTEXT = r"attn2 was called without a context \(encoder_hidden_states=None\)"
+# Methods II guiders a family refuses, with their one-line reason: AudioLDM and MusicLDM take the prompt as
+# CLAP class labels, so their UNets' cross-attention runs without a context (NAG, VSF and PLADIS have no
+# prompt attention to act on); SAG blurs image latents [B, C, H, W], which Stable Audio's [B, C, T] is not,
+# and the tiny mel latents (32 frames x 4 mel bins) are narrower than its 9-tap blur needs (a real
+# AudioLDM latent has 16 mel bins; SAG runs below with 3 taps)
+MEL = ("audioldm", "audioldm2", "musicldm")
+AUDIO_REFUSED = {("sag", "stable_audio"): r"needs image samples \[B, C, H, W\], got \(1, 3, 4\)",
+                 **{("sag", n): "a 32 x 4 sample is too small for the 9-tap" for n in MEL},
+                 **{(k, n): NO_CONTEXT for k in ("nag", "vsf", "pladis") for n in ("audioldm", "musicldm")}}
+
+
+@pytest.mark.parametrize("name", EVERY_FAMILY)
+def test_methods2_guiders_on_every_family(pipes, name):
+    """Every Methods II guider (test_adapter's settings; GFCG's pool over the family's prompt input) runs
+    with the NFE and forward passes it takes on the image families and moves the final latents away from
+    the unguided conditional ones -- so a one-pass method that did nothing would fail -- or is refused in
+    one line naming why."""
+    from test_adapter import WORK, guider_configs
+
+    from omniguide.core.methods import SAG
+    from omniguide.modalities.base import family_for
+
+    pipe, key_input = pipes[name], family_for(pipes[name]).embeddings[0]
+    weak = copy.deepcopy(denoiser(pipe))
+    with torch.no_grad():
+        for p in weak.parameters():
+            p.mul_(0.9)
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen.setdefault("condition", kwargs[key_input])
+
+    hook = denoiser(pipe).register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        base, _ = run_latents(pipe, name, prompt="a rising chirp", steps=2, guidance_scale=1.0)
+    finally:
+        hook.remove()
+    configs = guider_configs(weak, seen["condition"], key_input)
+    if name != "stable_audio":
+        configs["sag (3 taps)"] = SAG(scale=3.0, kernel_size=3)
+    for key, guider in configs.items():
+        if key.split(" ")[0] not in METHODS_II:
+            continue
+        if (key, name) in AUDIO_REFUSED:
+            with pytest.raises(GuidanceError, match=AUDIO_REFUSED[key, name]) as err:
+                with guide(pipe, guider, negative_prompt="noise"):
+                    run_latents(pipe, name, prompt="a rising chirp", steps=2)
+            assert "\n" not in str(err.value)
+            continue
+        with guide(pipe, guider, negative_prompt="noise", prompts={"negative": "quiet"}) as handle:
+            out, audio = run_latents(pipe, name, prompt="a rising chirp", steps=2)
+        assert torch.isfinite(out).all() and torch.isfinite(audio).all(), key
+        assert (out - base).abs().max() > 1e-5, f"{key} did not change the {name} output"
+        nfe, passes = WORK.get(key.split(" ")[0], (2, 1))
+        assert handle.nfe_per_step == [nfe] * 2 and handle.passes_per_step == [passes] * 2, (key, handle.nfe_per_step)
+
+
+def test_stable_audio_parts_the_methods2_perturbations_act_on(pipes):
+    """On Stable Audio's DiT, TSG perturbs the declared time embedding (``timestep_proj``, not found by
+    diffusers' usual names), and NAG / VSF / PLADIS act on the text cross-attention (``attn2``, whose
+    context is the [text, start, end] sequence), never on the self-attention over the latent frames."""
+    from omniguide.core.methods import NAG, PLADIS, TSG, VSF
+
+    pipe = pipes["stable_audio"]
+    dit = pipe.transformer
+    with guide(pipe, TSG(t=(0.0, 1.0))) as handle:
+        assert list(handle.branch_defaults["tsg"].perturbation.targets(dit)) == ["timestep_proj"]
+        first, second = (run_latents(pipe, "stable_audio", prompt="a rising chirp", steps=2)[0] for _ in range(2))
+    with guide(pipe, TSG(t=(0.0, 1.0), seed=1)):
+        other = run_latents(pipe, "stable_audio", prompt="a rising chirp", steps=2)[0]
+    torch.testing.assert_close(first, second, rtol=0, atol=0)      # the guider's reset reseeds the noise
+    assert (first - other).abs().max() > 1e-5
+    assert handle.passes_per_step == [2, 2, 2, 2]
+    cross = [f"transformer_blocks.{i}.attn2" for i in range(len(dit.transformer_blocks))]
+    contexts = []
+    hooks = [dit.get_submodule(n).register_forward_pre_hook(
+        lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"].shape), with_kwargs=True)
+        for n in cross]
+    try:
+        for guider in (NAG(), VSF(), PLADIS()):
+            assert sorted(guider.branch_defaults()[guider.branch].perturbation.targets(dit)) == cross
+            with guide(pipe, guider, negative_prompt="noise"):
+                run(pipe, "stable_audio", prompt="a rising chirp", steps=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    text = pipe.tokenizer.model_max_length
+    assert contexts and all(shape[1] == text + 2 for shape in contexts)      # [text, start, end]
+
+
+@pytest.mark.parametrize("name", ["audioldm", pytest.param("audioldm2", marks=pytest.mark.slow)])
+def test_icg_replaces_every_prompt_input_of_the_family(pipes, name):
+    """ICG's independent condition is Gaussian noise on the family's prompt inputs: AudioLDM's CLAP class
+    labels, both of AudioLDM2's cross-attention contexts (GPT-2 and T5 states); the masks stay."""
+    from omniguide.core.methods import ICG
+    from omniguide.modalities.base import family_for
+
+    pipe = pipes[name]
+    inputs = family_for(pipe).embeddings
+    seen = []
+    hook = denoiser(pipe).register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append({k: kwargs[k].clone() for k in inputs}), with_kwargs=True)
+    try:
+        with guide(pipe, ICG(scale=3.0)):
+            run(pipe, name, prompt="a rising chirp", steps=1)
+    finally:
+        hook.remove()
+    batch = seen[-1]                     # the executor's pass: cond + independent (after the pipeline's own call)
+    for k in inputs:
+        cond, independent = batch[k]
+        assert (cond - independent).abs().max() > 1e-3, k
+        torch.testing.assert_close(independent.std(), cond.std(), rtol=0.5, atol=0)
+
+
 @pytest.mark.parametrize("name", EVERY_FAMILY)
 def test_a_step_outside_an_interval_costs_one_pass(pipes, name):
     with guide(pipes[name], Interval(CFG(scale=5.0), step=(0.0, 0.5))) as handle:

@@ -138,6 +138,107 @@ def test_every_guider_runs_or_is_refused_in_one_line(musicgen):
             generate(model, inputs, guidance_scale=3.0)
 
 
+# -- Methods II on the logits ----------------------------------------------------------------------------
+# Methods II guiders the logits processor refuses, with their one-line reason: it sees only the logits of the
+# decoder batch -- no model to perturb (time embedding, tokens, blocks, attention), no other model, no
+# condition redrawn at every step, no second round within a step, no diffusion sample, no autograd
+MUSICGEN_REFUSED = {
+    "tsg": "runs the model under TimestepNoiseSchedule", "tpg": "runs the model under ShuffledTokens",
+    "s2-guidance": "runs the model under DroppedBlocks", "nag": "runs the model under NormalizedAttention",
+    "vsf": "runs the model under FlippedValues", "pladis": "runs the model under SparseAttention",
+    "prior-guidance": "calls another model", "icg": "whose condition is drawn afresh at every step",
+    "sag": "runs follow-up branches", "gfcg": "runs follow-up branches",
+    "residual-cfg": "needs a noisy sample x_t", "scorer-guidance": "needs autograd on the sample"}
+
+
+def test_methods2_guiders_on_the_logits(musicgen):
+    """Every Methods II guider (test_adapter's settings) with a named negative prompt, so the decoder batch
+    is [cond; uncond; negative] (NFE 3 per step): the combine rules run and change the logits, the others
+    are refused in one line naming why, and Perp-Neg without its negative prompt names the fix."""
+    from test_adapter import guider_configs
+
+    from omniguide.core.methods import PerpNeg
+
+    model, processor, _ = musicgen
+    inputs = processor(text=PROMPTS[:2], padding=True, return_tensors="pt")
+    negative = processor(text=["a dog barking in the rain"], return_tensors="pt")
+    plain = generate(model, inputs, guidance_scale=1.0, max_new_tokens=4)
+    ran = []
+    for key, guider in guider_configs(torch.nn.Identity(), torch.zeros(1, 4, 16)).items():
+        if key not in METHODS_II:
+            continue
+        if key in MUSICGEN_REFUSED:
+            with pytest.raises(GuidanceError, match=MUSICGEN_REFUSED[key]) as err:
+                with guide_musicgen(model, guider, prompts={"negative": negative}):
+                    generate(model, inputs, max_new_tokens=4)
+            assert "\n" not in str(err.value)
+            continue
+        with guide_musicgen(model, guider, prompts={"negative": negative}) as handle:
+            out = generate(model, inputs, max_new_tokens=4)
+        assert all(torch.isfinite(s).any(-1).all() for s in out.scores), key
+        assert max_diff(out, plain) > 1e-6, key
+        assert handle.nfe_per_step == [3] * 4, (key, handle.nfe_per_step)
+        ran.append(key)
+    assert sorted(ran) == ["cfg-norm", "fresca", "magnitude-aware", "momentum", "perp-neg", "scale-search", "smc-cfg"]
+    with pytest.raises(GuidanceError, match=r"needs branch 'negative' at step 0; MusicGen's batch holds 'cond' and "
+                                            r"'uncond' \(add a prompt with guide_musicgen\(prompts="):
+        with guide_musicgen(model, PerpNeg(3.0)):
+            generate(model, inputs, max_new_tokens=4)
+
+
+def test_methods2_combines_match_their_formulas_on_the_logits():
+    """One step by hand, per row over the vocabulary: Perp-Neg ``u + w (d - perp(n - u, d))``, magnitude-aware
+    ``u + w' (c - u)`` with ``w' = 1 + (w - 1) exp(-a ||c - u|| / ||u||)``, CFG-norm ``g min(1, ||c|| / ||g||)``."""
+    from omniguide.core.methods import CFGNorm, MagnitudeAware, PerpNeg
+
+    g = torch.Generator().manual_seed(0)
+    c, u, n = (torch.randn(3, 16, generator=g) for _ in range(3))
+    ids = torch.zeros(3, 1, dtype=torch.long)
+    d, dn = c - u, n - u
+    perp = dn - (dn * d).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True) * d
+    out = GuidedLogitsProcessor(PerpNeg(3.0, negatives={"negative": 0.7}), 4, branches=("cond", "uncond", "negative"))(
+        ids, torch.cat([c, u, n]))
+    torch.testing.assert_close(out, u + 3.0 * (d - 0.7 * perp), rtol=1e-5, atol=1e-5)
+    out = GuidedLogitsProcessor(MagnitudeAware(5.0, alpha=2.0), 4)(ids, torch.cat([c, u]))
+    w = 1 + 4.0 * torch.exp(-2.0 * d.norm(dim=1, keepdim=True) / u.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(out, u + w * d, rtol=1e-5, atol=1e-5)
+    out = GuidedLogitsProcessor(CFGNorm(5.0), 4)(ids, torch.cat([c, u]))
+    guided = u + 5.0 * d
+    torch.testing.assert_close(out, guided * (c.norm(dim=1, keepdim=True) / guided.norm(dim=1, keepdim=True)).clamp(
+        max=1.0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_named_prompt_is_a_block_of_the_decoder_batch(musicgen):
+    """``prompts={"negative": ...}`` runs the decoder on [cond; uncond; negative]: the negative rows see the
+    negative prompt's text states (the unconditional ones stay transformers' zeros), and at the first step
+    the negative and conditional rows' logits are those the model gives each prompt on its own."""
+    from omniguide.core.methods import PerpNeg
+
+    model, processor, _ = musicgen
+    inputs = processor(text=PROMPTS[:2], padding=True, return_tensors="pt")
+    text = "a dog barking in the rain"
+    seen, states = [], []
+
+    class Spy(PerpNeg):
+        def combine(self, preds, step):
+            seen.append({name: p.value.clone() for name, p in preds.items()})
+            return super().combine(preds, step)
+
+    hook = model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: states.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+    try:
+        with guide_musicgen(model, Spy(3.0), prompts={"negative": processor(text=[text], return_tensors="pt")}):
+            generate(model, inputs, max_new_tokens=2)
+    finally:
+        hook.remove()
+    assert states[0].shape[0] == 6 and states[0][2:4].abs().sum() == 0 and (states[0][4:].abs().sum(-1) > 0).any()
+    alone = generate(model, processor(text=[text, text], return_tensors="pt"), guidance_scale=1.0, max_new_tokens=1)
+    torch.testing.assert_close(seen[0]["negative"], alone.scores[0].float(), rtol=0, atol=1e-5)
+    cond = generate(model, inputs, guidance_scale=1.0, max_new_tokens=1)
+    torch.testing.assert_close(seen[0]["cond"], cond.scores[0].float(), rtol=0, atol=1e-5)
+    assert "prepare_inputs_for_generation" not in model.__dict__              # restored
+
+
 def test_musicgen_sample_recipe_writes_wavs(musicgen, tmp_path, capsys):
     from omniguide.recipes.cli import main
 

@@ -21,7 +21,10 @@ sampling or distillation starts (:func:`check_requirements`):
 * ``follow-up``  -- a driver that runs the guider's follow-up branches in the same step (SAG, GFCG);
 * ``recurrence`` -- a driver that can repeat a step with re-noising (scorer guidance's self-recurrence);
 * ``progress``   -- a training-progress coordinate in ``[0, 1]`` (score distillation provides it;
-  samplers do not): a scale scheduled over ``progress`` anneals over training.
+  samplers do not): a scale scheduled over ``progress`` anneals over training;
+* ``sample``     -- a real noisy sample ``x_t`` at its noise level, which the guider reads itself
+  (residual CFG rebuilds a noise from it); samplers, the pipeline adapter and score distillation
+  provide one, MusicGen's logits processor does not.
 
 Three optional hooks, all with neutral defaults, serve methods that are not a single combine:
 
@@ -52,6 +55,7 @@ GRADIENT = "gradient"
 FOLLOW_UP = "follow-up"
 RECURRENCE = "recurrence"
 PROGRESS = "progress"
+SAMPLE = "sample"
 REQUIREMENTS = {
     STEP_INDEX: "a sampler step index",
     REANCHOR: "a sampler that re-anchors the sample to the guided (x0, eps) pair",
@@ -59,6 +63,7 @@ REQUIREMENTS = {
     FOLLOW_UP: "a driver that runs follow-up branches within the step",
     RECURRENCE: "a sampler that repeats a step with re-noising",
     PROGRESS: "a training-progress coordinate",
+    SAMPLE: "a noisy sample x_t at its noise level",
 }
 
 
@@ -68,7 +73,9 @@ class GuidanceStep:
 
     ``x`` and ``noise`` describe the sample the model sees; ``index`` / ``num_steps`` exist only
     inside a sampler loop; ``axes`` are the sample's declared reduction and frequency axes;
-    ``progress`` (training progress in ``[0, 1]``) exists only in score distillation."""
+    ``progress`` (training progress in ``[0, 1]``) exists only in score distillation;
+    ``embeddings`` names the model inputs that carry the prompt embeddings when the driver knows
+    them (the pipeline adapter: its family's), for methods that replace the condition (ICG)."""
 
     x: Tensor
     noise: NoiseLevel
@@ -77,6 +84,7 @@ class GuidanceStep:
     num_steps: int | None = None
     axes: Axes | None = None
     progress: float | None = None
+    embeddings: tuple[str, ...] | None = None
 
     def coordinate(self, name: str) -> Tensor:
         """``sigma``, ``t`` or ``step`` at this evaluation (see :mod:`omniguide.core.noise`), or

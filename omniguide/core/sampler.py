@@ -32,6 +32,7 @@ from .guider import (
     GRADIENT,
     REANCHOR,
     RECURRENCE,
+    SAMPLE,
     STEP_INDEX,
     GuidanceStep,
     Guider,
@@ -115,7 +116,7 @@ def sample(
     ``report`` (what the guider and the corrector decided: chosen scales, effective sample sizes)."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ConfigError("num_steps", f"must be an int >= 1, got {num_steps!r}")
-    check_requirements(guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP, RECURRENCE), "the sampler")
+    check_requirements(guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP, RECURRENCE, SAMPLE), "the sampler")
     view = SchedulerView(scheduler, num_steps, device=noise.device)
     kind = check_parameterization(parameterization or view.parameterization)
     executor = BranchExecutor(model, branches, kind, batch=batch)

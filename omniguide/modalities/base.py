@@ -50,6 +50,7 @@ from ..core.guider import (
     FOLLOW_UP,
     GRADIENT,
     REANCHOR,
+    SAMPLE,
     STEP_INDEX,
     GuidanceStep,
     Guided,
@@ -87,6 +88,10 @@ class Family:
     handed back (a learned variance next to the noise); ``check(pipe)``: family-specific refusals;
     ``check_call(pipe, arguments)``: refusals of one call's arguments (as passed, before the
     pipeline runs: an empty prompt list, a duration the model cannot produce), one-line errors.
+    ``parts``: where the denoiser keeps a part that perturbations look for by diffusers' usual names
+    and would not find (``{"time_embedding": ("timestep_proj",)}``: Stable Audio's DiT, for TSG);
+    ``embeddings``: the denoiser inputs that carry the prompt embeddings (what ICG replaces by noise:
+    AudioLDM's ``class_labels``).
 
     Video pipelines add (all optional): ``split(model_input, inputs) -> (sample, inputs)`` and
     ``assemble(sample, inputs) -> (model_input, inputs)`` when the denoiser's input is not the
@@ -138,6 +143,8 @@ class Family:
     frames: Callable[[Callable[[str], Mapping]], tuple[int, int]] | None = None
     batch: bool = True
     item_inputs: Callable[[Any, str], dict] | None = None
+    parts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    embeddings: tuple[str, ...] = ("encoder_hidden_states",)
 
     def classes(self) -> tuple[type, ...]:
         """The pipeline classes, imported."""
@@ -312,7 +319,7 @@ class Guide:
             raise GuidanceError(f"guide(): {type(pipe).__name__} has no denoiser module '{family.denoiser}'")
         if getattr(pipe, "_omniguide_guide", None) is not None:
             raise GuidanceError(f"guide(): this {type(pipe).__name__} is already inside a guide() block")
-        check_requirements(self.guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP), "the pipeline adapter")
+        check_requirements(self.guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP, SAMPLE), "the pipeline adapter")
         # the denoiser and any experts (Wan 2.2's transformer_2), each intercepted the same way
         self.denoisers = {family.denoiser: self.denoiser}
         for name in family.experts:
@@ -322,6 +329,7 @@ class Guide:
         self.model_calls = {name: family.model_call(module) for name, module in self.denoisers.items()}
         self.call = self.model_calls[family.denoiser]
         self.branch_defaults = self._resolve_models(self.guider.branch_defaults())
+        self.resolved_branches = self._resolve_models(self.user_branches)
         self._check_perturbations()
         cls = type(pipe)
         self._saved = {"class": cls, "forwards": {n: m.__dict__.get("forward") for n, m in self.denoisers.items()}}
@@ -353,17 +361,21 @@ class Guide:
         self._saved = {}
 
     def _resolve_models(self, table: Mapping[str, Branch]) -> dict[str, Branch]:
-        """Branch models given as plain modules (a weak UNet) are called the family's way."""
+        """Branch models given as plain modules (a weak UNet) are called the family's way; a perturbation
+        of a part the family declares (``Family.parts``) acts on the modules it names."""
         out = {}
         for name, branch in table.items():
             if isinstance(branch.model, nn.Module):
                 branch = dataclasses.replace(branch, model=self.family.model_call(branch.model))
+            p = branch.perturbation
+            if isinstance(p, LayerPerturbation) and p.layers is None and p.part in self.family.parts:
+                branch = dataclasses.replace(branch, perturbation=p.on(self.family.parts[p.part]))
             out[name] = branch
         return out
 
     def _check_perturbations(self) -> None:
         """A guider whose perturbed branches this denoiser cannot serve fails now, not mid-run."""
-        for name, branch in {**self.branch_defaults, **self._resolve_models(self.user_branches)}.items():
+        for name, branch in {**self.branch_defaults, **self.resolved_branches}.items():
             perturbation = branch.perturbation
             if isinstance(perturbation, LayerPerturbation):
                 models = [branch.model] if isinstance(branch.model, ModelCall) else list(self.model_calls.values())
@@ -491,12 +503,13 @@ class Guide:
                                 f"prompts with {family.encoder}; the adapter has no negative inputs")
         noise = per_sample(call.executor.noise_of(timestep), sample.ndim).to(sample)
         num_steps = len(call.scheduler.timesteps)
-        step = GuidanceStep(sample, noise, timestep, call.index, num_steps, self.axes)
+        step = GuidanceStep(sample, noise, timestep, call.index, num_steps, self.axes,
+                            embeddings=tuple(family.embeddings))
         table = {"cond": Branch("cond", inputs), "uncond": Branch("uncond", self._uncond_inputs(inputs))}
         for name, encoded in call.named.items():
             table[name] = Branch(name, self._uncond_inputs(inputs, encoded, name))
         call.executor.model = self.model_calls[denoiser]
-        call.executor.branches = {**table, **self.branch_defaults, **self._resolve_models(self.user_branches)}
+        call.executor.branches = {**table, **self.branch_defaults, **self.resolved_branches}
         self._inner = True
         try:
             _, result = evaluate_guider(self.guider, call.executor, sample, timestep, step)

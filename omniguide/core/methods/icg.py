@@ -14,8 +14,9 @@ condition replaced, per sample, by
   ``{"encoder_hidden_states": E}`` -- embeddings of other prompts, e.g. random token strings run
   through the text encoder, the paper's text variant), the same row index for every listed input;
 * ``gaussian`` inputs: Gaussian noise with the standard deviation of the conditional value
-  (the paper's ``randn_like(emb) * emb.std()``), by default ``encoder_hidden_states``, which every
-  diffusers image family has.
+  (the paper's ``randn_like(emb) * emb.std()``), by default the inputs the driver names as the
+  prompt embeddings (``step.embeddings``: the pipeline adapter gives its family's -- AudioLDM's CLAP
+  ``class_labels``, both of AudioLDM2's cross-attention contexts), else ``encoder_hidden_states``.
 
 Inputs are model keywords, dotted into mappings (``added_cond_kwargs.text_embeds``). ``seed`` seeds the
 run's generator (re-seeded by ``reset()``: a run is reproducible). The paper's scales: 1.4 (DiT,
@@ -24,7 +25,7 @@ random class), 3.0 (Stable Diffusion, random text), 1.05-1.25 (EDM, EDM2).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,13 +56,22 @@ def set_path(inputs: Mapping[str, Any], path: str, value: Any) -> dict:
     return out
 
 
+def float_inputs(inputs: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    """The names of the float tensor inputs (dotted into mappings), for error messages."""
+    for key, value in inputs.items():
+        if isinstance(value, Mapping):
+            yield from float_inputs(value, f"{prefix}{key}.")
+        elif isinstance(value, Tensor) and value.is_floating_point():
+            yield f"{prefix}{key}"
+
+
 @dataclass(frozen=True)
 class IndependentCondition:
     """The draw of an ICG branch (a :class:`~omniguide.core.branch.Branch` ``draw``): per sample, a random
     row of ``pool`` (one index for every pooled input) and Gaussian noise for the ``gaussian`` inputs."""
 
     pool: Mapping[str, Tensor]
-    gaussian: tuple[str, ...]
+    gaussian: tuple[str, ...] | None
     generator: torch.Generator
 
     def __call__(self, step: GuidanceStep, inputs: dict) -> dict:
@@ -73,11 +83,16 @@ class IndependentCondition:
                 current = get_path(inputs, path)
                 device = current.device if isinstance(current, Tensor) else step.x.device
                 inputs = set_path(inputs, path, table[index].to(device))
-        for path in self.gaussian:
+        gaussian = self.gaussian
+        if gaussian is None:
+            gaussian = () if self.pool else (step.embeddings or ("encoder_hidden_states",))
+        for path in gaussian:
             value = get_path(inputs, path)
             if not isinstance(value, Tensor) or not value.is_floating_point():
+                floats = ", ".join(float_inputs(inputs)) or "none"
                 raise GuidanceError(f"icg: input '{path}' of the conditional branch is not a float tensor "
-                                    f"({type(value).__name__}); give a pool of conditions for it instead")
+                                    f"({type(value).__name__}; its float inputs: {floats}); name the condition "
+                                    "in gaussian=(...) or give a pool of conditions")
             noise = torch.randn(value.shape, generator=self.generator, dtype=torch.float32)
             inputs = set_path(inputs, path, (noise.to(value) * value.float().std().to(value.dtype)))
         return inputs
@@ -105,9 +120,8 @@ class ICG(CFGFamily):
         if any(len(v) == 0 for v in pool.values()):
             raise ConfigError("pool", "an empty pool of conditions")
         self._pool = pool
-        gaussian = tuple(self.gaussian) if self.gaussian is not None else (() if pool else ("encoder_hidden_states",))
-        self._gaussian = gaussian
-        if not pool and not gaussian:
+        self._gaussian = tuple(self.gaussian) if self.gaussian is not None else None   # None: the step's embeddings
+        if not pool and self._gaussian == ():
             raise ConfigError("pool", "give a pool of conditions or gaussian inputs to draw the independent condition")
         self.reset()
 

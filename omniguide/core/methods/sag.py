@@ -109,6 +109,11 @@ class SAG(Guider):
             return {}
         if step.x.ndim != 4:
             raise GuidanceError(f"sag: needs image samples [B, C, H, W], got {tuple(step.x.shape)}")
+        pad = int(self.kernel_size) // 2
+        if min(step.x.shape[-2:]) <= pad:
+            raise GuidanceError(f"sag: a {step.x.shape[-2]} x {step.x.shape[-1]} sample is too small for the "
+                                f"{self.kernel_size}-tap reflect-padded blur (each side must exceed {pad}); "
+                                "give a smaller kernel_size")
         pred = preds[source]
         probs = self.recorder.maps.get(source)
         if probs is None:

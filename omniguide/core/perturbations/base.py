@@ -4,8 +4,10 @@ removal, and the check that every selected module really ran."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -50,7 +52,11 @@ class LayerPerturbation:
 
     ``perturbation(module, sample)`` returns the context manager ``_run(module, sample)`` of the
     subclass; ``module`` is the denoiser's ``nn.Module`` as its ModelCall declares it, ``sample``
-    the forward pass's sample."""
+    the forward pass's sample.
+
+    ``part`` names the denoiser part the perturbation acts on by default (``"time_embedding"``
+    for TSG); a pipeline family that declares where that part is (``Family.parts``, e.g. Stable
+    Audio's ``timestep_proj``) has the adapter build the perturbation ``on`` those modules."""
 
     layers: tuple[Selector, ...] | None = None
 
@@ -58,6 +64,11 @@ class LayerPerturbation:
         object.__setattr__(self, "layers", as_selectors(self.layers, f"{self.who}.layers"))
 
     who = "perturbation"
+    part: ClassVar[str | None] = None
+
+    def on(self, names: tuple[str, ...]) -> LayerPerturbation:
+        """This perturbation on the named modules (a family's declared ``part``)."""
+        return dataclasses.replace(self, layers=tuple(names))
 
     def __call__(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager:
         return self._run(module, sample)

@@ -44,6 +44,7 @@ from .sdpa import (
     additive_mask,
     context_attention,
     is_joint_attention,
+    require_context,
 )
 from .selection import select
 
@@ -96,6 +97,7 @@ class NegativeContext(LayerPerturbation, RowsPerturbation):
                     hidden[neg] = hidden[pos]
                     bound.arguments["hidden_states"] = hidden
                 context = bound.arguments.get("encoder_hidden_states")
+                require_context(context, name, self.who)
                 fired[name] += 1
                 with self.inside(attention, pos, neg, context, hidden):
                     return forward(*bound.args, **bound.kwargs)

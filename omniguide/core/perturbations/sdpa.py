@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..errors import GuidanceError
 from .selection import is_attention
 
 SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -87,3 +88,12 @@ def is_context_attention(name: str, module: nn.Module) -> bool:
 
 def context_attention(root: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in root.named_modules() if is_context_attention(n, m)}
+
+
+def require_context(context: Tensor | None, name: str, who: str) -> None:
+    """A context-attention module called without a context attends to the sample only (AudioLDM's and
+    MusicLDM's UNets, whose prompt enters as class labels): there is no prompt attention to act on."""
+    if context is None:
+        raise GuidanceError(f"{who}: {name} was called without a context (encoder_hidden_states=None), so it "
+                            "attends to the sample only; this model takes its condition elsewhere (e.g. as class "
+                            "labels) and has no prompt attention to act on")

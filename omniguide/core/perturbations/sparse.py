@@ -14,6 +14,7 @@ definitions. One forward pass, no extra branch: PLADIS works with guidance-disti
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, GuidanceError
 from .base import LayerPerturbation, check_fired, patched_forwards
-from .sdpa import InterceptSDPA, attention_logits, context_attention, repeat_heads
+from .sdpa import InterceptSDPA, attention_logits, context_attention, repeat_heads, require_context
 from .selection import UNET_REGIONS, select
 
 SPARSE = ("entmax1.5", "sparsemax")
@@ -107,7 +108,10 @@ class SparseAttention(LayerPerturbation):
             return sparse_attention
 
         def wrap(name, attention, forward):
+            signature = inspect.signature(forward)
+
             def pladis_forward(*args, **kwargs):
+                require_context(signature.bind(*args, **kwargs).arguments.get("encoder_hidden_states"), name, self.who)
                 with InterceptSDPA(handler(name)):
                     return forward(*args, **kwargs)
             return pladis_forward

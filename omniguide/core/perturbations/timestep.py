@@ -8,8 +8,10 @@ Sec. 5 and App. G):
 the model time in [0, 1] (the paper's power schedule; ``power = 0`` is its constant schedule). The
 noise acts on the output of the time-step embedding modules: diffusers' ``time_embedding`` (UNets)
 and ``*.timestep_embedder`` (DiT, PixArt, SD3, Flux -- for SD3 and Flux before the pooled-text
-projection is added). :class:`TimestepNoise` is the per-step perturbation; the guider builds it with
-``at(step)`` (:class:`~omniguide.core.branch.StepPerturbation`).
+projection is added), or the modules ``layers`` names (any module; the outermost of those matched:
+Stable Audio's ``timestep_proj``, which its family declares as its ``time_embedding`` part).
+:class:`TimestepNoise` is the per-step perturbation; the guider builds it with ``at(step)``
+(:class:`~omniguide.core.branch.StepPerturbation`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,19 @@ def timestep_embedders(root: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in root.named_modules() if name.rsplit(".", 1)[-1] in EMBEDDING_NAMES}
 
 
+def embedding_targets(root: nn.Module, layers, who: str) -> dict[str, nn.Module]:
+    """The modules whose output TSG perturbs: ``layers`` (any submodule, the outermost of those matched;
+    a family's declared time embedding) or, without them, the diffusers time-step embedders."""
+    if layers:
+        chosen = select(root, layers, dict(list(root.named_modules())[1:]), who, "module")
+        return {n: m for n, m in chosen.items() if not any(n.startswith(o + ".") for o in chosen)}
+    candidates = timestep_embedders(root)
+    if not candidates:
+        raise GuidanceError(f"{who}: {type(root).__name__} has no time-step embedding module "
+                            f"({' or '.join(EMBEDDING_NAMES)}); name it with layers=[...]")
+    return candidates
+
+
 @dataclass(frozen=True)
 class TimestepNoise(LayerPerturbation):
     """Add ``scale * std(emb) * n`` to the output of the selected time-step embedding modules
@@ -43,13 +58,10 @@ class TimestepNoise(LayerPerturbation):
     generator: torch.Generator = field(default_factory=torch.Generator, compare=False, repr=False)
 
     who = "tsg"
+    part = "time_embedding"
 
     def targets(self, module: nn.Module) -> dict[str, nn.Module]:
-        candidates = timestep_embedders(module)
-        if not candidates:
-            raise GuidanceError(f"tsg: {type(module).__name__} has no time-step embedding module "
-                                f"({' or '.join(EMBEDDING_NAMES)})")
-        return select(module, self.layers, candidates, self.who, "time-step embedding") if self.layers else candidates
+        return embedding_targets(module, self.layers, self.who)
 
     @contextlib.contextmanager
     def _run(self, module: nn.Module, sample: Tensor) -> Iterator:
@@ -85,6 +97,7 @@ class TimestepNoiseSchedule(LayerPerturbation, StepPerturbation):
     generator: torch.Generator = field(default_factory=torch.Generator, compare=False, repr=False)
 
     who = "tsg"
+    part = "time_embedding"
 
     def __post_init__(self):
         super().__post_init__()
@@ -99,4 +112,4 @@ class TimestepNoiseSchedule(LayerPerturbation, StepPerturbation):
         return TimestepNoise(self.layers, scale=float(self.noise) * t ** float(self.power), generator=self.generator)
 
     def targets(self, module: nn.Module) -> dict[str, nn.Module]:
-        return TimestepNoise(self.layers).targets(module)
+        return embedding_targets(module, self.layers, self.who)

@@ -6,6 +6,10 @@ L2-normalised CLAP text embedding is passed as ``class_labels`` (no cross-attent
 negative_prompt, ...)`` returns one tensor, ``[negative, positive]`` with CFG; the negative
 defaults to CLAP's embedding of ``""``. Unconditional input: that negative embedding.
 
+The UNet's ``attn2`` modules are called without a context (``encoder_hidden_states=None``): they
+attend to the latent only, so the attention-space negatives (NAG, VSF, PLADIS) refuse this family in
+one line; ICG replaces the class labels by noise.
+
 Axes: layout ``BCTW`` -- T the latent's time frames, W its mel bins (the latent is an image over
 time x mel): norms and std over channels, time and mel (dims 1, 2, 3); FDG over time and mel.
 """
@@ -39,4 +43,5 @@ AUDIOLDM = register_family(Family(
     samples_kwarg="num_waveforms_per_prompt",
     output_kwargs={"output_type": "pt"},
     read_output=read_vocoder_output,
+    embeddings=("class_labels",),
 ))

@@ -8,6 +8,7 @@ states, ``encoder_attention_mask_1`` <- their mask. **The negative prompt (defau
 through the same GPT-2 generation**, exactly as the pipeline does, so the unconditional branch is
 the pipeline's. (The TTS checkpoints' VITS path gives zeros for the negative, also as the pipeline.)
 
+ICG replaces both cross-attention contexts (GPT-2 and T5 states) by noise.
 Axes: layout ``BCTW`` as AudioLDM (T time frames, W mel bins).
 """
 
@@ -47,4 +48,5 @@ AUDIOLDM2 = register_family(Family(
     samples_kwarg="num_waveforms_per_prompt",
     output_kwargs={"output_type": "pt"},
     read_output=read_vocoder_output,
+    embeddings=("encoder_hidden_states", "encoder_hidden_states_1"),
 ))

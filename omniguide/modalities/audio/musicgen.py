@@ -18,18 +18,24 @@ conditional and unconditional logits of each decoding step to the guider:
 * the step coordinate is the decoding step ``i / (N - 1)`` with ``N`` the new tokens, and the model
   time ``t = 1 - i / (N - 1)`` (1 at the first token, as at pure noise), so intervals and schedules
   over ``step`` or ``t`` apply over decoding steps; ``sigma`` is constant (1) and not meaningful;
-* CFG++ (which re-anchors a diffusion sample) and guiders with extra branches (PAG, SEG,
-  skip-layer, autoguidance) are refused: the decoder's batch holds only the two conditions.
+* CFG++ (which re-anchors a diffusion sample), residual CFG (which rebuilds a noise from the
+  sample) and guiders whose branches change the model, call another one or redraw the condition
+  (PAG, SEG, skip-layer, autoguidance; Methods II's TSG, TPG, S²-Guidance, NAG, VSF, PLADIS, prior
+  guidance, ICG) or need a second round in the step (SAG, GFCG) are refused in one line: the
+  processor only sees the logits of the decoder batch.
 
 The unconditional rows are computed at every step whatever the guider asks (the doubled batch is
 transformers'), so an interval changes the result, not the cost: ``nfe`` counts 2 per step.
 ``negative`` (tokenized text) replaces the zero states of the unconditional rows with the
 negative prompt's text-encoder states (padded with masked zeros to a common length), which
-transformers' MusicGen has no argument for.
+transformers' MusicGen has no argument for. ``prompts={"negative": tokens}`` adds a branch per
+named prompt: the decoder batch grows to ``[cond; uncond; named...]`` (NFE 2 + one per prompt), so
+Perp-Neg gets its negative next to the unconditional rows.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,12 +43,14 @@ import torch
 from torch import Tensor
 
 from ...core.axes import Axes
+from ...core.branch import Branch
 from ...core.errors import GuidanceError
 from ...core.guider import STEP_INDEX, GuidanceStep, Guider, check_requirements
 from ...core.noise import NoiseLevel
 from ...core.prediction import Prediction
 
 LAYOUT = "BD"
+BRANCHES = ("cond", "uncond")
 
 
 def _logits_processor_base():
@@ -53,11 +61,13 @@ def _logits_processor_base():
 
 class GuidedLogitsProcessor(_logits_processor_base()):
     """Combines ``[cond; uncond]`` logits rows with an omniguide guider (transformers' batched CFG
-    layout: the first half of the rows is conditional). ``num_steps`` is the number of decoding
-    steps (new tokens); ``nfe_per_step`` / ``guided_steps`` report the work."""
+    layout: the first half of the rows is conditional; ``branches`` names further blocks of rows, the
+    named prompts). ``num_steps`` is the number of decoding steps (new tokens); ``nfe_per_step`` /
+    ``guided_steps`` report the work."""
 
-    def __init__(self, guider: Guider, num_steps: int | None = None):
-        check_guider(guider)
+    def __init__(self, guider: Guider, num_steps: int | None = None, branches: tuple[str, ...] = BRANCHES):
+        self.branches = tuple(branches)
+        check_guider(guider, self.branches)
         self.guider, self.num_steps = guider, num_steps
         self.axes = Axes.from_layout(LAYOUT)
         self.reset(num_steps)
@@ -78,34 +88,53 @@ class GuidedLogitsProcessor(_logits_processor_base()):
         return GuidanceStep(torch.zeros_like(x), noise, None, index, n, self.axes)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        if scores.shape[0] != 2 * input_ids.shape[0]:
-            raise GuidanceError(f"guided logits: expected [cond; uncond] rows (2 x {input_ids.shape[0]}), got "
+        n, rows = len(self.branches), input_ids.shape[0]
+        if scores.shape[0] != n * rows:
+            raise GuidanceError(f"guided logits: expected [{'; '.join(self.branches)}] rows ({n} x {rows}), got "
                                 f"{scores.shape[0]}; is generate() running with the doubled CFG batch?")
-        cond, uncond = scores.float().split(input_ids.shape[0], dim=0)
-        step = self.step(cond)
+        values = dict(zip(self.branches, scores.float().split(rows, dim=0)))
+        step = self.step(values["cond"])
         needed = self.guider.branches(step)
-        unknown = [b for b in needed if b not in ("cond", "uncond")]
+        unknown = [b for b in needed if b not in values]
         if unknown:
             raise GuidanceError(f"guided logits: the guider needs branch '{unknown[0]}' at step {step.index}; "
-                                "MusicGen's batch holds only 'cond' and 'uncond'")
-        values = {"cond": cond, "uncond": uncond}
+                                f"MusicGen's batch holds {held(self.branches)} (add a prompt with "
+                                "guide_musicgen(prompts={...}))")
         preds = {name: Prediction(values[name], "x0", step.x, step.noise) for name in needed}
         out = self.guider.combine(preds, step).x0
         if not torch.isfinite(out).any(dim=-1).all():
             raise GuidanceError(f"guided logits: step {step.index} gave a row without a finite logit")
-        self.nfe_per_step.append(2)
+        self.nfe_per_step.append(n)
         self.guided_steps += "uncond" in needed
         self.index += 1
         return out.to(scores.dtype)
 
 
-def check_guider(guider: Guider) -> None:
-    """Refuse guiders the logits processor cannot serve (one line naming the guider and why)."""
+def held(branches: tuple[str, ...]) -> str:
+    names = [f"'{b}'" for b in branches]
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def branch_need(branch: Branch) -> str:
+    """What a guider's own branch asks of the model, in words (for the refusal)."""
+    if branch.perturbation is not None:
+        return f"which runs the model under {type(branch.perturbation).__name__}"
+    if branch.model is not None:
+        return "which calls another model"
+    if branch.draw is not None:
+        return "whose condition is drawn afresh at every step"
+    return "which has inputs of its own"
+
+
+def check_guider(guider: Guider, branches: tuple[str, ...] = BRANCHES) -> None:
+    """Refuse guiders the logits processor cannot serve (one line naming the guider and why): it sees
+    only the logits of the decoder batch, whose rows are ``branches``, and has no diffusion sample."""
     check_requirements(guider, (STEP_INDEX,), "the MusicGen logits processor")
-    extra = [name for name in guider.branch_defaults() if name not in ("cond", "uncond")]
-    if extra:
-        raise GuidanceError(f"guider '{guider.name or type(guider).__name__}' needs branch '{extra[0]}'; "
-                            "MusicGen's batch holds only 'cond' and 'uncond'")
+    for name, branch in guider.branch_defaults().items():
+        if name not in branches:
+            raise GuidanceError(f"guider '{guider.name or type(guider).__name__}' needs branch '{name}', "
+                                f"{branch_need(branch)}; the MusicGen logits processor only sees the logits of "
+                                f"the decoder batch ({held(branches)})")
 
 
 def _processor_list(custom: Any, guided: GuidedLogitsProcessor):
@@ -129,13 +158,19 @@ class MusicGenGuide:
     """The context manager :func:`guide_musicgen` returns; ``nfe``, ``nfe_per_step`` and
     ``guided_steps`` report the last ``generate`` call."""
 
-    def __init__(self, model: Any, guider: Guider, negative: Mapping[str, Tensor] | None = None):
+    def __init__(self, model: Any, guider: Guider, negative: Mapping[str, Tensor] | None = None,
+                 prompts: Mapping[str, Mapping[str, Tensor]] | None = None):
         self.model, self.guider = model, guider
-        self.processor = GuidedLogitsProcessor(guider)
+        self.prompts = {name: dict(tokens) for name, tokens in (prompts or {}).items()}
+        for name, tokens in self.prompts.items():
+            if name in BRANCHES:
+                raise GuidanceError(f"guide_musicgen(prompts=...): '{name}' is the decoder batch's own branch; "
+                                    "name the prompt otherwise (e.g. 'negative')")
+            check_tokens(tokens, f"guide_musicgen(prompts['{name}'])")
+        self.processor = GuidedLogitsProcessor(guider, branches=(*BRANCHES, *self.prompts))
         self.negative = dict(negative) if negative is not None else None
-        if self.negative is not None and "input_ids" not in self.negative:
-            raise GuidanceError("guide_musicgen(negative=...): expected tokenized text with 'input_ids' "
-                                "(and 'attention_mask'), e.g. processor(text=['noise'], return_tensors='pt')")
+        if self.negative is not None:
+            check_tokens(self.negative, "guide_musicgen(negative=...)")
         self._saved: dict[str, Any] = {}
 
     @property
@@ -154,13 +189,20 @@ class MusicGenGuide:
         model = self.model
         if "generate" in model.__dict__ or getattr(model, "_omniguide_guide", None) is not None:
             raise GuidanceError(f"guide_musicgen(): this {type(model).__name__} is already guided")
-        self._saved = {"encode": model.__dict__.get("_prepare_text_encoder_kwargs_for_generation")}
+        self._saved = {name: model.__dict__.get(name) for name in PATCHED}
         original = model.generate
         model.generate = lambda *args, **kwargs: self._generate(original, *args, **kwargs)
-        if self.negative is not None:
+        if self.negative is not None or self.prompts:
             encode = model._prepare_text_encoder_kwargs_for_generation
             model._prepare_text_encoder_kwargs_for_generation = (
-                lambda *args, **kwargs: self._with_negative(encode(*args, **kwargs)))
+                lambda *args, **kwargs: self._with_rows(encode(*args, **kwargs)))
+        if self.prompts:
+            prepare = model.prepare_inputs_for_generation
+
+            @functools.wraps(prepare)   # generate() reads its signature
+            def prepare_rows(*args, **kwargs):
+                return self._repeat_rows(prepare(*args, **kwargs))
+            model.prepare_inputs_for_generation = prepare_rows
         model._omniguide_guide = self
         return self
 
@@ -168,9 +210,10 @@ class MusicGenGuide:
         model = self.model
         model.__dict__.pop("generate", None)
         model.__dict__.pop("_omniguide_guide", None)
-        model.__dict__.pop("_prepare_text_encoder_kwargs_for_generation", None)
-        if self._saved.get("encode") is not None:
-            model._prepare_text_encoder_kwargs_for_generation = self._saved["encode"]
+        for name in PATCHED:
+            model.__dict__.pop(name, None)
+            if self._saved.get(name) is not None:
+                setattr(model, name, self._saved[name])
         return False
 
     def num_steps(self, kwargs: dict) -> int:
@@ -191,36 +234,67 @@ class MusicGenGuide:
         # any scale > 1 makes generate() build the doubled [cond; uncond] batch; the value is never used
         return original(*args, guidance_scale=2.0, **kwargs)
 
-    def _with_negative(self, model_kwargs: dict) -> dict:
-        """Replace the zero (unconditional) half of the text-encoder states with the negative's."""
+    def _encode(self, tokens: Mapping[str, Tensor], rows: int, like: Tensor, who: str) -> tuple[Tensor, Tensor]:
+        """Text-encoder states and mask of ``tokens`` (one prompt, or one per prompt) for ``rows`` rows."""
+        ids = tokens["input_ids"].to(like.device)
+        mask = tokens.get("attention_mask", torch.ones_like(ids)).to(like.device)
+        states = self.model.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+        if states.shape[0] not in (1, rows):
+            raise GuidanceError(f"{who}: {states.shape[0]} prompts for {rows} prompts; give one, or one per prompt")
+        return states.to(like.dtype).expand(rows, -1, -1), mask.expand(rows, -1)
+
+    def _with_rows(self, model_kwargs: dict) -> dict:
+        """The text-encoder states of the decoder batch ``[cond; uncond; named prompts]``: the zero
+        (unconditional) half replaced by the negative's when given, each named prompt's appended, all
+        padded with masked zeros to a common length."""
         from transformers.modeling_outputs import BaseModelOutput
 
         states = model_kwargs["encoder_outputs"].last_hidden_state
         half = states.shape[0] // 2
         mask = model_kwargs.get("attention_mask")
-        ids = self.negative["input_ids"].to(states.device)
-        neg_mask = self.negative.get("attention_mask", torch.ones_like(ids)).to(states.device)
-        encoder = self.model.get_encoder()
-        negative = encoder(input_ids=ids, attention_mask=neg_mask, return_dict=True).last_hidden_state
-        if negative.shape[0] not in (1, half):
-            raise GuidanceError(f"guide_musicgen(): {negative.shape[0]} negative prompts for {half} prompts; give one, "
-                                "or one per prompt")
-        negative, neg_mask = negative.expand(half, -1, -1), neg_mask.expand(half, -1)
-        length = max(states.shape[1], negative.shape[1])
+        mask = mask if mask is not None else torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
+        blocks = [(states[:half], mask[:half])]
+        if self.negative is not None:
+            blocks.append(self._encode(self.negative, half, states, "guide_musicgen(negative=...)"))
+        else:
+            blocks.append((states[half:], mask[half:]))
+        for name, tokens in self.prompts.items():
+            blocks.append(self._encode(tokens, half, states, f"guide_musicgen(prompts['{name}'])"))
+        length = max(x.shape[1] for x, _ in blocks)
 
         def pad(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
             extra = length - x.shape[1]
-            return (torch.nn.functional.pad(x, (0, 0, 0, extra)), torch.nn.functional.pad(m, (0, extra)))
+            return torch.nn.functional.pad(x, (0, 0, 0, extra)), torch.nn.functional.pad(m.to(mask.dtype), (0, extra))
 
-        cond, cond_mask = pad(states[:half], mask[:half] if mask is not None else torch.ones(states.shape[:2],
-                                                                                              dtype=torch.long))
-        negative, neg_mask = pad(negative.to(states.dtype), neg_mask.to(cond_mask.dtype))
-        model_kwargs["encoder_outputs"] = BaseModelOutput(last_hidden_state=torch.cat([cond, negative]))
-        model_kwargs["attention_mask"] = torch.cat([cond_mask, neg_mask.to(cond_mask.device)])
+        padded = [pad(x, m) for x, m in blocks]
+        model_kwargs["encoder_outputs"] = BaseModelOutput(last_hidden_state=torch.cat([x for x, _ in padded]))
+        model_kwargs["attention_mask"] = torch.cat([m for _, m in padded])
         return model_kwargs
 
+    def _repeat_rows(self, inputs: dict) -> dict:
+        """The decoder inputs for every block of rows: transformers repeats them for ``[cond; uncond]``,
+        the named prompts' blocks need them too."""
+        blocks = len(self.processor.branches)
+        for key in ("decoder_input_ids", "decoder_attention_mask"):
+            value = inputs.get(key)
+            if value is not None:
+                inputs[key] = value[: value.shape[0] // 2].repeat((blocks, 1))
+        return inputs
 
-def guide_musicgen(model: Any, guider: Guider, negative: Mapping[str, Tensor] | None = None) -> MusicGenGuide:
+
+# model attributes guide_musicgen replaces while it runs (restored on exit)
+PATCHED = ("_prepare_text_encoder_kwargs_for_generation", "prepare_inputs_for_generation")
+
+
+def check_tokens(tokens: Mapping[str, Tensor], who: str) -> None:
+    if "input_ids" not in tokens:
+        raise GuidanceError(f"{who}: expected tokenized text with 'input_ids' (and 'attention_mask'), e.g. "
+                            "processor(text=['noise'], return_tensors='pt')")
+
+
+def guide_musicgen(model: Any, guider: Guider, negative: Mapping[str, Tensor] | None = None,
+                   prompts: Mapping[str, Mapping[str, Tensor]] | None = None) -> MusicGenGuide:
     """Drive ``model.generate`` with ``guider`` on the logits inside a ``with`` block (see the module
-    docstring); ``negative``: tokenized negative text (one prompt, or one per prompt)."""
-    return MusicGenGuide(model, guider, negative)
+    docstring); ``negative``: tokenized negative text (one prompt, or one per prompt); ``prompts``:
+    named tokenized prompts, each a branch of the decoder batch (Perp-Neg's ``negative``)."""
+    return MusicGenGuide(model, guider, negative, prompts)

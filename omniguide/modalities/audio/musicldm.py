@@ -8,6 +8,8 @@ projected text features), scoped to that call. Outside ``guide()`` the pipeline'
 unless the user patches it (``fix_text_features(pipe)``), as does its CLAP re-ranking
 (``score_waveforms``, which also needs librosa).
 
+As in AudioLDM, the UNet's cross-attention gets no context (NAG, VSF, PLADIS refuse in one line) and
+ICG replaces the class labels by noise.
 Axes: layout ``BCTW`` as AudioLDM (T time frames, W mel bins).
 """
 
@@ -75,4 +77,5 @@ MUSICLDM = register_family(Family(
     samples_kwarg="num_waveforms_per_prompt",
     output_kwargs={"output_type": "pt"},
     read_output=read_vocoder_output,
+    embeddings=("class_labels",),
 ))

@@ -11,6 +11,11 @@ Unconditional input, exactly the pipeline's: **without a negative prompt, zeros 
 followed by the same duration states. The global duration states are the same in both branches
 (stable-audio-tools keeps the global conditioning unguided too).
 
+Parts: the DiT's time-step embedding is ``timestep_proj`` (after the Fourier features ``time_proj``;
+its output is added to the global duration states and prepended as a token), declared for TSG.
+Its ``attn2`` modules are the text cross-attention (NAG, VSF, PLADIS act there; ``attn1`` is the
+self-attention over the latent frames).
+
 Axes: layout ``BCT`` -- norms and std over channels and time (reduce dims 1, 2), frequency methods
 (FDG) over time. ``axes=(1,)`` gives stable-audio-tools' rescale (std over channels, per frame);
 ``axes=(2,)`` statistics over time per channel (ACE-Step's APG normalisation).
@@ -84,4 +89,5 @@ STABLE_AUDIO = register_family(Family(
     samples_kwarg="num_waveforms_per_prompt",
     output_kwargs={"output_type": "pt"},
     read_output=read_output,
+    parts={"time_embedding": ("timestep_proj",)},
 ))
