@@ -225,6 +225,17 @@ def test_annealed_t_range_and_clipping():
     assert float(out.grad.abs().max()) <= 0.01 + 1e-12
 
 
+def test_every_objective_takes_an_annealed_t_range():
+    """The t-range is a shared option: every registered objective accepts it annealed over training
+    (rfds once declared it a plain float and refused the bench's annealed base config)."""
+    from omniguide.distillation.registry import OBJECTIVES
+    from omniguide.distillation.schedules import at
+
+    for name in OBJECTIVES.names():
+        obj = build_objective({"name": name, "t_min": 0.02, "t_max": {"values": [0.98, 0.6], "progress": [0.0, 0.5]}})
+        assert at(obj.t_max, 0.0) == 0.98 and at(obj.t_max, 1.0) == 0.6, name
+
+
 def test_a_non_finite_term_stops_naming_the_step_and_term():
     prior, model = toy_prior()
     with torch.no_grad():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..registry import register_objective
+from ..schedules import Annealed
 from .base import Context, Objective
 
 
@@ -26,8 +27,8 @@ class RFDS(Objective):
     """``2 w (v_guided - (n - x))`` on a rectified-flow prior (arXiv:2406.03293)."""
 
     needs_flow = True
-    t_min: float = 0.3
-    t_max: float = 0.98
+    t_min: Annealed = 0.3          # the reference range; annealed like every objective's
+    t_max: Annealed = 0.98
     weighting: str = "uniform"
 
     def gradient(self, ctx: Context) -> Tensor:
