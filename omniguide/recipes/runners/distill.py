@@ -38,8 +38,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 @dataclass
 class PriorConfig:
-    """``name: zoo`` (the zoo's 3D prior; ``prediction: v | flow``: DDPM with v-prediction, or rectified flow) or ``name: pretrained`` with
-    ``path`` to a diffusers pipeline folder (SD 1.x/2.x, SD3, the zoo's pixel pipeline)."""
+    """``name: zoo`` (the zoo's 3D prior; ``prediction: v | flow``: DDPM with v-prediction, or rectified
+    flow) or ``name: pretrained`` with ``path`` to a diffusers pipeline folder (SD 1.x/2.x, SD3, the
+    zoo's pixel pipeline)."""
 
     name: str = "zoo"
     prediction: str = option("v", choices=("v", "flow"))
