@@ -172,6 +172,18 @@ variants:
     assert "| sds-apg |" in (run_dir / "table.md").read_text()
 
 
+def test_the_bench_runs_only_the_selected_variants_and_names_an_unknown_label():
+    from omniguide.bench.distill3d import BenchDistillConfig, variant_configs
+    from omniguide.core.errors import ConfigError
+
+    variants = [{"label": "a", "objective": {"name": "sds"}}, {"label": "b", "objective": {"name": "nfsd"}}]
+    cfg = BenchDistillConfig(prompts=["a red cube", "a blue sphere"], variants=variants, only=["b"])
+    assert [(label, prompt) for label, prompt, _ in variant_configs(cfg)] == [("b", "a red cube"),
+                                                                              ("b", "a blue sphere")]
+    with pytest.raises(ConfigError, match="only: no variant labelled 'c'; labels: a, b"):
+        variant_configs(BenchDistillConfig(variants=variants, only=["c"]))
+
+
 @pytest.mark.slow
 def test_killing_a_rank_ends_the_ddp_job_nonzero_within_a_bound(sd_folder, tmp_path):
     psutil = pytest.importorskip("psutil")

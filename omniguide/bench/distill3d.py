@@ -35,12 +35,17 @@ class BenchDistillConfig:
     prompts: list[str] = field(default_factory=lambda: ["a red cube", "a blue sphere"])
     base: dict[str, Any] = field(default_factory=dict)               # distill recipe fields shared by all
     variants: list[dict[str, Any]] = field(default_factory=list)     # {label, objective, guider, ...}
+    only: list[str] = field(default_factory=list)                    # run these labels only (all when empty)
 
 
 def variant_configs(cfg: BenchDistillConfig) -> list[tuple[str, str, DistillConfig]]:
     """``(label, prompt, distill config)`` for every variant and prompt."""
     if not cfg.variants:
         raise errors.ConfigError("variants", "a bench needs at least one variant")
+    labels = [v.get("label") for v in cfg.variants]
+    unknown = [name for name in cfg.only if name not in labels]
+    if unknown:
+        raise errors.ConfigError("only", f"no variant labelled {unknown[0]!r}; labels: {', '.join(map(str, labels))}")
     out, seen = [], set()
     for i, variant in enumerate(cfg.variants):
         variant = dict(variant)
@@ -48,6 +53,8 @@ def variant_configs(cfg: BenchDistillConfig) -> list[tuple[str, str, DistillConf
         if not label or label in seen:
             raise errors.ConfigError(f"variants.{i}.label", f"each variant needs a unique label, got {label!r}")
         seen.add(label)
+        if cfg.only and label not in cfg.only:
+            continue
         for prompt in cfg.prompts:
             merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(cfg.base)),
                                                             OmegaConf.create(variant), {"prompt": prompt}))
