@@ -221,3 +221,16 @@ def test_continuing_a_folder_of_another_kind_is_refused(tmp_path, capsys):
     (run_dir / "config.yaml").write_text("kind: train\n")
     rc, _, err = cli(capsys, "run", str(RECIPES / "sample_base.yaml"), f"run.dir={run_dir}")
     assert rc == 2 and err.strip() == f"error: run.dir: {run_dir} holds a 'train' run; this recipe is 'sample'"
+
+
+def test_an_in_process_run_gives_the_caller_its_torch_thread_count_back(capsys, tmp_path):
+    """A recipe's ``threads`` applies to its run only: the session calling ``main`` keeps its count."""
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 2 if before != 2 else 1
+    recipe = Path(__file__).parents[1] / "configs" / "sample" / "mixture_cfg.yaml"
+    rc, _, err = cli(capsys, "run", str(recipe), f"run.root={tmp_path}", f"trainer.threads={wanted}",
+                     "num_samples=16", "steps=3")
+    assert rc == 0, err
+    assert torch.get_num_threads() == before

@@ -152,6 +152,7 @@ def _run(resolved: Any) -> int:
     # Lightning re-executes this command line for ranks > 0; they must join this folder.
     inherited = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run.dir)
+    threads = _torch_threads()
     try:
         with log_to_file(run.dir / ("log.txt" if run.is_main else f"log.rank{run.rank}.txt")):
             metrics = resolved.recipe.fn(resolved.cfg, run)
@@ -163,12 +164,26 @@ def _run(resolved: Any) -> int:
     finally:
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
+        _restore_torch_threads(threads)
     if run.is_main:
         if metrics is not None:
             run.write_json("metrics.json", metrics)
         run.clear_failed()
         print(run.dir, flush=True)
     return 0
+
+
+def _torch_threads() -> int | None:
+    """Torch's CPU thread count when torch is already imported (a run inside a Python session)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
+def _restore_torch_threads(threads: int | None) -> None:
+    """Recipes set ``threads`` for their run; a run called in-process gives the caller its count back
+    (a session left with more threads than free cores slows every later torch op badly)."""
+    if threads is not None:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
