@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..recipes import errors
-from ..recipes.benchkit import markdown_table
+from ..recipes.benchkit import markdown_table, torch_threads
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.runners.rollout import RolloutConfig, build_subject, check_histories, make_rollout
@@ -141,15 +141,15 @@ def run_bench(cfg: AudioContinuationBenchConfig, run: RunContext) -> dict:
     """History guidance continuing the zoo's audio model past one window, against the known signal."""
     import torch
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     subject = build_subject(cfg.model)
     per_prompt: dict[str, dict[str, dict]] = {}
-    for prompt in cfg.prompts:
-        rows = run_references(cfg, subject, prompt)
-        for method in cfg.methods:
-            rows[method_label(method)] = run_method(cfg, subject, method.guider, prompt)
-        per_prompt[prompt] = rows
+    with torch_threads(cfg.threads):
+        threads = torch.get_num_threads()
+        for prompt in cfg.prompts:
+            rows = run_references(cfg, subject, prompt)
+            for method in cfg.methods:
+                rows[method_label(method)] = run_method(cfg, subject, method.guider, prompt)
+            per_prompt[prompt] = rows
     labels = list(next(iter(per_prompt.values())))
     methods = {label: average([per_prompt[p][label] for p in cfg.prompts]) for label in labels}
     for label, m in methods.items():
@@ -159,7 +159,7 @@ def run_bench(cfg: AudioContinuationBenchConfig, run: RunContext) -> dict:
     metrics = {"methods": methods, "prompts": per_prompt,
                "setup": {"prompts": list(cfg.prompts), "samples": cfg.samples, "history": cfg.history,
                          "windows": cfg.windows, "context": cfg.context, "chunk": cfg.chunk, "steps": cfg.steps,
-                         "stabilization": cfg.stabilization, "threads": torch.get_num_threads()}}
+                         "stabilization": cfg.stabilization, "threads": threads}}
     with run.atomic("table.md") as tmp:
         tmp.write_text(report(metrics))
     return metrics

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..recipes import errors
-from ..recipes.benchkit import markdown_table
+from ..recipes.benchkit import markdown_table, torch_threads
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.runners.rollout import RolloutConfig, build_subject, check_histories, make_rollout
@@ -179,25 +179,26 @@ def run_memory(cfg: VideoHistoryBenchConfig) -> dict:
 def run_bench(cfg: VideoHistoryBenchConfig, run: RunContext) -> dict:
     """History guidance on the sprite model against the known physics; peak memory vs length."""
     import torch
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+
     subject = build_subject(cfg.model)
     methods = {}
-    for method in cfg.methods:
-        label = method_label(method)
-        methods[label] = run_method(cfg, subject, method.guider)
-        m = methods[label]
-        errors = " ".join(f"w{k} {m.get(f'pos_err_w{k}', float('nan')):.2f}" for k in (1, 4, 16))
-        run.log(f"{label}: pos err {errors} px, found {m['found']:.2f}, motion {m['motion_ratio']:.2f}, "
-                f"nfe/frame {m['nfe_per_frame']:.1f}")
-    baselines = run_baselines(cfg, subject)
+    with torch_threads(cfg.threads):
+        threads = torch.get_num_threads()
+        for method in cfg.methods:
+            label = method_label(method)
+            methods[label] = run_method(cfg, subject, method.guider)
+            m = methods[label]
+            errors = " ".join(f"w{k} {m.get(f'pos_err_w{k}', float('nan')):.2f}" for k in (1, 4, 16))
+            run.log(f"{label}: pos err {errors} px, found {m['found']:.2f}, motion {m['motion_ratio']:.2f}, "
+                    f"nfe/frame {m['nfe_per_frame']:.1f}")
+        baselines = run_baselines(cfg, subject)
     memory = run_memory(cfg)
     for length, m in memory.items():
         run.log(f"memory: {length} frames: peak {m['peak_mb']:.0f} MB (before the rollout {m['baseline_mb']:.0f} MB)")
     metrics = {"methods": methods, "baselines": baselines, "memory": memory,
                "setup": {"videos": cfg.videos, "history": cfg.history, "windows": cfg.windows, "context": cfg.context,
                          "chunk": cfg.chunk, "steps": cfg.steps, "stabilization": cfg.stabilization,
-                         "threads": torch.get_num_threads()}}
+                         "threads": threads}}
     with run.atomic("table.md") as tmp:
         tmp.write_text(report(metrics))
     return metrics
