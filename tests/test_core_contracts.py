@@ -350,12 +350,15 @@ def test_diffusers_parameterization_names_are_accepted():
 
 def test_guider_requirements_are_checked_before_work_starts():
     from omniguide import APG, CFG, CFGPlusPlus, Interval, Schedule, sample
-    from omniguide.core.guider import check_requirements
+    from omniguide.core.guider import NOISE_LEVEL, check_requirements
     from omniguide.core.schedulers import build_scheduler
 
     distill = "score distillation"
-    check_requirements(Interval(CFG(), sigma=(0.1, 5)), (), distill)          # needs nothing
+    check_requirements(Interval(CFG(), sigma=(0.1, 5)), (NOISE_LEVEL,), distill)   # needs a noise level only
+    check_requirements(Interval(CFG(), t=(0.1, 0.5)), (), distill)                  # needs nothing
     for guider, need in [
+        (Interval(CFG(), sigma=(0.1, 5)), r"a noise level \(alpha, sigma\) for the sample \(the interval is over "
+                                          r"the 'sigma' coordinate"),
         (APG(momentum=-0.5), "a sampler step index"),
         (Interval(CFG(), step=(0.2, 0.8)), "a sampler step index"),
         (Schedule(CFG(), coordinate="step"), "a sampler step index"),

@@ -141,7 +141,7 @@ class _Job:
     kind: str
     sample: Tensor
     timestep: Any
-    noise: NoiseLevel
+    noise: NoiseLevel | None
     inputs: dict[str, Any]
 
     def same_as(self, other: _Job) -> bool:
@@ -156,6 +156,13 @@ class BranchExecutor:
     """Runs named branches of a model (a callable ``model(sample, timestep, **inputs)`` or a
     :class:`~omniguide.core.model_call.ModelCall`) and counts the work.
 
+    It is configured once, here: ``branches`` is the standing table, ``defaults`` the branches a
+    guider defines itself (a standing branch of the same name wins). What changes from call to call
+    is an argument of the call: ``executor(names, ..., branches=table, model=m)`` overlays ``table``
+    on the standing one and runs branches without a model of their own on ``m`` (the adapter's
+    per-call inputs and current denoiser, an objective's prompt sets, a follow-up round).
+    ``undefined`` is added to the error for a needed branch that no table defines (the fix).
+
     ``noise_of(timestep)`` gives the noise level of a branch that overrides the timestep without
     its own ``noise`` (the adapter passes its model's training schedule). ``nfe`` counts branch
     evaluations per sample (a batched cond+uncond pass is 2), ``forward_passes`` counts model calls
@@ -169,13 +176,16 @@ class BranchExecutor:
         batch: bool = True,
         check_finite: bool = True,
         noise_of: NoiseOf | None = None,
+        defaults: BranchTable | None = None,
+        undefined: str = "",
     ):
         self.model = as_model_call(model)
-        self.branches = as_branches(branches)
+        self.branches = {**as_branches(defaults), **as_branches(branches)}
         self.parameterization = check_parameterization(parameterization)
         self.batch = batch
         self.check_finite = check_finite
         self.noise_of = noise_of
+        self.undefined = undefined
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -191,32 +201,36 @@ class BranchExecutor:
         return sum(self.passes_per_step)
 
     def with_defaults(self, defaults: Mapping[str, Branch]) -> None:
-        """Add branches a guider defines itself, unless the user defined them."""
+        """Add branches a guider defines itself, unless the user defined them (kept for existing
+        callers; ``defaults=`` in the constructor does the same)."""
         for name, branch in defaults.items():
             self.branches.setdefault(name, branch)
 
     # -- resolution -------------------------------------------------------------------------
-    def chain(self, name: str, step: GuidanceStep) -> list[Branch]:
-        """The branch and its bases, the named branch first."""
-        chain, branch = [], self.branches.get(name)
+    def chain(self, name: str, step: GuidanceStep, table: Mapping[str, Branch] | None = None) -> list[Branch]:
+        """The branch and its bases in ``table`` (default: the standing one), the named branch first."""
+        table = self.branches if table is None else table
+        chain, branch = [], table.get(name)
         if branch is None:
-            known = ", ".join(sorted(self.branches)) or "none"
-            raise GuidanceError(f"branch '{name}' is needed at {step.where} but not defined (defined: {known})")
+            known = ", ".join(sorted(table)) or "none"
+            raise GuidanceError(f"branch '{name}' is needed at {step.where} but not defined (defined: {known})"
+                                f"{self.undefined}")
         while branch is not None:
             if branch.name in [b.name for b in chain]:
                 raise GuidanceError(f"branch '{name}': 'base' cycle through {[b.name for b in chain]}")
             chain.append(branch)
             if branch.base is None:
                 break
-            if branch.base not in self.branches:
+            if branch.base not in table:
                 raise GuidanceError(f"branch '{branch.name}': base branch '{branch.base}' is not defined")
-            branch = self.branches[branch.base]
+            branch = table[branch.base]
         return chain
 
-    def resolve(self, name: str, sample: Tensor, timestep: Any, step: GuidanceStep) -> _Job:
+    def resolve(self, name: str, sample: Tensor, timestep: Any, step: GuidanceStep,
+                table: Mapping[str, Branch] | None = None, model: ModelCall | None = None) -> _Job:
         inputs: dict[str, Any] = {}
-        model, perturbation, kind, noise = self.model, None, self.parameterization, None
-        for b in reversed(self.chain(name, step)):  # the named branch overrides its bases
+        model, perturbation, kind, noise = model or self.model, None, self.parameterization, None
+        for b in reversed(self.chain(name, step, table)):  # the named branch overrides its bases
             inputs.update(b.inputs)
             if b.draw is not None:
                 inputs = dict(b.draw(step, inputs))
@@ -229,11 +243,13 @@ class BranchExecutor:
         own_sample, own_timestep = "sample" in inputs, "timestep" in inputs
         sample = inputs.pop("sample", sample)
         timestep = inputs.pop("timestep", timestep)
-        if noise is None:
-            noise = self._noise(name, own_sample, own_timestep, timestep, step)
-        return _Job([name], model, perturbation, kind, sample, timestep, noise.to(sample), inputs)
+        noise = noise or self._noise(name, own_sample, own_timestep, timestep, step)
+        noise = None if noise is None else noise.to(sample)    # None: no noise level (logits)
+        return _Job([name], model, perturbation, kind, sample, timestep, noise, inputs)
 
-    def _noise(self, name: str, own_sample: bool, own_timestep: bool, timestep: Any, step: GuidanceStep) -> NoiseLevel:
+    def _noise(
+        self, name: str, own_sample: bool, own_timestep: bool, timestep: Any, step: GuidanceStep
+    ) -> NoiseLevel | None:
         if not own_timestep:
             return step.noise   # same level; an overridden sample (e.g. a replaced region) keeps it
         if self.noise_of is None:
@@ -245,13 +261,17 @@ class BranchExecutor:
 
     # -- execution --------------------------------------------------------------------------
     def __call__(
-        self, names: Sequence[str], sample: Tensor, timestep: Any, step: GuidanceStep, accumulate: bool = False
+        self, names: Sequence[str], sample: Tensor, timestep: Any, step: GuidanceStep, accumulate: bool = False,
+        branches: BranchTable | None = None, model: Callable | ModelCall | None = None,
     ) -> dict[str, Prediction]:
         """Predictions of ``names`` at this step. ``accumulate=True`` adds the work to the step's
-        counts instead of starting a new step (a guider's second round, a corrector's evaluations)."""
+        counts instead of starting a new step (a guider's second round, a corrector's evaluations);
+        ``branches`` and ``model`` hold for this call only (see the class docstring)."""
+        table = self.branches if branches is None else {**self.branches, **as_branches(branches)}
+        model = None if model is None else as_model_call(model)
         jobs: list[_Job] = []
         for name in dict.fromkeys(names):
-            job = self.resolve(name, sample, timestep, step)
+            job = self.resolve(name, sample, timestep, step, table, model)
             twin = next((j for j in jobs if j.same_as(job)), None)
             if twin is not None:
                 twin.names.append(name)

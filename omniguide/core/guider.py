@@ -24,7 +24,10 @@ sampling or distillation starts (:func:`check_requirements`):
   samplers do not): a scale scheduled over ``progress`` anneals over training;
 * ``sample``     -- a real noisy sample ``x_t`` at its noise level, which the guider reads itself
   (residual CFG rebuilds a noise from it); samplers, the pipeline adapter and score distillation
-  provide one, MusicGen's logits processor does not.
+  provide one, MusicGen's logits processor does not;
+* ``noise-level`` -- a noise level ``(alpha, sigma)`` for the step: the ``sigma`` coordinate, a
+  re-anchored or re-noised sample. Logits have none (``step.noise is None``): there every prediction
+  is its own value in every parameterization (see :mod:`.prediction`) and ``t = 1 - step``.
 
 Three optional hooks, all with neutral defaults, serve methods that are not a single combine:
 
@@ -56,6 +59,7 @@ FOLLOW_UP = "follow-up"
 RECURRENCE = "recurrence"
 PROGRESS = "progress"
 SAMPLE = "sample"
+NOISE_LEVEL = "noise-level"
 REQUIREMENTS = {
     STEP_INDEX: "a sampler step index",
     REANCHOR: "a sampler that re-anchors the sample to the guided (x0, eps) pair",
@@ -64,6 +68,7 @@ REQUIREMENTS = {
     RECURRENCE: "a sampler that repeats a step with re-noising",
     PROGRESS: "a training-progress coordinate",
     SAMPLE: "a noisy sample x_t at its noise level",
+    NOISE_LEVEL: "a noise level (alpha, sigma) for the sample",
 }
 
 
@@ -71,14 +76,15 @@ REQUIREMENTS = {
 class GuidanceStep:
     """What a guider may read at one model evaluation.
 
-    ``x`` and ``noise`` describe the sample the model sees; ``index`` / ``num_steps`` exist only
+    ``x`` and ``noise`` describe the sample the model sees (``noise`` is None where there is no
+    noise level: logits); ``index`` / ``num_steps`` exist only
     inside a sampler loop; ``axes`` are the sample's declared reduction and frequency axes;
     ``progress`` (training progress in ``[0, 1]``) exists only in score distillation;
     ``embeddings`` names the model inputs that carry the prompt embeddings when the driver knows
     them (the pipeline adapter: its family's), for methods that replace the condition (ICG)."""
 
     x: Tensor
-    noise: NoiseLevel
+    noise: NoiseLevel | None
     timestep: Any = None
     index: int | None = None
     num_steps: int | None = None
@@ -93,7 +99,12 @@ class GuidanceStep:
             if self.progress is None:
                 raise GuidanceError(f"the 'progress' coordinate exists only in score distillation, not at {self.where}")
             return torch.as_tensor(float(self.progress), dtype=self.noise.sigma.dtype)
-        return self.noise.coordinate(name, self.index, self.num_steps)
+        if self.noise is not None:
+            return self.noise.coordinate(name, self.index, self.num_steps)
+        if name not in ("t", "step") or self.index is None or not self.num_steps:  # a guider would declare NOISE_LEVEL
+            raise GuidanceError(f"'{name}' does not exist at {self.where}: it has no noise level (logits)")
+        at = self.index / max(self.num_steps - 1, 1)   # without a noise level t runs over the steps: 1 at the first
+        return torch.as_tensor(1 - at if name == "t" else at, dtype=self.x.dtype, device=self.x.device)
 
     def require_axes(self, who: str, own: Axes | None = None) -> Axes:
         axes = own if own is not None else self.axes
@@ -153,6 +164,8 @@ class Guider:
                 needs = {**value.requires(), **needs}
             elif isinstance(value, DynamicScale) and value.reads_step:
                 needs.setdefault(STEP_INDEX, f"{f.name} is scheduled over the 'step' coordinate")
+            elif isinstance(value, DynamicScale) and value.reads_noise:
+                needs.setdefault(NOISE_LEVEL, f"{f.name} is scheduled over the 'sigma' coordinate")
             elif isinstance(value, ScaleSchedule) and value.coordinate == PROGRESS:
                 needs.setdefault(PROGRESS, f"{f.name} is scheduled over training 'progress'")
         return needs

@@ -12,6 +12,10 @@ With ``x = alpha * x0 + sigma * eps`` (see :mod:`noise`):
 Every parameterization is an affine function of ``(x0, eps)`` at a fixed noise level, so the
 conversions are exact (up to rounding) and any linear guidance rule gives the same result in
 every space. Non-linear rules (norms, projections, std) declare the space they work in.
+
+Without a noise level (``noise=None``: logits, which no ``x = alpha x0 + sigma eps`` describes) there
+is nothing to convert along: the value stands for every parameterization, so a guider's space
+changes nothing there (guiders that need alpha or sigma declare ``noise-level``).
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ def check_parameterization(kind: str, where: str = "parameterization") -> str:
     return name
 
 
-def to_x0_eps(value: Tensor, kind: str, x: Tensor, noise: NoiseLevel) -> tuple[Tensor, Tensor]:
+def to_x0_eps(value: Tensor, kind: str, x: Tensor, noise: NoiseLevel | None) -> tuple[Tensor, Tensor]:
     """Split a prediction of ``kind`` at sample ``x`` into ``(x0, eps)``."""
     kind = DIFFUSERS_PREDICTION_TYPES.get(kind, kind)
+    if noise is None and kind in PARAMETERIZATIONS:
+        return value, value
     a, s = noise.alpha, noise.sigma
     if kind == "eps":
         return (x - s * value) / a, value
@@ -54,9 +60,11 @@ def to_x0_eps(value: Tensor, kind: str, x: Tensor, noise: NoiseLevel) -> tuple[T
     raise GuidanceError(f"unknown parameterization '{kind}'; valid: {', '.join(PARAMETERIZATIONS)}")
 
 
-def from_x0_eps(x0: Tensor, eps: Tensor, kind: str, noise: NoiseLevel) -> Tensor:
+def from_x0_eps(x0: Tensor, eps: Tensor, kind: str, noise: NoiseLevel | None) -> Tensor:
     """Express the pair ``(x0, eps)`` in parameterization ``kind``."""
     kind = DIFFUSERS_PREDICTION_TYPES.get(kind, kind)
+    if noise is None and kind in PARAMETERIZATIONS:
+        return x0
     if kind == "eps":
         return eps
     if kind == "x0":
@@ -68,7 +76,7 @@ def from_x0_eps(x0: Tensor, eps: Tensor, kind: str, noise: NoiseLevel) -> Tensor
     raise GuidanceError(f"unknown parameterization '{kind}'; valid: {', '.join(PARAMETERIZATIONS)}")
 
 
-def convert(value: Tensor, src: str, dst: str, x: Tensor, noise: NoiseLevel) -> Tensor:
+def convert(value: Tensor, src: str, dst: str, x: Tensor, noise: NoiseLevel | None) -> Tensor:
     """Convert a prediction between parameterizations at sample ``x``."""
     src, dst = DIFFUSERS_PREDICTION_TYPES.get(src, src), DIFFUSERS_PREDICTION_TYPES.get(dst, dst)
     if src == dst:
@@ -84,7 +92,7 @@ class Prediction:
     value: Tensor
     kind: str
     x: Tensor
-    noise: NoiseLevel
+    noise: NoiseLevel | None
 
     def __post_init__(self):
         object.__setattr__(self, "kind", check_parameterization(self.kind, "prediction"))
@@ -117,11 +125,11 @@ class Guided:
     x0: Tensor
     eps: Tensor
     x: Tensor
-    noise: NoiseLevel
+    noise: NoiseLevel | None
     consistent: bool = True
 
     @staticmethod
-    def from_value(value: Tensor, kind: str, x: Tensor, noise: NoiseLevel) -> Guided:
+    def from_value(value: Tensor, kind: str, x: Tensor, noise: NoiseLevel | None) -> Guided:
         x0, eps = to_x0_eps(value, kind, x, noise)
         return Guided(x0, eps, x, noise, True)
 

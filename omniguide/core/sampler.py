@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from .errors import ConfigError, GuidanceError
 from .guider import (
     FOLLOW_UP,
     GRADIENT,
+    NOISE_LEVEL,
     REANCHOR,
     RECURRENCE,
     SAMPLE,
@@ -40,7 +41,7 @@ from .guider import (
 )
 from .model_call import ModelCall
 from .prediction import Guided, Prediction, check_parameterization
-from .schedulers import SchedulerView
+from .schedulers import SchedulerView, StepPoint
 
 
 @dataclass
@@ -58,26 +59,37 @@ StepCallback = Callable[[int, GuidanceStep, Guided, Mapping[str, Any]], None]
 
 def evaluate_guider(
     guider: Guider, executor: BranchExecutor, sample: Tensor, timestep: Any, step: GuidanceStep,
-    accumulate: bool = False,
+    accumulate: bool = False, branches: BranchTable | None = None, model: Callable | ModelCall | None = None,
+    also: Sequence[str] = (),
 ) -> tuple[dict[str, Prediction], Guided]:
-    """One guided evaluation: the branches the guider asks for, its follow-up round (counted in the same
-    step), and the combine. With a ``gradient`` requirement the sample carries autograd through the
-    model call and the combine; the result is detached. Shared by the sampler and the pipeline adapter."""
+    """The guided step, the one place it is written: the branches the guider asks for (with ``also``,
+    branches the caller needs from the same executor call), its follow-up round (counted in the same
+    step), and the combine. ``branches`` / ``model`` are this step's table and model (see
+    :class:`~omniguide.core.branch.BranchExecutor`). With a ``gradient`` requirement the sample
+    carries autograd through the model call and the combine; the result is detached. The sampler, the
+    pipeline adapter, the distillation objectives, the logits processor and the benches call it."""
     grad = GRADIENT in guider.requires()
     if grad:
         sample = sample.detach().requires_grad_(True)
         step = dataclasses.replace(step, x=sample)
     with torch.enable_grad() if grad else contextlib.nullcontext():
-        preds = executor(guider.branches(step), sample, timestep, step, accumulate=accumulate)
+        names = tuple(dict.fromkeys((*guider.branches(step), *also)))
+        preds = executor(names, sample, timestep, step, accumulate=accumulate, branches=branches, model=model)
         extra = guider.follow_up(preds, step)
         if extra:
-            executor.branches.update(extra)
-            preds = {**preds, **executor(list(extra), sample, timestep, step, accumulate=True)}
+            table = {**(branches or {}), **extra}
+            preds = {**preds, **executor(list(extra), sample, timestep, step, True, table, model)}
         result = guider.combine(preds, step)
     if grad:
         result = Guided(result.x0.detach(), result.eps.detach(), result.x.detach(), result.noise, result.consistent)
         preds = {k: Prediction(p.value.detach(), p.kind, p.x.detach(), p.noise) for k, p in preds.items()}
     return preds, result
+
+
+def step_at(view: SchedulerView, x: Tensor, i: int, axes: Axes | None) -> tuple[StepPoint, GuidanceStep]:
+    """The scheduler's point at step ``i`` for sample ``x`` and the step a guider reads there."""
+    point = view.point(x, i)
+    return point, GuidanceStep(point.model_input, point.model_noise.to(x), point.timestep, i, len(view.timesteps), axes)
 
 
 def renoise(x: Tensor, frm, to, generator: torch.Generator | None = None) -> Tensor:
@@ -116,11 +128,11 @@ def sample(
     ``report`` (what the guider and the corrector decided: chosen scales, effective sample sizes)."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ConfigError("num_steps", f"must be an int >= 1, got {num_steps!r}")
-    check_requirements(guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP, RECURRENCE, SAMPLE), "the sampler")
+    check_requirements(guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP, RECURRENCE, SAMPLE, NOISE_LEVEL),
+                       "the sampler")
     view = SchedulerView(scheduler, num_steps, device=noise.device)
     kind = check_parameterization(parameterization or view.parameterization)
-    executor = BranchExecutor(model, branches, kind, batch=batch)
-    executor.with_defaults(guider.branch_defaults())
+    executor = BranchExecutor(model, branches, kind, batch=batch, defaults=guider.branch_defaults())
     axes = as_axes(axes)
     recurrence = int(guider.recurrence)
     if recurrence > 1 and view.family != "vp":
@@ -134,8 +146,7 @@ def sample(
         corrector.reset(noise)
     for i in tqdm(range(num_steps), disable=not progress, desc="sampling", leave=False):
         for r in range(recurrence):
-            point = view.point(x, i)
-            step = GuidanceStep(point.model_input, point.model_noise.to(x), point.timestep, i, num_steps, axes)
+            point, step = step_at(view, x, i, axes)
             preds, result = evaluate_guider(guider, executor, point.model_input, point.timestep, step, accumulate=r > 0)
             x_next = view.step(result, point, x, generator)
             if r < recurrence - 1 and i < num_steps - 1:

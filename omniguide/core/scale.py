@@ -38,9 +38,11 @@ SCHEDULE_COORDINATES = ("t", "step", "progress")
 
 class DynamicScale:
     """Base of scales computed at each step: ``scale(step) -> float | Tensor`` (a tensor broadcast
-    against the sample). ``reads_step`` is True when the value depends on the sampler's step index."""
+    against the sample). ``reads_step`` / ``reads_noise`` are True when the value depends on the
+    sampler's step index / on the noise level (the ``sigma`` coordinate)."""
 
     reads_step: bool = False
+    reads_noise: bool = False
 
     def __call__(self, step):
         raise NotImplementedError
@@ -117,6 +119,10 @@ class Piecewise(DynamicScale):
     @property
     def reads_step(self) -> bool:
         return self.coordinate == "step"
+
+    @property
+    def reads_noise(self) -> bool:
+        return self.coordinate == "sigma"
 
     def index(self, x: Tensor) -> Tensor:
         """The bin of each value of the coordinate ``x`` (compared in ``x``'s precision, as

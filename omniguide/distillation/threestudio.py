@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from ..core.guider import PROGRESS, SAMPLE, check_requirements
+from ..core.guider import NOISE_LEVEL, PROGRESS, SAMPLE, check_requirements
 from ..core.registry import build_guider
 from .estimators import Estimator
 from .objectives.base import Context, Draws
@@ -95,7 +95,7 @@ def guidance_class(threestudio: Any, objective_name: str) -> type:
             self.objective = build_objective({"name": objective_name, **dict(cfg.objective)}, "guidance.objective")
             self.objective.check_prior(self.prior, "guidance.objective")
             self.guider = build_guider(dict(cfg.guider), "guidance.guider")
-            check_requirements(self.guider, (PROGRESS, SAMPLE), "score distillation")
+            check_requirements(self.guider, (PROGRESS, SAMPLE, NOISE_LEVEL), "score distillation")
             self.extra = self.prior.encode_prompts({name: [text.format(prompt=cfg.prompt)] for name, text in
                                                     self.objective.prompt_sets(cfg.prompt).items()})
             self.estimator = None

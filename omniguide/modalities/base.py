@@ -49,6 +49,7 @@ from ..core.errors import GuidanceError
 from ..core.guider import (
     FOLLOW_UP,
     GRADIENT,
+    NOISE_LEVEL,
     REANCHOR,
     SAMPLE,
     STEP_INDEX,
@@ -319,7 +320,8 @@ class Guide:
             raise GuidanceError(f"guide(): {type(pipe).__name__} has no denoiser module '{family.denoiser}'")
         if getattr(pipe, "_omniguide_guide", None) is not None:
             raise GuidanceError(f"guide(): this {type(pipe).__name__} is already inside a guide() block")
-        check_requirements(self.guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP, SAMPLE), "the pipeline adapter")
+        check_requirements(self.guider, (STEP_INDEX, REANCHOR, GRADIENT, FOLLOW_UP, SAMPLE, NOISE_LEVEL),
+                           "the pipeline adapter")
         # the denoiser and any experts (Wan 2.2's transformer_2), each intercepted the same way
         self.denoisers = {family.denoiser: self.denoiser}
         for name in family.experts:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..guider import REANCHOR, GuidanceStep, Guider, passthrough
+from ..guider import NOISE_LEVEL, REANCHOR, GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -44,7 +44,7 @@ class CFGPlusPlus(Guider):
 
     def requires(self) -> dict[str, str]:
         why = "CFG++ denoises with the guided x0 but re-noises with the unconditional eps"
-        return {**super().requires(), REANCHOR: why}
+        return {**super().requires(), REANCHOR: why, NOISE_LEVEL: why}
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         if is_neutral(resolve(self.scale, step), 0.0):

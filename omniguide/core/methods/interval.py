@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..guider import STEP_INDEX, GuidanceStep, Guider, passthrough
+from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, passthrough
 from ..noise import COORDINATES, coordinate_range
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -63,6 +63,8 @@ class Interval(Guider):
         needs = super().requires()
         if self.coordinate == "step":
             needs[STEP_INDEX] = "the interval is over the 'step' coordinate (use 'sigma' or 't')"
+        if self.coordinate == "sigma":
+            needs[NOISE_LEVEL] = "the interval is over the 'sigma' coordinate (use 't' or 'step')"
         return needs
 
     def inside(self, step: GuidanceStep) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..branch import Branch, Perturbation
 from ..errors import ConfigError
-from ..guider import STEP_INDEX, GuidanceStep, Guider, guided, passthrough
+from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough
 from ..noise import COORDINATES
 from ..perturbations import IdentityAttention, as_selectors
 from ..prediction import Guided, Prediction
@@ -81,6 +81,8 @@ class PerturbedGuidance(Guider):
         needs = super().requires()
         if self.perturbed_interval is not None and self.perturbed_coordinate == "step":
             needs[STEP_INDEX] = "the perturbed term's window is over the 'step' coordinate"
+        if self.perturbed_interval is not None and self.perturbed_coordinate == "sigma":
+            needs[NOISE_LEVEL] = "the perturbed term's window is over the 'sigma' coordinate"
         return needs
 
     @property

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from ..errors import ConfigError, GuidanceError
-from ..guider import SAMPLE, GuidanceStep, Guider, guided, passthrough
+from ..guider import NOISE_LEVEL, SAMPLE, GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
@@ -54,7 +54,8 @@ class ResidualCFG(Guider):
         self._previous = None
 
     def requires(self) -> dict[str, str]:
-        return {**super().requires(), SAMPLE: "residual-cfg rebuilds the unconditional noise from x_t"}
+        return {**super().requires(), SAMPLE: "residual-cfg rebuilds the unconditional noise from x_t",
+                NOISE_LEVEL: "residual-cfg rebuilds the unconditional noise from x_t"}
 
     def _state(self, step: GuidanceStep) -> Tensor | None:
         if step.index is None:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
-from ..guider import FOLLOW_UP, GuidanceStep, Guider, guided, passthrough
+from ..guider import FOLLOW_UP, NOISE_LEVEL, GuidanceStep, Guider, guided, passthrough
 from ..perturbations import AttentionRecorder, as_selectors, token_grid
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -84,7 +84,8 @@ class SAG(Guider):
         self.recorder = AttentionRecorder(self.layers)
 
     def requires(self) -> dict[str, str]:
-        return {**super().requires(), FOLLOW_UP: "sag evaluates the blurred sample after the first round"}
+        return {**super().requires(), FOLLOW_UP: "sag evaluates the blurred sample after the first round",
+                NOISE_LEVEL: "sag re-noises the blurred x0 to the step's level"}
 
     def cfg_on(self, step: GuidanceStep) -> bool:
         return not is_neutral(resolve(self.scale, step), 1.0)

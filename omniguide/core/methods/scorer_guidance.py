@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..guider import GRADIENT, RECURRENCE, GuidanceStep, Guider
+from ..guider import GRADIENT, NOISE_LEVEL, RECURRENCE, GuidanceStep, Guider
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -71,6 +71,7 @@ class ScorerGuidance(Guider):
             needs[GRADIENT] = "its forward mode differentiates the scorer through the denoiser"
         if int(self.recurrence_steps) > 1:
             needs[RECURRENCE] = f"recurrence_steps={self.recurrence_steps} repeats every step"
+        needs[NOISE_LEVEL] = "scorer guidance reads the step's alpha and sigma"
         return needs
 
     def config(self) -> dict:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, did_you_mean
-from ..guider import STEP_INDEX, GuidanceStep, Guider, guided, passthrough
+from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough
 from ..noise import COORDINATES, coordinate_range
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -131,6 +131,8 @@ class Terms(Guider):
             if term.step is not None or (term.shape != "constant" and term.coordinate == "step") or (
                     isinstance(term.scale, DynamicScale) and term.scale.reads_step):
                 needs[STEP_INDEX] = f"term '{name}' reads the 'step' coordinate"
+            if term.sigma is not None or (isinstance(term.scale, DynamicScale) and term.scale.reads_noise):
+                needs[NOISE_LEVEL] = f"term '{name}' reads the 'sigma' coordinate"
         return needs
 
     def active(self, step: GuidanceStep) -> dict[str, Any]:

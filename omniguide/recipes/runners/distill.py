@@ -164,7 +164,7 @@ def truth_for(cfg: DistillConfig):
 
 def build(cfg: DistillConfig) -> Built:
     """Build and check every component (``omniguide validate`` runs this)."""
-    from ...core.guider import PROGRESS, SAMPLE, check_requirements
+    from ...core.guider import NOISE_LEVEL, PROGRESS, SAMPLE, check_requirements
     from ...core.registry import build_guider
     from ...distillation import objectives  # noqa: F401  (registers the built-in objectives)
     from ...distillation.registry import build_objective
@@ -174,7 +174,7 @@ def build(cfg: DistillConfig) -> Built:
         raise errors.ConfigError("prompt", "a distill recipe needs a prompt")
     objective = build_objective(cfg.objective, "objective")
     guider = build_guider(cfg.guider, "guider")
-    check_requirements(guider, (PROGRESS, SAMPLE), "score distillation")
+    check_requirements(guider, (PROGRESS, SAMPLE, NOISE_LEVEL), "score distillation")
     if cfg.scene.type != "grid":
         raise errors.ConfigError("scene.type", f"unknown representation '{cfg.scene.type}'; valid: grid")
     scene = RadianceGrid(cfg.scene.resolution, cfg.scene.radius, cfg.scene.blob_density, cfg.scene.blob_radius)
