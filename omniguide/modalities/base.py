@@ -510,11 +510,11 @@ class Guide:
         table = {"cond": Branch("cond", inputs), "uncond": Branch("uncond", self._uncond_inputs(inputs))}
         for name, encoded in call.named.items():
             table[name] = Branch(name, self._uncond_inputs(inputs, encoded, name))
-        call.executor.model = self.model_calls[denoiser]
-        call.executor.branches = {**table, **self.branch_defaults, **self.resolved_branches}
+        table = {**table, **self.branch_defaults, **self.resolved_branches}
         self._inner = True
         try:
-            _, result = evaluate_guider(self.guider, call.executor, sample, timestep, step)
+            _, result = evaluate_guider(self.guider, call.executor, sample, timestep, step, branches=table,
+                                        model=self.model_calls[denoiser])
         finally:
             self._inner = False
         call.last = (result, noise)

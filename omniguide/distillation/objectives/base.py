@@ -44,6 +44,7 @@ from ...core.errors import ConfigError, GuidanceError
 from ...core.guider import GuidanceStep, Guider
 from ...core.noise import NoiseLevel
 from ...core.prediction import Guided, Prediction, check_parameterization
+from ...core.sampler import evaluate_guider
 from ..priors import Prior
 from ..schedules import Annealed, at
 
@@ -203,17 +204,18 @@ class Objective:
     def predict(self, ctx: Context, names: tuple[str, ...], x_t: Tensor, t: Tensor, step: GuidanceStep,
                 cond: str = "cond", extra: Mapping[str, Branch] | None = None) -> dict[str, Prediction]:
         """Run the named branches through the core's executor."""
-        ctx.executor.branches = {**self.table(ctx, cond), **(extra or {})}
-        return ctx.executor(names, x_t, t.to(x_t.device), step)
+        return ctx.executor(names, x_t, t.to(x_t.device), step, branches={**self.table(ctx, cond), **(extra or {})})
 
     def guided(self, ctx: Context, x_t: Tensor, t: Tensor, step: GuidanceStep, cond: str = "cond",
                also: tuple[str, ...] = (), extra: Mapping[str, Branch] | None = None
                ) -> tuple[Guided, dict[str, Prediction]]:
         """The guider's prediction at ``x_t`` (``cond`` names the prompt set used as the conditional
-        branch), plus the predictions of the branches in ``also`` from the same executor call."""
-        names = tuple(dict.fromkeys((*ctx.guider.branches(step), *also)))
-        preds = self.predict(ctx, names, x_t, t, step, cond, extra)
-        return ctx.guider.combine(preds, step), preds
+        branch), plus the predictions of the branches in ``also`` from the same executor call: the
+        core's guided step (:func:`~omniguide.core.sampler.evaluate_guider`)."""
+        table = {**self.table(ctx, cond), **(extra or {})}
+        preds, result = evaluate_guider(ctx.guider, ctx.executor, x_t, t.to(x_t.device), step, branches=table,
+                                        also=also)
+        return result, preds
 
     def __call__(self, ctx: Context) -> Output:
         """The gradient, its checks and clipping, the target loss and the logs."""
