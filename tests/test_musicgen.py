@@ -180,8 +180,9 @@ def test_methods2_guiders_on_the_logits(musicgen):
         assert handle.nfe_per_step == [3] * 4, (key, handle.nfe_per_step)
         ran.append(key)
     assert sorted(ran) == ["cfg-norm", "fresca", "magnitude-aware", "momentum", "perp-neg", "scale-search", "smc-cfg"]
-    with pytest.raises(GuidanceError, match=r"needs branch 'negative' at step 0; MusicGen's batch holds 'cond' and "
-                                            r"'uncond' \(add a prompt with guide_musicgen\(prompts="):
+    with pytest.raises(GuidanceError, match=r"branch 'negative' is needed at step 0 but not defined \(defined: cond, "
+                                            r"uncond\); MusicGen's batch holds 'cond' and 'uncond' \(add a prompt "
+                                            r"with guide_musicgen\(prompts="):
         with guide_musicgen(model, PerpNeg(3.0)):
             generate(model, inputs, max_new_tokens=4)
 
@@ -267,3 +268,24 @@ trainer: {{accelerator: cpu, devices: 1, enable_progress_bar: false, logger: non
     _, err = capsys.readouterr()
     assert rc != 0 and "cannot be produced by this model (at most 62 frames" in err
 
+
+
+def test_logits_have_no_noise_level():
+    """A decoding step carries no noise level: a prediction is its own value in every parameterization, t and
+    step run over the decoding steps, and a guider that reads sigma is refused in one line before generation."""
+    from omniguide import Interval, Terms
+    from omniguide.core.prediction import Prediction
+
+    step = GuidedLogitsProcessor(CFG(2.0), num_steps=5).step(torch.zeros(2, 4))
+    assert step.noise is None
+    logits = torch.randn(2, 4)
+    pred = Prediction(logits, "x0", step.x, step.noise)
+    assert all(pred.to(kind) is logits for kind in ("x0", "eps", "v", "flow"))
+    assert float(step.coordinate("t")) == 1.0 and float(step.coordinate("step")) == 0.0
+    with pytest.raises(GuidanceError, match=r"^'sigma' does not exist at step 0: it has no noise level \(logits\)$"):
+        step.coordinate("sigma")
+    for guider, why in [(Interval(CFG(3.0), sigma=(0.1, 5.0)), "the interval is over the 'sigma' coordinate"),
+                        (Terms({"uncond": {"scale": 2.0, "sigma": [0.0, 1.0]}}), "term 'uncond' reads the 'sigma'")]:
+        with pytest.raises(GuidanceError, match=rf"guider '{guider.name}' needs a noise level \(alpha, sigma\) for the "
+                                                rf"sample \({why}.*which the MusicGen logits processor does not provide"):
+            guide_musicgen(torch.nn.Identity(), guider)

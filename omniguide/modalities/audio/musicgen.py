@@ -8,16 +8,17 @@ MusicGen's own CFG (``guidance_scale > 1``) runs the decoder on a doubled batch 
 first, then rows whose text-encoder states are zeros -- and a
 ``ClassifierFreeGuidanceLogitsProcessor`` combines ``u + w (c - u)`` before any other processor
 (temperature, top-k). Inside ``guide_musicgen`` the doubled batch is kept and that processor is
-replaced, at the same place in the chain, by :class:`GuidedLogitsProcessor`, which hands the
-conditional and unconditional logits of each decoding step to the guider:
+replaced, at the same place in the chain, by :class:`GuidedLogitsProcessor`, which runs the core's
+guided step on the conditional and unconditional logits of each decoding step:
 
-* a logit vector is read as an ``x0`` prediction at a fixed noise level (``alpha = sigma = 1``,
-  sample 0), so CFG, rescale (std over the vocabulary), APG (norms / projections over the
-  vocabulary, per row = per sample and codebook), TCFG, CFG-Zero*, FDG and ``Terms`` act on the
-  logits themselves; the layout is ``BD`` (rows x vocabulary);
-* the step coordinate is the decoding step ``i / (N - 1)`` with ``N`` the new tokens, and the model
-  time ``t = 1 - i / (N - 1)`` (1 at the first token, as at pure noise), so intervals and schedules
-  over ``step`` or ``t`` apply over decoding steps; ``sigma`` is constant (1) and not meaningful;
+* a logit vector is a prediction with *no noise level* (``step.noise is None``): nothing converts it,
+  it is its own value in every parameterization, so CFG, rescale (std over the vocabulary), APG
+  (norms / projections over the vocabulary, per row = per sample and codebook), TCFG, CFG-Zero*, FDG
+  and ``Terms`` act on the logits themselves; the layout is ``BD`` (rows x vocabulary);
+* the step coordinate is the decoding step ``i / (N - 1)`` with ``N`` the new tokens, and ``t = 1 -
+  i / (N - 1)`` (the core's ``t`` without a noise level: 1 at the first token, as at pure noise), so
+  intervals and schedules over ``step`` or ``t`` apply over decoding steps; there is no ``sigma``,
+  and guiders that read it (an interval over ``sigma``) declare ``noise-level`` and are refused;
 * CFG++ (which re-anchors a diffusion sample), residual CFG (which rebuilds a noise from the
   sample) and guiders whose branches change the model, call another one or redraw the condition
   (PAG, SEG, skip-layer, autoguidance; Methods II's TSG, TPG, S²-Guidance, NAG, VSF, PLADIS, prior
@@ -43,11 +44,10 @@ import torch
 from torch import Tensor
 
 from ...core.axes import Axes
-from ...core.branch import Branch
+from ...core.branch import Branch, BranchExecutor
 from ...core.errors import GuidanceError
 from ...core.guider import STEP_INDEX, GuidanceStep, Guider, check_requirements
-from ...core.noise import NoiseLevel
-from ...core.prediction import Prediction
+from ...core.sampler import evaluate_guider
 
 LAYOUT = "BD"
 BRANCHES = ("cond", "uncond")
@@ -70,6 +70,8 @@ class GuidedLogitsProcessor(_logits_processor_base()):
         check_guider(guider, self.branches)
         self.guider, self.num_steps = guider, num_steps
         self.axes = Axes.from_layout(LAYOUT)
+        hint = f"; MusicGen's batch holds {held(self.branches)} (add a prompt with guide_musicgen(prompts={{...}}))"
+        self.executor = BranchExecutor(held_logits, None, "x0", batch=False, check_finite=False, undefined=hint)
         self.reset(num_steps)
 
     def reset(self, num_steps: int | None = None) -> None:
@@ -77,15 +79,13 @@ class GuidedLogitsProcessor(_logits_processor_base()):
         self.index = 0
         self.nfe_per_step: list[int] = []
         self.guided_steps = 0
+        self.executor.reset_counts()
         self.guider.reset()
 
     def step(self, x: Tensor) -> GuidanceStep:
+        """The decoding step: no sample (zeros of the logits' shape) and no noise level."""
         n = max(int(self.num_steps or 1), 1)
-        index = min(self.index, n - 1)
-        progress = torch.as_tensor(index / max(n - 1, 1), dtype=torch.float64)
-        one = torch.ones((), dtype=x.dtype, device=x.device)
-        noise = NoiseLevel(one, one, (1 - progress).to(device=x.device, dtype=x.dtype))
-        return GuidanceStep(torch.zeros_like(x), noise, None, index, n, self.axes)
+        return GuidanceStep(torch.zeros_like(x), None, None, min(self.index, n - 1), n, self.axes)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         n, rows = len(self.branches), input_ids.shape[0]
@@ -94,20 +94,21 @@ class GuidedLogitsProcessor(_logits_processor_base()):
                                 f"{scores.shape[0]}; is generate() running with the doubled CFG batch?")
         values = dict(zip(self.branches, scores.float().split(rows, dim=0)))
         step = self.step(values["cond"])
-        needed = self.guider.branches(step)
-        unknown = [b for b in needed if b not in values]
-        if unknown:
-            raise GuidanceError(f"guided logits: the guider needs branch '{unknown[0]}' at step {step.index}; "
-                                f"MusicGen's batch holds {held(self.branches)} (add a prompt with "
-                                "guide_musicgen(prompts={...}))")
-        preds = {name: Prediction(values[name], "x0", step.x, step.noise) for name in needed}
-        out = self.guider.combine(preds, step).x0
+        table = {name: {"logits": value} for name, value in values.items()}
+        preds, result = evaluate_guider(self.guider, self.executor, step.x, None, step, branches=table)
+        out = result.x0
         if not torch.isfinite(out).any(dim=-1).all():
             raise GuidanceError(f"guided logits: step {step.index} gave a row without a finite logit")
         self.nfe_per_step.append(n)
-        self.guided_steps += "uncond" in needed
+        self.guided_steps += "uncond" in preds
         self.index += 1
         return out.to(scores.dtype)
+
+
+def held_logits(sample: Tensor, timestep: None, logits: Tensor) -> Tensor:
+    """The "model" of a decoding step: the decoder already ran, and a branch's prediction is its rows of
+    the logits."""
+    return logits
 
 
 def held(branches: tuple[str, ...]) -> str:
