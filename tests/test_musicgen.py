@@ -286,6 +286,6 @@ def test_logits_have_no_noise_level():
         step.coordinate("sigma")
     for guider, why in [(Interval(CFG(3.0), sigma=(0.1, 5.0)), "the interval is over the 'sigma' coordinate"),
                         (Terms({"uncond": {"scale": 2.0, "sigma": [0.0, 1.0]}}), "term 'uncond' reads the 'sigma'")]:
-        with pytest.raises(GuidanceError, match=rf"guider '{guider.name}' needs a noise level \(alpha, sigma\) for the "
-                                                rf"sample \({why}.*which the MusicGen logits processor does not provide"):
+        need = rf"guider '{guider.name}' needs a noise level \(alpha, sigma\) for the sample \({why}"
+        with pytest.raises(GuidanceError, match=need + ".*which the MusicGen logits processor does not provide"):
             guide_musicgen(torch.nn.Identity(), guider)

@@ -211,7 +211,7 @@ class UNetStep:
 def unet_step(cfg: UNetBenchConfig, axes: str) -> UNetStep:
     """Build the UNet of ``cfg`` and its inputs, and place them at the measured step."""
     from ..core.axes import as_axes
-    from ..core.guider import GuidanceStep
+    from ..core.sampler import step_at
     from ..core.schedulers import SchedulerView, build_scheduler
 
     device, dtype = pick_device(cfg.device), pick_dtype(cfg.dtype)
@@ -222,8 +222,7 @@ def unet_step(cfg: UNetBenchConfig, axes: str) -> UNetStep:
     view = SchedulerView(scheduler, cfg.steps, device=device)
     index = cfg.steps // 2 if cfg.step_index < 0 else cfg.step_index
     x = noise * view.init_noise_sigma
-    point = view.point(x, index)
-    step = GuidanceStep(point.model_input, point.model_noise.to(x), point.timestep, index, cfg.steps, as_axes(axes))
+    point, step = step_at(view, x, index, as_axes(axes))   # as the sampler reaches step index
     return UNetStep(device, dtype, unet, cond, uncond, branches, scheduler, view, index, x, point, step)
 
 

@@ -147,6 +147,7 @@ def step_calls(s: benchkit.UNetStep) -> tuple[dict[str, Callable], dict[str, Pre
 
     from ...core.branch import BranchExecutor
     from ...core.registry import build_guider
+    from ...core.sampler import evaluate_guider
 
     point, step = s.point, s.step
     batched = BranchExecutor(s.unet, s.branches, s.view.parameterization, batch=True)
@@ -161,7 +162,7 @@ def step_calls(s: benchkit.UNetStep) -> tuple[dict[str, Callable], dict[str, Pre
     cfg_guider = build_guider({"name": "cfg", "scale": 7.5})
 
     def guided_step() -> Tensor:
-        result = cfg_guider.combine(both(), step)
+        _, result = evaluate_guider(cfg_guider, batched, point.model_input, point.timestep, step)
         if hasattr(s.scheduler, "_step_index"):
             s.scheduler._step_index = s.index  # stateful schedulers: step the same index again
         return s.view.step(result, point, s.x)

@@ -11,8 +11,9 @@ small diffusers UNet, measured side by side in one run.
         guider.cleanup_models(unet)
     pred = guider(batches).pred
 
-*omniguide* the way its sampler does: ``executor(guider.branches(step), ...)`` (branches that share
-a model and a perturbation batched into one forward) then ``guider.combine(preds, step)``. The
+*omniguide* through the core's guided step, as its sampler does (``evaluate_guider``: the executor runs
+``guider.branches(step)``, branches that share a model and a perturbation batched into one forward,
+then ``guider.combine(preds, step)``). The
 scheduler step is the same for both and left out. Each method is configured to do the same math
 on both sides where the libraries allow it; the largest difference between the two guided outputs
 is reported next to the timing (informative: some methods are defined differently, see ``notes``).
@@ -166,9 +167,10 @@ def diffusers_step(
 
 
 def ours_step(guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind: str) -> Callable[[], Tensor]:
+    from ...core.sampler import evaluate_guider
+
     def call() -> Tensor:
-        preds = executor(guider.branches(step), step.x, step.timestep, step)
-        return guider.combine(preds, step).to(kind)
+        return evaluate_guider(guider, executor, step.x, step.timestep, step)[1].to(kind)
 
     return call
 
@@ -193,8 +195,7 @@ def both_sides(name: str, cfg: BenchDiffusersConfig, s: benchkit.UNetStep, entry
         return {}
     ours = make_guider(ours_config(name, cfg), f"methods.{name}")
     ours.reset()
-    executor = BranchExecutor(s.unet, s.branches, s.view.parameterization)
-    executor.with_defaults(ours.branch_defaults())
+    executor = BranchExecutor(s.unet, s.branches, s.view.parameterization, defaults=ours.branch_defaults())
     mine = ours_step(ours, executor, s.step, s.view.parameterization)
     other = diffusers_step(theirs, s.unet, s.point.model_input, s.point.timestep, s.cond, s.uncond, s.index, cfg.steps)
     try:
