@@ -380,3 +380,29 @@ def test_scheduler_short_names_and_comfyui_aliases():
     assert type(build_scheduler("euler_ancestral")).__name__ == "EulerAncestralDiscreteScheduler"
     with pytest.raises(ConfigError, match="unknown scheduler 'dpmpp_3m'; did you mean"):
         build_scheduler("dpmpp_3m")
+
+
+def test_executor_takes_per_call_tables_and_models_and_keeps_its_own():
+    """What changes per step is an argument of the call: ``branches=`` overlays the standing table and
+    ``model=`` runs the branches without a model of their own, for that call only; a guider's defaults from
+    the constructor yield to the caller's branches of the same name; NFE and passes are counted per call."""
+    def plus(x, t, emb):
+        return x + emb
+
+    def minus(x, t, emb):
+        return x - emb
+
+    x, ones = torch.zeros(2, 3), torch.ones(2, 1)
+    step = GuidanceStep(x, NoiseLevel.vp(torch.tensor(0.5)), 10, 0, 1, None)
+    ex = BranchExecutor(plus, {"cond": {"emb": ones}}, defaults={"cond": Branch("cond", {"emb": 0 * ones}),
+                                                                 "extra": Branch("extra", {"emb": 2 * ones})})
+    standing, model = dict(ex.branches), ex.model
+    preds = ex(["cond", "extra"], x, 10, step)
+    assert preds["cond"].value.eq(1).all() and preds["extra"].value.eq(2).all()
+    preds = ex(["cond", "uncond"], x, 10, step, branches={"uncond": {"emb": 3 * ones}}, model=minus)
+    assert preds["cond"].value.eq(-1).all() and preds["uncond"].value.eq(-3).all()
+    assert ex.branches == standing and ex.model is model
+    assert (ex.nfe_per_step, ex.passes_per_step) == ([2, 2], [1, 1])
+    with pytest.raises(GuidanceError, match=r"^branch 'uncond' is needed at step 0 but not defined \(defined: cond, "
+                                            r"extra\); add it$"):
+        BranchExecutor(plus, standing, undefined="; add it")(["uncond"], x, 10, step)
