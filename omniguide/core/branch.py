@@ -156,12 +156,10 @@ class BranchExecutor:
     """Runs named branches of a model (a callable ``model(sample, timestep, **inputs)`` or a
     :class:`~omniguide.core.model_call.ModelCall`) and counts the work.
 
-    It is configured once, here: ``branches`` is the standing table, ``defaults`` the branches a
-    guider defines itself (a standing branch of the same name wins). What changes from call to call
-    is an argument of the call: ``executor(names, ..., branches=table, model=m)`` overlays ``table``
-    on the standing one and runs branches without a model of their own on ``m`` (the adapter's
-    per-call inputs and current denoiser, an objective's prompt sets, a follow-up round).
-    ``undefined`` is added to the error for a needed branch that no table defines (the fix).
+    Configured here only: ``branches`` is the standing table, ``defaults`` a guider's own branches
+    (a standing one of the same name wins), ``undefined`` the fix named when a needed branch is not
+    defined. What changes per call is an argument: ``branches=`` overlays the standing table and
+    ``model=`` runs the branches that have no model of their own, for that call only.
 
     ``noise_of(timestep)`` gives the noise level of a branch that overrides the timestep without
     its own ``noise`` (the adapter passes its model's training schedule). ``nfe`` counts branch
@@ -201,8 +199,7 @@ class BranchExecutor:
         return sum(self.passes_per_step)
 
     def with_defaults(self, defaults: Mapping[str, Branch]) -> None:
-        """Add branches a guider defines itself, unless the user defined them (kept for existing
-        callers; ``defaults=`` in the constructor does the same)."""
+        """Add branches a guider defines itself, unless the user defined them (as ``defaults=``)."""
         for name, branch in defaults.items():
             self.branches.setdefault(name, branch)
 

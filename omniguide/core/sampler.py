@@ -62,12 +62,11 @@ def evaluate_guider(
     accumulate: bool = False, branches: BranchTable | None = None, model: Callable | ModelCall | None = None,
     also: Sequence[str] = (),
 ) -> tuple[dict[str, Prediction], Guided]:
-    """The guided step, the one place it is written: the branches the guider asks for (with ``also``,
-    branches the caller needs from the same executor call), its follow-up round (counted in the same
-    step), and the combine. ``branches`` / ``model`` are this step's table and model (see
-    :class:`~omniguide.core.branch.BranchExecutor`). With a ``gradient`` requirement the sample
-    carries autograd through the model call and the combine; the result is detached. The sampler, the
-    pipeline adapter, the distillation objectives, the logits processor and the benches call it."""
+    """The guided step, written once for every driver: the branches the guider asks for (and ``also``,
+    in the same executor call), its follow-up round (counted in the same step), and the combine;
+    ``branches`` / ``model`` hold for this step (see :class:`~omniguide.core.branch.BranchExecutor`).
+    With a ``gradient`` requirement the sample carries autograd through the model call and the
+    combine; the result is detached."""
     grad = GRADIENT in guider.requires()
     if grad:
         sample = sample.detach().requires_grad_(True)
