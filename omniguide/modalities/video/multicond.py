@@ -35,7 +35,7 @@ import torch
 from ...core.axes import as_axes, std
 from ...core.branch import Branch
 from ...core.errors import ConfigError
-from ...core.guider import STEP_INDEX, GuidanceStep, Guider, guided, passthrough
+from ...core.guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough
 from ...core.methods.common import check_space
 from ...core.methods.terms import Term, as_term
 from ...core.noise import COORDINATES, coordinate_range
@@ -129,6 +129,8 @@ class Nested(Guider):
         needs = super().requires()
         if any(t.reads_step for t in self.terms):
             needs[STEP_INDEX] = "a nested term reads the 'step' coordinate"
+        if any(t.sigma is not None or isinstance(t.scale, DynamicScale) and t.scale.reads_noise for t in self.terms):
+            needs[NOISE_LEVEL] = "a nested term reads the 'sigma' coordinate"
         return needs
 
     def coefficients(self, step: GuidanceStep) -> dict[str, Any]:
@@ -205,6 +207,8 @@ class MultiModal(Guider):
         for name, term in self.terms.items():
             if term.step is not None or (isinstance(term.scale, DynamicScale) and term.scale.reads_step):
                 needs[STEP_INDEX] = f"term '{name}' reads the 'step' coordinate"
+            if term.sigma is not None or (isinstance(term.scale, DynamicScale) and term.scale.reads_noise):
+                needs[NOISE_LEVEL] = f"term '{name}' reads the 'sigma' coordinate"
         return needs
 
     def branch_defaults(self) -> dict:
