@@ -101,7 +101,7 @@ class GuidanceStep:
             return torch.as_tensor(float(self.progress), dtype=self.noise.sigma.dtype)
         if self.noise is not None:
             return self.noise.coordinate(name, self.index, self.num_steps)
-        if name not in ("t", "step") or self.index is None or not self.num_steps:  # a guider would declare NOISE_LEVEL
+        if name not in ("t", "step") or self.index is None or not self.num_steps:  # readers of sigma declare it
             raise GuidanceError(f"'{name}' does not exist at {self.where}: it has no noise level (logits)")
         at = self.index / max(self.num_steps - 1, 1)   # without a noise level t runs over the steps: 1 at the first
         return torch.as_tensor(1 - at if name == "t" else at, dtype=self.x.dtype, device=self.x.device)
