@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from . import errors
+from .. import errors
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
@@ -187,8 +187,9 @@ def _restore_torch_threads(threads: int | None) -> None:
 
 
 def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
+    from .components import all_components, component_kind
     from .config import entry_point_plugins
-    from .registry import all_components, committed_names, component_kind
+    from .registry import committed_names
     from .runners import FAILED
 
     for module, why in FAILED.items():
