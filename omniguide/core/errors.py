@@ -1,6 +1,3 @@
-"""The user-facing errors, re-exported from the ground floor (:mod:`omniguide.errors`, which imports
-nothing), so the core's modules and users' ``from omniguide.core.errors import ConfigError`` keep working."""
+"""The user-facing errors, kept importable here; they live on the ground floor, :mod:`omniguide.errors`."""
 
-from ..errors import ConfigError, GuidanceError, OmniguideError, did_you_mean, nearest
-
-__all__ = ["ConfigError", "GuidanceError", "OmniguideError", "did_you_mean", "nearest"]
+from ..errors import ConfigError, GuidanceError, OmniguideError, did_you_mean, nearest  # noqa: F401

@@ -69,18 +69,12 @@ def check_constraints(obj: Any, path: str = "", base_dirs: tuple[Path, ...] = ()
 def _check_finite(value: Any, hint: Any, where: str) -> None:
     """NaN or infinity in a field typed ``float`` (or in a ``list[float]``) is an error: omegaconf
     accepts ``nan`` and ``inf`` as floats, and no float setting of a recipe means either."""
-    if _is_float_type(hint) and isinstance(value, float):
+    if float in declared_types(hint) and isinstance(value, float):
         require_finite(value, where)
-    elif isinstance(value, list) and typing.get_origin(hint) is list and _is_float_type(typing.get_args(hint)[0]):
+    elif isinstance(value, list) and typing.get_origin(hint) is list \
+            and float in declared_types(typing.get_args(hint)[0]):
         for i, item in enumerate(value):
             require_finite(item, f"{where}.{i}")
-
-
-def _is_float_type(hint: Any) -> bool:
-    """``float``, ``float | None`` or ``Optional[float]``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return float in typing.get_args(hint)
-    return hint is float
 
 
 def require_finite(value: Any, where: str) -> None:

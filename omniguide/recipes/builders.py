@@ -9,16 +9,15 @@ which build their guiders and schedulers here. Importing this module registers t
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from ..core.errors import ConfigError, did_you_mean
+from ..core.errors import ConfigError
 from ..core.guider import Guider
 from ..core.registry import GUIDERS, build_guider
 from ..core.scale import DynamicScale, build_scale
 from ..core.schedulers import ALIASES, BY_NAME, SCHEDULER_NAMES, build_scheduler
-from ..io.config import as_number, declared_fields, describe, init_parameters, require_finite
+from ..io.config import as_number, declared_fields, describe, init_parameters, require_finite, strict_kwargs
 from .registry import SCHEDULERS
 
 for _name in SCHEDULER_NAMES:
@@ -114,15 +113,7 @@ def make_scheduler(cfg: Mapping[str, Any], path: str = "scheduler") -> Any:
 
     cfg = _named(cfg, path)
     cls = getattr(diffusers, SCHEDULERS.get(cfg["name"], f"{path}.name"))
-    known = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-    kwargs = {}
-    for key, value in cfg.items():
-        if key == "name":
-            continue
-        if key not in known:
-            hint = did_you_mean(key, known)
-            raise ConfigError(f"{path}.{key}", f"unknown key for scheduler '{cfg['name']}'{hint}")
-        kwargs[key] = value
+    kwargs = strict_kwargs(cls.__init__, cfg, path, what=f"scheduler '{cfg['name']}'")
     return build_scheduler(cfg["name"], path, **kwargs)
 
 

@@ -1,7 +1,3 @@
-"""The user-facing errors, re-exported from the ground floor (:mod:`omniguide.errors`) for modules
-and plugins that import them from the recipe layer. The classes are the core's own, so ``except
-omniguide.ConfigError`` catches everything the recipe layer raises."""
+"""The user-facing errors, kept importable here; they live on the ground floor, :mod:`omniguide.errors`."""
 
-from ..errors import ConfigError, GuidanceError, OmniguideError, did_you_mean, nearest
-
-__all__ = ["ConfigError", "GuidanceError", "OmniguideError", "did_you_mean", "nearest"]
+from ..errors import ConfigError, GuidanceError, OmniguideError, did_you_mean, nearest  # noqa: F401

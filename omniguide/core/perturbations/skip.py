@@ -58,9 +58,8 @@ class SkipBlocks(LayerPerturbation):
         check_fired(fired, self.who, "a call of the block")
 
 
-# output order of diffusers' tuple-returning blocks (the class, by its import path), used when both
-# streams have the same shape. Matched by class (subclasses too), read from the modules already loaded:
-# a block of one of these classes means its module is imported, and the core never imports diffusers.
+# output order of diffusers' tuple-returning blocks, used when both streams have the same shape; matched
+# by class (subclasses too) in the modules already loaded (such a block means its module is imported)
 OUTPUT_ORDER = {
     "diffusers.models.attention:JointTransformerBlock": ("context", "hidden"),
     "diffusers.models.transformers.transformer_flux:FluxTransformerBlock": ("context", "hidden"),
