@@ -23,13 +23,10 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..io.config import Registry, construct, register_conversion
+from ..io.config import Registry, construct, register_conversion  # noqa: F401  (Registry: re-exported)
 from .errors import ConfigError
-from .guider import Guider, guider_config
-from .scale import SCALES, build_scale, register_scale
-
-__all__ = ["GUIDERS", "PRESETS", "SCALES", "Preset", "Registry", "build_guider", "build_scale", "guider_config",
-           "preset", "register_guider", "register_preset", "register_scale"]
+from .guider import Guider, guider_config  # noqa: F401  (re-exported, as are the scales' names)
+from .scale import SCALES, build_scale, register_scale  # noqa: F401
 
 GUIDERS = Registry("guider")
 

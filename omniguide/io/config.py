@@ -5,13 +5,11 @@
   :class:`~omniguide.errors.ConfigError` naming the dotted path.
 * :func:`build_dataclass` builds a schema dataclass from a mapping (omegaconf checks the types);
   :func:`find_file` finds a file given in a config next to the recipe (:data:`RECIPE_DIRS`).
-* :class:`Registry` holds one kind of component by name, and :meth:`Registry.build` is the one way
-  to build a component from ``{name: ..., key: value}``: guiders, presets, scales, correctors,
-  scorers, objectives, recipe models. Each value is converted by its field's declared type (the
-  resolved type hints, never type names as text): a room registers the conversion of its own types
-  (:func:`register_conversion`: the core builds ``Guider``-typed fields as guiders, scales through
-  the scale registry, lists for ``Tensor`` fields as tensors; distillation builds annealed values),
-  so this floor names no class above it.
+* :class:`Registry` holds one kind of component by name; :meth:`Registry.build` (:func:`construct`)
+  is the one way to build guiders, presets, scales, correctors, scorers, objectives and recipe
+  models from ``{name: ..., key: value}``. Values are converted by their fields' declared types
+  (resolved type hints, never type names as text), with conversions the rooms register for their
+  own types (:func:`register_conversion`), so this floor names no class above it.
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""Guiders and schedulers from recipe configs, checked the way the run builds them.
-
-    guider: {name: cfg, scale: 4}                         # any guider of omniguide.core, checked first
-    scheduler: {name: ddim}                               # any name in omniguide.core.schedulers
-
-Below the sample models (:mod:`omniguide.recipes.components`, :mod:`omniguide.recipes.sample_models`),
-which build their guiders and schedulers here. Importing this module registers the schedulers' names.
-"""
+"""Guiders (``guider: {name: cfg, scale: 4}``) and schedulers (``scheduler: {name: ddim}``) from recipe
+configs, checked the way the run builds them; below the sample models, which build theirs here."""
 
 from __future__ import annotations
 
