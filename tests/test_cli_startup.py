@@ -62,12 +62,13 @@ def test_list_imports_no_heavy_library_and_prints_every_builtin():
 
 
 def test_the_committed_name_index_matches_the_live_registries():
-    code = ("import json; from omniguide.recipes.registry import builtin_names, committed_names; "
+    code = ("import json; from omniguide.recipes.components import builtin_names; "
+            "from omniguide.recipes.registry import committed_names; "
             "print(json.dumps([builtin_names(), committed_names()]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     live, committed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert live == committed, ("omniguide/recipes/builtin_components.json is stale; regenerate it with "
-                               'python -c "from omniguide.recipes.registry import write_builtin_index as w; w()"')
+                               'python -c "from omniguide.recipes.components import write_builtin_index as w; w()"')
 
 
 def test_list_with_a_plugin_shows_the_plugins_components(tmp_path):

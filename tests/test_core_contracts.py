@@ -406,3 +406,46 @@ def test_executor_takes_per_call_tables_and_models_and_keeps_its_own():
     with pytest.raises(GuidanceError, match=r"^branch 'uncond' is needed at step 0 but not defined \(defined: cond, "
                                             r"extra\); add it$"):
         BranchExecutor(plus, standing, undefined="; add it")(["uncond"], x, 10, step)
+
+
+def test_one_builder_converts_each_value_by_its_declared_type():
+    """``Registry.build`` (the one builder of guiders, scales, correctors, objectives, models ...) reads
+    the declared field types: a Guider-typed field is built as a guider, a scale field through the scale
+    registry, a list for a Tensor field as a tensor, an annealed field by distillation's conversion, a
+    list for a tuple field as a tuple; a class that only shares a name gets no conversion."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from omniguide.core import CFG, ConfigError, Guider, ScaleSchedule
+    from omniguide.core.scale import Piecewise
+    from omniguide.distillation.schedules import Anneal
+    from omniguide.io.config import Registry
+
+    Lookalike = type("Guider", (), {})   # same name as the core's Guider, unrelated class
+
+    @dataclass
+    class Thing:
+        inner: Guider | None = None
+        scale: float | ScaleSchedule | Piecewise = 1.0
+        weights: torch.Tensor | None = None
+        t_max: float | Anneal = 0.98
+        pair: tuple[float, float] = (0.0, 1.0)
+        other: Lookalike | dict | None = None
+
+    things = Registry("thing")
+    things.register("thing")(Thing)
+    built = things.build({"name": "thing", "inner": {"name": "cfg", "scale": 3}, "scale": {"shape": "linear",
+                          "scale": 7}, "weights": [1.0, 2.0], "t_max": {"values": [0.98, 0.5]}, "pair": [0.2, 0.8],
+                          "other": {"name": "cfg"}}, "thing")
+    assert isinstance(built.inner, CFG) and built.inner.scale == 3
+    assert built.scale == ScaleSchedule(shape="linear", scale=7)
+    assert isinstance(built.weights, torch.Tensor) and built.weights.tolist() == [1.0, 2.0]
+    assert built.t_max == Anneal(values=(0.98, 0.5)) and built.pair == (0.2, 0.8)
+    assert built.other == {"name": "cfg"}
+    with pytest.raises(ConfigError, match=r"^thing\.inner\.scael: unknown key for guider 'cfg'; did you mean 'scale'"):
+        things.build({"name": "thing", "inner": {"name": "cfg", "scael": 3}}, "thing")
+    with pytest.raises(ConfigError, match=r"^thing\.t_max\.valus: unknown key for an annealed value; did you mean"):
+        things.build({"name": "thing", "t_max": {"valus": [1, 0]}}, "thing")
+    with pytest.raises(ConfigError, match=r"^thing\.wieghts: unknown key for thing 'thing'; did you mean 'weights'"):
+        things.build({"name": "thing", "wieghts": [1]}, "thing")

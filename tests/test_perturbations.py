@@ -426,3 +426,19 @@ def test_several_perturbations_through_terms(unet):
     assert executor.passes_per_step == [3] and executor.nfe_per_step == [4]
     out = guider.combine(preds, step).eps
     torch.testing.assert_close(out, c + 4 * (c - u) + 3 * (c - p1) + 2 * (c - p2), rtol=1e-5, atol=1e-5)
+
+
+def test_block_output_order_is_matched_by_class_not_by_name():
+    """The stream-order tie-break of skip-layer recognises diffusers' joint blocks by class (subclasses
+    too); an unrelated class that merely shares the name gets no order."""
+    from diffusers.models.attention import JointTransformerBlock
+
+    from omniguide.core.perturbations.skip import output_order
+
+    block = JointTransformerBlock(dim=8, num_attention_heads=1, attention_head_dim=8, context_pre_only=False)
+    assert output_order(block) == ("context", "hidden")
+    sub = type("MyJointBlock", (JointTransformerBlock,), {})(dim=8, num_attention_heads=1, attention_head_dim=8,
+                                                          context_pre_only=False)
+    assert output_order(sub) == ("context", "hidden")
+    lookalike = type("JointTransformerBlock", (torch.nn.Module,), {})()
+    assert output_order(lookalike) is None

@@ -41,7 +41,7 @@ Three optional hooks, all with neutral defaults, serve methods that are not a si
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -51,6 +51,7 @@ from .axes import Axes
 from .errors import GuidanceError
 from .noise import NoiseLevel
 from .prediction import Guided, Prediction
+from .scale import SCALES, DynamicScale, ScaleSchedule
 
 STEP_INDEX = "step-index"
 REANCHOR = "reanchor"
@@ -212,9 +213,32 @@ class Guider:
 
     def config(self) -> dict:
         """A plain dict that :func:`omniguide.core.registry.build_guider` turns back into this guider."""
-        from .registry import guider_config
-
         return guider_config(self)
+
+
+def guider_config(guider: Guider) -> dict:
+    """The inverse of :func:`~omniguide.core.registry.build_guider`: a plain dict of the guider's
+    name and init fields (nested guiders, registered scales, axes and tensors as plain values)."""
+
+    def plain(value):
+        if isinstance(value, Guider):
+            return guider_config(value)
+        if isinstance(value, ScaleSchedule):
+            return asdict(value)
+        if isinstance(value, DynamicScale) and is_dataclass(value) and getattr(type(value), "name", None) in SCALES:
+            return {"name": type(value).name,
+                    **{f.name: plain(getattr(value, f.name)) for f in fields(value) if f.init}}
+        if isinstance(value, Axes):
+            return value.config()
+        if isinstance(value, Tensor):
+            return value.tolist()
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {"name": type(guider).name, **{f.name: plain(getattr(guider, f.name)) for f in fields(guider) if f.init}}
 
 
 def passthrough(preds: Mapping[str, Prediction], step: GuidanceStep, name: str = "cond") -> Guided:

@@ -10,10 +10,11 @@
     # ConfigError: guider.scle: unknown key for guider 'my-method'; did you mean 'scale'?
     build_guider({"preset": "ace-step", "scale": 10})     # a named configuration (register_preset)
 
-A guider field that holds another guider is built recursively (``interval``, ``schedule``); a
-scale given as ``{shape: linear, scale: 7}`` becomes a :class:`~omniguide.core.scale.ScaleSchedule`,
-and ``{name: piecewise, values: [...], at: [...]}`` any registered dynamic scale
-(:data:`SCALES`; ``@register_scale("name")`` adds one).
+Every component is built by the ground floor's one builder (:meth:`omniguide.io.config.Registry.build`),
+which converts each value by its field's declared type: a field declared as a :class:`Guider` is built
+as a guider (``interval``, ``schedule``; registered below), a scale given as ``{shape: linear, scale: 7}``
+becomes a :class:`~omniguide.core.scale.ScaleSchedule` and ``{name: piecewise, values: [...], at: [...]}``
+any registered dynamic scale (:data:`SCALES`; ``@register_scale("name")`` adds one).
 """
 
 from __future__ import annotations
@@ -22,60 +23,12 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
-from .axes import Axes
-from .errors import ConfigError, did_you_mean
-from .scale import DynamicScale, Piecewise, ScaleSchedule
-
-
-class Registry:
-    """Names -> classes (or factories) of one kind of component.
-
-    ``loaders`` are called once, the first time a name is looked up or listed, for registries whose
-    entries live in packages the core does not import (guider presets register from the modalities)."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._items: dict[str, Any] = {}
-        self.loaders: list[Callable[[], Any]] = []
-
-    def _load(self) -> None:
-        while self.loaders:
-            self.loaders.pop(0)()
-
-    def register(self, name: str) -> Callable:
-        def decorator(obj):
-            if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} '{name}' is registered twice ({self._items[name]} and {obj})")
-            self._items[name] = obj
-            if isinstance(obj, type):
-                obj.name = name
-            return obj
-
-        return decorator
-
-    def get(self, name: str, path: str = "name") -> Any:
-        if not isinstance(name, str):
-            raise ConfigError(path, f"expected a {self.kind} name (a string), got {type(name).__name__}")
-        if name not in self._items:
-            self._load()
-        if name not in self._items:
-            raise ConfigError(path, f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}")
-        return self._items[name]
-
-    def names(self) -> list[str]:
-        self._load()
-        return sorted(self._items)
-
-    def __contains__(self, name: str) -> bool:
-        if name not in self._items:
-            self._load()
-        return name in self._items
-
+from ..io.config import Registry, construct, register_conversion  # noqa: F401  (Registry: re-exported)
+from .errors import ConfigError
+from .guider import Guider, guider_config  # noqa: F401  (re-exported, as are the scales' names)
+from .scale import SCALES, build_scale, register_scale  # noqa: F401
 
 GUIDERS = Registry("guider")
-SCALES = Registry("scale")
 
 
 def register_guider(name: str) -> Callable:
@@ -125,152 +78,26 @@ def preset(name: str, **overrides: Any):
     return build_guider({"preset": name, **overrides})
 
 
-def _build_preset(cfg: Mapping, path: str):
-    if "name" in cfg:
-        raise ConfigError(f"{path}.name", "give either 'name' (a guider) or 'preset' (a named configuration), not both")
-    item = PRESETS.get(cfg["preset"], f"{path}.preset")
-    known = item.parameters()
-    kwargs = {}
-    for key, value in cfg.items():
-        if key == "preset":
-            continue
-        if key not in known:
-            raise ConfigError(f"{path}.{key}", f"unknown key for preset '{item.name}'{did_you_mean(key, known)}")
-        kwargs[key] = tuple(value) if isinstance(value, list) else value
-    try:
-        return item.build(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(path, f"preset '{item.name}': {err}") from None
-
-
-def register_scale(name: str) -> Callable:
-    """Class decorator: make a :class:`~omniguide.core.scale.DynamicScale` dataclass buildable by
-    name in a guider's scale fields (``scale: {name: ..., ...}``)."""
-    return SCALES.register(name)
-
-
-register_scale("piecewise")(Piecewise)
-register_scale("schedule")(ScaleSchedule)
-
-
-def build_scale(cfg: Any, path: str = "scale") -> Any:
-    """A dynamic scale from ``{name: ..., **fields}`` (lists become tuples); anything else unchanged."""
-    if isinstance(cfg, DynamicScale) or not isinstance(cfg, Mapping):
-        return cfg
-    cls = SCALES.get(cfg.get("name"), f"{path}.name")
-    known = init_fields(cls)
-    kwargs = {}
-    for key, value in cfg.items():
-        if key == "name":
-            continue
-        if key not in known:
-            raise ConfigError(f"{path}.{key}", f"unknown key for scale '{cfg['name']}'{did_you_mean(key, known)}")
-        kwargs[key] = _plain_value(value, known[key], f"{path}.{key}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
-    except TypeError as err:
-        raise ConfigError(path, str(err)) from None
-
-
-def _plain_value(value: Any, field: dataclasses.Field, path: str) -> Any:
-    if isinstance(value, Mapping) and "name" in value and "Scale" in str(field.type):
-        return build_scale(value, path)
-    if isinstance(value, list) and "Tensor" in str(field.type) and all(isinstance(v, (int, float)) for v in value):
-        return torch.tensor(value)
-    if isinstance(value, list):
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    return value
-
-
-def init_fields(cls) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.init}
-
-
 def build_guider(cfg: Any, path: str = "guider"):
-    """A guider from a config mapping ``{name: ..., **fields}`` (or a guider, returned as is)."""
-    from .guider import Guider
-
+    """A guider from a config mapping ``{name: ..., **fields}`` or ``{preset: ..., **overrides}``
+    (or a guider, returned as is)."""
     if isinstance(cfg, Guider):
         return cfg
-    if isinstance(cfg, str):
-        cfg = {"name": cfg}
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(path, f"expected a guider config with a 'name', got {type(cfg).__name__}")
-    if cfg.get("preset") is not None:
-        return _build_preset(cfg, path)
-    if "preset" in cfg:   # `preset: null` (an item overriding a recipe's preset with a named guider)
+    if isinstance(cfg, Mapping) and cfg.get("preset") is not None:
+        if "name" in cfg:
+            raise ConfigError(f"{path}.name",
+                              "give either 'name' (a guider) or 'preset' (a named configuration), not both")
+        item = PRESETS.get(cfg["preset"], f"{path}.preset")
+        overrides = {k: v for k, v in cfg.items() if k != "preset"}
+        return construct(item.build, overrides, path, f"preset '{item.name}'", errors_as=f"preset '{item.name}'")
+    if isinstance(cfg, Mapping) and "preset" in cfg:   # `preset: null` (an item overriding a recipe's preset)
         cfg = {k: v for k, v in cfg.items() if k != "preset"}
-    if "name" not in cfg:
-        raise ConfigError(f"{path}.name", f"missing; one of: {', '.join(GUIDERS.names())}")
-    cls = GUIDERS.get(cfg["name"], f"{path}.name")
-    known = init_fields(cls)
-    kwargs = {}
-    for key, value in cfg.items():
-        if key == "name":
-            continue
-        if key not in known:
-            raise ConfigError(f"{path}.{key}", f"unknown key for guider '{cfg['name']}'{did_you_mean(key, known)}")
-        kwargs[key] = _build_value(value, known[key], f"{path}.{key}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
-    except TypeError as err:
-        raise ConfigError(path, str(err)) from None
+    return GUIDERS.build(cfg, path)
 
 
-def _build_value(value: Any, field: dataclasses.Field, path: str) -> Any:
-    annotation = str(field.type)
-    if "Guider" in annotation and isinstance(value, (Mapping, str)) and not _is_plain_mapping_field(annotation):
-        return build_guider(value, path)
-    if isinstance(value, Mapping) and "name" in value and "Scale" in annotation:
-        return build_scale(value, path)
-    if isinstance(value, Mapping) and "shape" in value and "Scale" in annotation:
-        try:
-            return ScaleSchedule(**value)
-        except TypeError as err:
-            raise ConfigError(path, str(err)) from None
-        except ConfigError as err:
-            raise ConfigError(f"{path}.{err.path}", err.message) from None
-    if isinstance(value, list) and "Tensor" in annotation and "Scale" in annotation:
-        return torch.tensor(value)
-    if isinstance(value, list):
-        return tuple(value)
-    return value
+def _guider_field(value: Any, path: str) -> Any:
+    """The conversion of a field declared as a guider: a config (or a name) is built as one."""
+    return build_guider(value, path) if isinstance(value, (Mapping, str)) else value
 
 
-def _is_plain_mapping_field(annotation: str) -> bool:
-    return annotation.startswith(("Mapping", "dict"))
-
-
-def guider_config(guider) -> dict:
-    """The inverse of :func:`build_guider`: a plain dict of the guider's name and init fields."""
-    from .guider import Guider
-
-    def plain(value):
-        if isinstance(value, Guider):
-            return guider_config(value)
-        if isinstance(value, ScaleSchedule):
-            return dataclasses.asdict(value)
-        registered = getattr(type(value), "name", None) in SCALES
-        if isinstance(value, DynamicScale) and dataclasses.is_dataclass(value) and registered:
-            return {"name": type(value).name,
-                    **{f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}}
-        if isinstance(value, Axes):
-            return value.config()
-        if isinstance(value, torch.Tensor):
-            return value.tolist()
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    out = {"name": type(guider).name}
-    for name in init_fields(type(guider)):
-        out[name] = plain(getattr(guider, name))
-    return out
+register_conversion(Guider, _guider_field)

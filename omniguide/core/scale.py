@@ -3,7 +3,8 @@
 Any object deriving from :class:`DynamicScale` is a scale too: its value is computed from the
 step (a :class:`ScaleSchedule`, a :class:`Piecewise` schedule over steps or noise-level bins, or
 maps over the sample's declared axes such as the video modality's per-frame ramps and regions).
-Dynamic scales are registered by name (``{name: piecewise, values: [...], at: [...]}`` in configs).
+Dynamic scales are registered by name (``{name: piecewise, values: [...], at: [...]}`` in configs,
+:data:`SCALES`; ``@register_scale("name")`` adds one).
 A tensor scale must broadcast to the sample; one that does not is a one-line error.
 
 A schedule moves a guidance scale away from its *neutral* value (the scale at which the method
@@ -25,11 +26,14 @@ start of training to ``neutral + 2 (w - neutral)`` at the end).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..io.config import Registry, construct, register_conversion
 from .errors import ConfigError, GuidanceError
 
 SHAPES = ("constant", "linear", "cosine")
@@ -178,3 +182,37 @@ def is_neutral(value: float | Tensor, neutral: float) -> bool:
     if isinstance(value, Tensor):
         return bool(torch.all(value == neutral))
     return math.isclose(value, neutral, abs_tol=1e-12)
+
+
+SCALES = Registry("scale")
+
+
+def register_scale(name: str):
+    """Class decorator: make a :class:`DynamicScale` dataclass buildable by name in a guider's
+    scale fields (``scale: {name: ..., ...}``)."""
+    return SCALES.register(name)
+
+
+register_scale("piecewise")(Piecewise)
+register_scale("schedule")(ScaleSchedule)
+
+
+def build_scale(cfg: Any, path: str = "scale") -> Any:
+    """A dynamic scale from ``{name: ..., **fields}`` or a schedule ``{shape: linear, scale: 7}``;
+    anything else unchanged. It is the conversion of every field declared as a :class:`DynamicScale`."""
+    if not isinstance(cfg, Mapping):
+        return cfg
+    if "name" not in cfg and "shape" in cfg:
+        return construct(ScaleSchedule, cfg, path, "scale 'schedule'")
+    return SCALES.build(cfg, path)
+
+
+def _tensor(value: Any, path: str) -> Any:
+    """A list of numbers for a field declared as a tensor: the tensor (per frame, band, ...)."""
+    if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return torch.tensor(value)
+    return value
+
+
+register_conversion(DynamicScale, build_scale)
+register_conversion(Tensor, _tensor)

@@ -66,6 +66,13 @@ def is_flow_scheduler(scheduler) -> bool:
             or config.get("prediction_type") == "flow_prediction")
 
 
+def stochastic_first_order() -> tuple[type, ...]:
+    """diffusers' schedulers whose step samples the reverse SDE to first order (ancestral steps)."""
+    import diffusers
+
+    return (diffusers.DDPMScheduler, diffusers.EulerAncestralDiscreteScheduler)
+
+
 def model_parameterization(scheduler) -> str:
     """What a model driven by ``scheduler`` predicts: ``flow`` for flow-matching schedulers, else the
     scheduler's ``prediction_type`` (diffusers' names accepted)."""

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import ConfigError, GuidanceError, did_you_mean
-from .registry import Registry, init_fields
+from ..io.config import Registry
+from .errors import ConfigError, GuidanceError
 
 SCORERS = Registry("scorer")
 Scorer = Callable[[Tensor], Tensor]
@@ -33,24 +33,9 @@ def build_scorer(spec: Any, path: str = "scorer") -> Scorer:
     """A scorer from a callable (returned as is), a registered name, or ``{name: ..., **arguments}``."""
     if callable(spec) and not isinstance(spec, (str, Mapping)):
         return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, Mapping) or "name" not in spec:
+    if not isinstance(spec, (str, Mapping)):
         raise ConfigError(path, f"expected a scorer (a callable, a name or {{name: ...}}), got {type(spec).__name__}")
-    factory = SCORERS.get(spec["name"], f"{path}.name")
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    if isinstance(factory, type):
-        try:
-            known = init_fields(factory)
-        except TypeError:
-            known = None
-        for key in kwargs:
-            if known is not None and key not in known:
-                raise ConfigError(f"{path}.{key}", f"unknown key for scorer '{spec['name']}'{did_you_mean(key, known)}")
-    try:
-        return factory(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(path, str(err)) from None
+    return SCORERS.build(spec, path)
 
 
 def check_scores(values: Any, batch: int, who: str, gradient: bool = False) -> Tensor:

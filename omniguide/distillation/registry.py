@@ -13,13 +13,12 @@ list objectives`` read this one).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from ..core.errors import ConfigError, did_you_mean
-from ..core.registry import Registry, init_fields
+from ..io.config import Registry
 
-OBJECTIVES = Registry("distillation objective")
+OBJECTIVES = Registry("distillation objective", noun="objective")
 
 
 def register_objective(name: str) -> Callable:
@@ -28,37 +27,14 @@ def register_objective(name: str) -> Callable:
 
 
 def build_objective(cfg: Any, path: str = "objective"):
-    """An objective from ``{name: ..., **fields}`` (a name alone, or an objective, works too)."""
+    """An objective from ``{name: ..., **fields}`` (a name alone, or an objective, works too); fields
+    declared as annealed values are built by the conversion :mod:`.schedules` registers."""
     from . import objectives  # noqa: F401  (registers the built-in objectives)
     from .objectives.base import Objective
-    from .schedules import as_anneal
 
     if isinstance(cfg, Objective):
         return cfg
-    if isinstance(cfg, str):
-        cfg = {"name": cfg}
-    if not isinstance(cfg, Mapping) or "name" not in cfg:
-        raise ConfigError(f"{path}.name", f"missing; one of: {', '.join(OBJECTIVES.names())}")
-    cls = OBJECTIVES.get(cfg["name"], f"{path}.name")
-    known = init_fields(cls)
-    kwargs = {}
-    for key, value in cfg.items():
-        if key == "name":
-            continue
-        if key not in known:
-            raise ConfigError(f"{path}.{key}", f"unknown key for objective '{cfg['name']}'{did_you_mean(key, known)}")
-        annotation = str(known[key].type)
-        if "Anneal" in annotation:
-            value = as_anneal(value, f"{path}.{key}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
-    except TypeError as err:
-        raise ConfigError(path, str(err)) from None
+    return OBJECTIVES.build(cfg, path)
 
 
 def objective_config(objective) -> dict:

@@ -10,10 +10,12 @@ threestudio's positional lists whose int-versus-float entries decide steps versu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..io.config import construct, register_conversion
 
 ANNEAL_SHAPES = ("linear", "sqrt", "cosine")
 
@@ -53,17 +55,17 @@ Annealed = float | Anneal
 
 
 def as_anneal(value: Any, path: str) -> float | Anneal:
-    """A number stays a number; a mapping becomes an :class:`Anneal` (errors name ``path``)."""
+    """A number stays a number; a mapping becomes an :class:`Anneal` (errors name ``path``). It is
+    the conversion of every config field declared as an :class:`Anneal` (objectives' ``t_min`` ...)."""
     if isinstance(value, (Anneal, int, float)) and not isinstance(value, bool):
         return value if isinstance(value, Anneal) else float(value)
-    if isinstance(value, dict) or hasattr(value, "keys"):
-        try:
-            return Anneal(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(value).items()})
-        except TypeError as err:
-            raise ConfigError(path, f"an annealed value takes values, progress, shape ({err})") from None
-        except ConfigError as err:
-            raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
+    if isinstance(value, Mapping):
+        return construct(Anneal, value, path, "an annealed value", errors_as="an annealed value takes values, "
+                         "progress, shape")
     raise ConfigError(path, f"expected a number or {{values: [a, b], progress: [p0, p1]}}, got {value!r}")
+
+
+register_conversion(Anneal, as_anneal)
 
 
 def at(value: float | Anneal, progress: float) -> float:

@@ -64,46 +64,53 @@ def _form(guider: Any) -> str:
 
 
 def _core(guider: Any) -> Guider:
+    import diffusers.guiders
+
+    def kind(name: str) -> bool:   # an instance of diffusers.guiders.<name> (subclasses too)
+        cls = getattr(diffusers.guiders, name, None)
+        return isinstance(cls, type) and isinstance(guider, cls)
+
     name, config = type(guider).__name__, guider.config
     w = float(config["guidance_scale"]) if "guidance_scale" in config else None
-    if name == "ClassifierFreeGuidance":
+    if kind("ClassifierFreeGuidance"):
         return CFG(scale=w, form=_form(guider))
-    if name == "AdaptiveProjectedGuidance":
+    if kind("AdaptiveProjectedGuidance"):
         dims = config.get("adaptive_projected_guidance_norm_dim")
         axes = None if dims is None else ((dims,) if isinstance(dims, int) else tuple(dims))
         return APG(scale=w, eta=float(config["eta"]),
                    norm_threshold=float(config["adaptive_projected_guidance_rescale"]),
                    momentum=float(config.get("adaptive_projected_guidance_momentum") or 0.0),
                    form="comfyui" if config.get("use_original_formulation") else "diffusers", space=None, axes=axes)
-    if name == "ClassifierFreeZeroStarGuidance":
+    if kind("ClassifierFreeZeroStarGuidance"):
         return CFGZeroStar(scale=w, zero_init_steps=int(config["zero_init_steps"]), form=_form(guider), space=None)
-    if name == "MagnitudeAwareGuidance":   # diffusers' mambo_guidance: norms over all but the batch axis
+    if kind("MagnitudeAwareGuidance"):   # diffusers' mambo_guidance: norms over all but the batch axis
         return MagnitudeAware(scale=w, alpha=float(config["alpha"]), form=_form(guider), space=None)
-    if name == "TangentialClassifierFreeGuidance":
+    if kind("TangentialClassifierFreeGuidance"):
         return TCFG(scale=w, form=_form(guider), space=None)
-    if name == "FrequencyDecoupledGuidance":
+    if kind("FrequencyDecoupledGuidance"):
         scales = [float(s) for s in config["guidance_scales"]]
         weights = config.get("parallel_weights")
         weight = 1.0 if weights is None else float(weights if isinstance(weights, (int, float)) else weights[0])
         high = scales[:-1]
         return FDG(scale=scales[-1], scale_high=high[0] if len(high) == 1 else tuple(high), levels=len(scales),
                    parallel_weight=weight, form=_form(guider))
-    if name == "PerturbedAttentionGuidance":
+    if kind("PerturbedAttentionGuidance"):
         return PAG(scale=w, perturbed_scale=float(config["perturbed_guidance_scale"]),
                    layers=_selectors(guider.skip_layer_config), form=_form(guider),
                    perturbed_interval=(config["perturbed_guidance_start"], config["perturbed_guidance_stop"]))
-    if name == "SkipLayerGuidance":
+    if kind("SkipLayerGuidance"):
         return SkipLayer(scale=w, perturbed_scale=float(config["skip_layer_guidance_scale"]),
                          layers=_selectors(guider.skip_layer_config), form=_form(guider),
                          perturbed_interval=(config["skip_layer_guidance_start"], config["skip_layer_guidance_stop"]))
-    if name == "SmoothedEnergyGuidance":
+    if kind("SmoothedEnergyGuidance"):
         sigma = float(config["seg_blur_sigma"])
         return SEG(scale=w, perturbed_scale=float(config["seg_guidance_scale"]),
                    blur_sigma=math.inf if sigma > float(config["seg_blur_threshold_inf"]) else sigma,
                    layers=_selectors(getattr(guider, "seg_guidance_config", None)), form=_form(guider),
                    perturbed_interval=(config["seg_guidance_start"], config["seg_guidance_stop"]))
-    if name in _REFUSED:
-        raise GuidanceError(f"from_diffusers: {name} has no exact omniguide equivalent: {_REFUSED[name]}")
+    refused = next((why for known, why in _REFUSED.items() if kind(known)), None)
+    if refused:
+        raise GuidanceError(f"from_diffusers: {name} has no exact omniguide equivalent: {refused}")
     raise GuidanceError(f"from_diffusers: {name} is not a diffusers guider omniguide knows "
                         "(diffusers.guiders, 0.42)")
 

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from . import errors
+from .. import errors
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
@@ -188,7 +188,7 @@ def _restore_torch_threads(threads: int | None) -> None:
 
 def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
     from .config import entry_point_plugins
-    from .registry import all_components, committed_names, component_kind
+    from .registry import committed_names
     from .runners import FAILED
 
     for module, why in FAILED.items():
@@ -197,13 +197,22 @@ def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
     index = {} if plugins or entry_point_plugins() else committed_names()
     if kind:
         key = next((k for k in (kind, kind + "s") if k in index), None)
-        names = index[key] if key else component_kind(kind).names()
+        if key:
+            names = index[key]
+        else:
+            from .components import component_kind  # imports torch: only when the index cannot answer
+
+            names = component_kind(kind).names()
         if not names:
             print(f"(no {key or kind}s are registered yet)", file=sys.stderr)
         for name in names:
             print(name)
         return 0
-    listing = index or {key: registry.names() for key, registry in all_components().items()}
+    if not index:
+        from .components import all_components
+
+        index = {key: registry.names() for key, registry in all_components().items()}
+    listing = index
     for key, names in listing.items():
         print(f"{key}:")
         for name in names:

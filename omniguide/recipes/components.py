@@ -19,7 +19,7 @@ built.
 from __future__ import annotations
 
 import importlib
-import inspect
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,125 +28,18 @@ import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError, did_you_mean
-from ..core.registry import GUIDERS, build_guider, init_fields
-from ..core.schedulers import ALIASES, BY_NAME, SCHEDULER_NAMES, build_scheduler
+from ..core.schedulers import is_flow_scheduler
+from ..io.config import build_dataclass, find_file, option, strict_kwargs
 from ..zoo.gaussian_mixture import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
-from .registry import CALLBACKS, MODELS, SCHEDULERS, register_model
-from .schema import as_number, build_dataclass, describe, find_file, option, require_finite
-
-for _name in SCHEDULER_NAMES:
-    SCHEDULERS.register(_name)(BY_NAME[_name][0])
-for _alias, (_short, _) in ALIASES.items():   # ComfyUI's names for the same solvers
-    SCHEDULERS.register(_alias)(BY_NAME[_short][0])
-
-
-# -- guiders -----------------------------------------------------------------------------------
-SCHEDULE_EXAMPLE = "{shape: linear, scale: 7}"
-
-
-def make_guider(cfg: Any, path: str = "guider") -> Any:
-    """A guider from its recipe config: :func:`check_guider_values`, then the core's ``build_guider``
-    (which reports unknown names and keys). Recipes build every guider through this function, in
-    ``check`` and in the run alike, so ``validate`` rejects what the run would."""
-    from .. import zoo  # noqa: F401  (registers the built-in scorers a guider may name)
-    from ..modalities.base import load_families
-
-    load_families()     # the modalities register their guiders (history, stg, ...) and presets (audio)
-    check_guider_values(cfg, path)
-    return build_guider(cfg, path)
-
-
-def check_guider_values(cfg: Any, path: str = "guider") -> None:
-    """Scales must be finite numbers (or schedules of one) and number fields numbers, at any depth.
-
-    In code a scale may be a tensor and the core trusts its caller; in a recipe ``scale: abc``,
-    ``scale: .nan`` or ``scale: [1, 2]`` is a mistake that would otherwise surface mid-run (or
-    as a non-finite model output). Field types are read from the guider dataclass, as
-    ``build_guider`` reads them; keys it does not know are left to it."""
-    if not isinstance(cfg, Mapping):
-        return
-    if "name" in cfg and not isinstance(cfg["name"], str):
-        raise ConfigError(f"{path}.name", f"expected the name of a guider, got {describe(cfg['name'])}")
-    if cfg.get("name") not in GUIDERS:
-        return
-    fields = init_fields(GUIDERS.get(cfg["name"]))
-    for key, value in cfg.items():
-        if key not in fields or value is None:
-            continue
-        where = f"{path}.{key}"
-        annotation = _annotation(fields[key].type)
-        if "Guider" in annotation and isinstance(value, Mapping):
-            check_guider_values(value, where)
-        elif "Scale" in annotation:
-            check_scale(value, where, allow_list="tuple" in annotation)
-        elif cfg["name"] == "terms" and key == "terms" and isinstance(value, Mapping):
-            for branch, term in value.items():
-                check_scale(term.get("scale", 1.0) if isinstance(term, Mapping) else term, f"{where}.{branch}")
-        elif annotation in ("float", "int", "float | None", "int | None"):
-            require_finite(value, where)
-
-
-def check_scale(value: Any, where: str, allow_list: bool = False) -> None:
-    """A finite number, a named dynamic scale (``{name: piecewise, ...}``, built to check it), a
-    schedule mapping with a finite ``scale`` (and a ``shape``), or -- where
-    the guider takes one scale per band or level (``allow_list``) -- a list of finite numbers."""
-    if isinstance(value, Mapping) and "name" in value:
-        from ..core.registry import build_scale  # a named dynamic scale (piecewise, frame-ramp, ...)
-        from ..modalities.base import load_families
-
-        load_families()   # the modalities register their scales (frame-ramp, region, ...)
-        build_scale(dict(value), where)
-        return
-    if isinstance(value, Mapping):
-        if "shape" not in value:
-            raise ConfigError(where, f"a scale schedule needs a 'shape' (constant, linear, cosine), e.g. "
-                              f"{SCHEDULE_EXAMPLE}; got {describe(value)}")
-        for key in ("scale", "neutral"):
-            if key in value:
-                require_finite(value[key], f"{where}.{key}")
-        return
-    if isinstance(value, (list, tuple)) and allow_list:
-        for i, item in enumerate(value):
-            require_finite(item, f"{where}.{i}")
-        return
-    if as_number(value) is None:
-        raise ConfigError(where, f"expected a number or a schedule {SCHEDULE_EXAMPLE}, got {describe(value)}")
-    require_finite(value, where)
-
-
-def _annotation(hint: Any) -> str:
-    """A field's type as text (``"float"``, ``"Scale | tuple"``), whether or not it was stringified."""
-    return hint if isinstance(hint, str) else getattr(hint, "__name__", str(hint))
-
-
-# -- schedulers ---------------------------------------------------------------------------------
-def make_scheduler(cfg: Mapping[str, Any], path: str = "scheduler") -> Any:
-    """A fresh diffusers scheduler from ``{name: ddim, **config}``; unknown config keys are errors
-    (diffusers itself would only warn)."""
-    import diffusers
-
-    cfg = _named(cfg, path)
-    cls = getattr(diffusers, SCHEDULERS.get(cfg["name"], f"{path}.name"))
-    known = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-    kwargs = {}
-    for key, value in cfg.items():
-        if key == "name":
-            continue
-        if key not in known:
-            hint = did_you_mean(key, known)
-            raise ConfigError(f"{path}.{key}", f"unknown key for scheduler '{cfg['name']}'{hint}")
-        kwargs[key] = value
-    return build_scheduler(cfg["name"], path, **kwargs)
-
-
-def _named(cfg: Any, path: str) -> dict:
-    if isinstance(cfg, str):
-        cfg = {"name": cfg}
-    if not isinstance(cfg, Mapping):
-        raise ConfigError(path, f"expected a mapping with a 'name', got {type(cfg).__name__}")
-    if "name" not in cfg:
-        raise ConfigError(f"{path}.name", "missing")
-    return dict(cfg)
+from .builders import (  # noqa: F401  (re-exported: recipes, benches and plugins build guiders through these)
+    SCHEDULE_EXAMPLE,
+    _named,
+    check_guider_values,
+    check_scale,
+    make_guider,
+    make_scheduler,
+)
+from .registry import BUILTIN_INDEX, CALLBACKS, COMPONENTS, LISTINGS, MODELS, Registry, register_model
 
 
 # -- sample models -----------------------------------------------------------------------------
@@ -218,7 +111,7 @@ class SmallDenoiserModel:
 
     def build(self, scheduler, path: str = "model") -> SampleModel:
         """Load the weights (CPU, eval mode) and check they match the data's dimension and classes."""
-        if type(scheduler).__name__.startswith("FlowMatch"):
+        if is_flow_scheduler(scheduler):
             raise ConfigError("scheduler.name",
                               "small-denoiser predicts eps on a VP schedule; use ddim, euler, dpm++")
         from ..zoo.small_denoiser import SmallDenoiser  # imports Lightning
@@ -274,9 +167,7 @@ class DiffusersModel:
 def make_sampler(cfg: Mapping[str, Any], scheduler_cfg: Mapping[str, Any], batch: bool = True,
                  path: str = "model"):
     """What generates items for ``model:`` (the dataclass registered under its name)."""
-    cfg = _named(cfg, path)
-    cls = MODELS.get(cfg["name"], f"{path}.name")
-    return build_dataclass(cls, cfg, path).sampler(dict(scheduler_cfg or {}), batch, path)
+    return MODELS.build(cfg, path).sampler(dict(scheduler_cfg or {}), batch, path)
 
 
 # -- Lightning callbacks -----------------------------------------------------------------------
@@ -295,8 +186,6 @@ class LazyCallback:
 
 def make_callbacks(cfgs: list, path: str = "callbacks") -> list:
     """Lightning callbacks from ``[{name: ..., **kwargs}]`` (factories registered in CALLBACKS)."""
-    from .schema import strict_kwargs
-
     out = []
     for i, cfg in enumerate(cfgs):
         where = f"{path}.{i}"
@@ -319,6 +208,40 @@ LIGHTNING_CALLBACKS = {
 for _name, _target in LIGHTNING_CALLBACKS.items():
     if _name not in CALLBACKS:
         CALLBACKS.register(_name)(LazyCallback(_target))
+
+
+# -- every registry, for `omniguide list` and the committed index of built-in names -----------------
+def all_components() -> dict[str, Registry]:
+    """Every registry by kind, in listing order (recipes, guiders, models, ...).
+
+    Imports the core (torch) for the guiders; this module registers the built-in models,
+    schedulers and callbacks -- but imports neither Lightning nor diffusers."""
+    order = ["recipes", "guiders", "presets", "models", "schedulers", "callbacks", "objectives"]
+    kinds = [*order, *(k for k in [*COMPONENTS, *LISTINGS] if k not in order)]
+    return {k: COMPONENTS[k] if k in COMPONENTS else LISTINGS[k]() for k in dict.fromkeys(kinds)}
+
+
+def builtin_names() -> dict[str, list[str]]:
+    """Every registry's names by kind, as the live registries hold them (imports torch)."""
+    from . import runners
+
+    runners.load_all()
+    return {kind: list(registry.names()) for kind, registry in all_components().items()}
+
+
+def write_builtin_index() -> None:
+    """Rewrite :data:`BUILTIN_INDEX` from the live registries (built-in components only: run it in
+    a fresh interpreter with no plugins loaded)."""
+    BUILTIN_INDEX.write_text(json.dumps(builtin_names(), indent=1) + "\n")
+
+
+def component_kind(kind: str) -> Registry:
+    """The registry listed as ``kind`` (``guiders``, ``models``; a singular name works too)."""
+    registries = all_components()
+    for key in (kind, kind + "s"):
+        if key in registries:
+            return registries[key]
+    raise ConfigError("list", f"unknown component kind '{kind}'{did_you_mean(kind, registries)}")
 
 
 from . import sample_musicgen  # noqa: E402, F401  (registers model: {name: musicgen})

@@ -31,10 +31,12 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from . import errors, schema
+from .. import errors
+from ..io.config import RECIPE_DIRS, check_constraints, translate_omegaconf_error
+from ..io.config import first_line as _first_line
+from ..io.config import join as _join
 from .registry import Recipe, get_recipe
 from .run import RunSection
-from .schema import check_constraints
 
 FRAMEWORK_KEYS = ("kind", "extends", "run", "plugins")
 
@@ -321,7 +323,7 @@ def resolve(raw: DictConfig, source: Path | None = None) -> Resolved:
         check_structure(RunSection, data["run"], "run")
     run = typed(RunSection, data.get("run") or {}, "run")
     base_dirs = (source.parent.resolve(),) if source is not None else ()
-    schema.RECIPE_DIRS[:] = base_dirs
+    RECIPE_DIRS[:] = base_dirs
     check_constraints(cfg, "", base_dirs)
     full = {"kind": recipe.name, **({"plugins": plugins} if plugins else {}),
             "run": dataclasses.asdict(run), **OmegaConf.to_container(OmegaConf.structured(cfg))}
@@ -424,30 +426,9 @@ def _check_scalar(target: type, data: Any, path: str) -> None:
         raise errors.ConfigError(path, message) from None
 
 
-def translate_omegaconf_error(err: Exception, prefix: str = "") -> Exception:
-    """An omegaconf exception as a one-line ConfigError at ``prefix`` + the error's key path."""
-    if isinstance(err, errors.ConfigError):
-        return err
-    key = getattr(err, "full_key", None) or getattr(err, "key", None) or ""
-    key = str(key).replace("[", ".").replace("]", "")
-    message = getattr(err, "msg", None) or str(err)
-    message = _first_line(message).replace("could not be converted to", "is not a valid")
-    message = message.split(". Did you mean")[0]
-    return errors.ConfigError(_join(prefix, key) or "<config>", message)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path and key else path or key
-
-
 def _kind(value: Any) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
     return f"{type(value).__name__} {value!r}"
-
-
-def _first_line(err: Any) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__

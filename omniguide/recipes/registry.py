@@ -22,47 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import errors
-from .schema import describe
-
-
-class Registry:
-    """Names -> classes (or factories) of one kind of component.
-
-    The same interface as :class:`omniguide.core.registry.Registry` (which holds the guiders), kept
-    here because that module imports torch and the recipe registries must load without it."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._items: dict[str, Any] = {}
-
-    def register(self, name: str) -> Callable:
-        """Decorator: register ``obj`` under ``name`` (a class also gets ``obj.name = name``)."""
-
-        def decorator(obj):
-            if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} '{name}' is registered twice ({self._items[name]} and {obj})")
-            self._items[name] = obj
-            if isinstance(obj, type):
-                obj.name = name
-            return obj
-
-        return decorator
-
-    def get(self, name: str, path: str = "name") -> Any:
-        """The object registered as ``name``; a ConfigError at ``path`` with the nearest name otherwise."""
-        if not isinstance(name, str):
-            raise errors.ConfigError(path, f"expected the name of a {self.kind}, got {describe(name)}")
-        if name not in self._items:
-            raise errors.ConfigError(path, f"unknown {self.kind} '{name}'{errors.did_you_mean(name, self._items)}")
-        return self._items[name]
-
-    def names(self) -> list[str]:
-        """The registered names, sorted."""
-        return sorted(self._items)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
+from .. import errors
+from ..io.config import Registry  # noqa: F401  (re-exported: the one registry class, torch-free)
 
 
 @dataclass(frozen=True)
@@ -81,7 +42,7 @@ class Recipe:
 
 
 RECIPES = Registry("recipe")
-MODELS = Registry("model")            # name -> factory(cfg: dict, path: str) -> model
+MODELS = Registry("model", typed=True)  # name -> schema dataclass with .sampler(...)
 SCHEDULERS = Registry("scheduler")    # name -> diffusers scheduler class
 CALLBACKS = Registry("callback")      # name -> factory(**kwargs) -> lightning.Callback
 
@@ -165,18 +126,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def all_components() -> dict[str, Registry]:
-    """Every registry by kind, in listing order (recipes, guiders, models, ...).
-
-    Imports the core (torch) for the guiders and :mod:`omniguide.recipes.components` for the
-    built-in models, schedulers and callbacks -- but neither Lightning nor diffusers."""
-    from . import components  # noqa: F401  (registers the built-in components)
-
-    order = ["recipes", "guiders", "presets", "models", "schedulers", "callbacks", "objectives"]
-    kinds = [*order, *(k for k in [*COMPONENTS, *LISTINGS] if k not in order)]
-    return {k: COMPONENTS[k] if k in COMPONENTS else LISTINGS[k]() for k in dict.fromkeys(kinds)}
-
-
 def register_recipe(name: str, schema: type, check: Callable[[Any], None] | None = None) -> Callable:
     """Function decorator: make ``fn(cfg, run)`` runnable as ``kind: name`` with config ``schema``.
 
@@ -216,36 +165,13 @@ def get_recipe(kind: Any, path: str = "kind") -> Recipe:
 
 # The built-in components' names, committed, so that ``omniguide list`` answers without importing
 # torch (1.2 s of a 1.7 s listing). tests/test_cli_startup.py checks it against the live registries;
-# regenerate with ``python -c "from omniguide.recipes.registry import write_builtin_index as w; w()"``.
+# regenerate with ``python -c "from omniguide.recipes.components import write_builtin_index as w; w()"``.
 BUILTIN_INDEX = Path(__file__).with_name("builtin_components.json")
-
-
-def builtin_names() -> dict[str, list[str]]:
-    """Every registry's names by kind, as the live registries hold them (imports torch)."""
-    from . import runners
-
-    runners.load_all()
-    return {kind: list(registry.names()) for kind, registry in all_components().items()}
-
-
-def write_builtin_index() -> None:
-    """Rewrite :data:`BUILTIN_INDEX` from the live registries (built-in components only: run it in
-    a fresh interpreter with no plugins loaded)."""
-    BUILTIN_INDEX.write_text(json.dumps(builtin_names(), indent=1) + "\n")
 
 
 def committed_names() -> dict[str, list[str]]:
     """The committed index of built-in names (``{}`` if the file is missing)."""
     return json.loads(BUILTIN_INDEX.read_text()) if BUILTIN_INDEX.is_file() else {}
-
-
-def component_kind(kind: str) -> Registry:
-    """The registry listed as ``kind`` (``guiders``, ``models``; a singular name works too)."""
-    registries = all_components()
-    for key in (kind, kind + "s"):
-        if key in registries:
-            return registries[key]
-    raise errors.ConfigError("list", f"unknown component kind '{kind}'{errors.did_you_mean(kind, registries)}")
 
 
 def register_model(name: str) -> Callable:

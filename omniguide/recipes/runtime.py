@@ -31,7 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from . import errors
+from .. import errors
 from .run import RunContext, atomic_path
 from .schema import TrainerConfig, check_trainer_values
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError
-from .components import make_guider
+from .builders import make_guider
 from .predict import Item
 
 KINDS = ("points", "image", "audio", "video")
@@ -64,7 +64,7 @@ class MixtureSampler:
         self.model_cfg, self.scheduler_cfg, self.batch = model_cfg, scheduler_cfg or {"name": "ddim"}, batch
 
     def _model(self, path: str = "model"):
-        from .components import make_scheduler
+        from .builders import make_scheduler
 
         scheduler = make_scheduler(self.scheduler_cfg)
         return scheduler, self.model_cfg.build(scheduler, path)
@@ -100,7 +100,7 @@ def check_pipeline_folder(path: str, where: str) -> Path:
     """A local pipeline folder with ``model_index.json`` and every component it lists (config and
     weights for models); or a model id present in the local Hugging Face cache. One-line errors
     name the missing file."""
-    from .schema import RECIPE_DIRS
+    from ..io.config import RECIPE_DIRS
 
     folder = Path(path).expanduser()
     if not folder.exists() and not folder.is_absolute():   # relative to the recipe file, as weights are
@@ -184,7 +184,7 @@ class PipelineSampler:
 
     def _check_scheduler(self) -> None:
         if self.scheduler_cfg:
-            from .components import make_scheduler
+            from .builders import make_scheduler
 
             make_scheduler(self.scheduler_cfg)   # names and keys are checked now, applied at load
 
@@ -254,7 +254,7 @@ def _scorer(cfg: Any, where: str):
     from collections.abc import Mapping
 
     from ..core.errors import did_you_mean
-    from .schema import strict_kwargs
+    from ..io.config import strict_kwargs
 
     name, kwargs = (cfg, {}) if isinstance(cfg, str) else (cfg.get("name") if isinstance(cfg, Mapping) else None, cfg)
     if not isinstance(name, str):

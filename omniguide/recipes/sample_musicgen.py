@@ -23,8 +23,8 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.registry import build_guider
+from ..io.config import option
 from .registry import register_model
-from .schema import option
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -1,182 +1,29 @@
-"""Schema helpers: bounded fields, strict dataclass checks, and the ``trainer:`` section.
+"""The recipes' schema sections: the Gaussian-mixture ring and the ``trainer:`` section.
 
-``option(default, ge=0, choices=[...], file=True)`` declares a field with a constraint that the
-loader checks after omegaconf has converted types; a violation is a
-:class:`~omniguide.core.errors.ConfigError` naming the dotted path.
+The helpers every room needs (``option``, ``build_dataclass``, ``find_file``, ``check_constraints``
+...) live on the ground floor, :mod:`omniguide.io.config`; they are re-exported here for the
+recipes' runner modules and for plugins written against this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import math
-import types
 import typing
-from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors
-
-
-def option(default: Any = MISSING, *, factory: Any = MISSING, ge: float | None = None,
-           gt: float | None = None, le: float | None = None, lt: float | None = None,
-           choices: tuple | list | None = None, file: bool = False) -> Any:
-    """A dataclass field with a range, a set of choices or "must be an existing file" (``file``)."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "file": file,
-            "choices": tuple(choices) if choices else None}
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def check_constraints(obj: Any, path: str = "", base_dirs: tuple[Path, ...] = ()) -> None:
-    """Check every ``option`` constraint of a dataclass instance tree (sections, and lists of
-    sections); a ``float`` field (or ``list[float]`` entry) must be finite; resolve ``file`` fields
-    to absolute paths (looked up in the current folder, then in ``base_dirs``)."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        where = f"{path}.{f.name}" if path else f.name
-        if dataclasses.is_dataclass(value):
-            check_constraints(value, where, base_dirs)
-            continue
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                if dataclasses.is_dataclass(item):
-                    check_constraints(item, f"{where}.{i}", base_dirs)
-        _check_finite(value, hints.get(f.name), where)
-        meta = f.metadata
-        if value is None or not meta:
-            continue
-        _check_bounds(value, meta, where)
-        if meta.get("choices") and value not in meta["choices"]:
-            raise errors.ConfigError(where, f"'{value}' is not allowed{errors.did_you_mean(value, meta['choices'])}")
-        if meta.get("file"):
-            setattr(obj, f.name, str(find_file(value, where, base_dirs)))
-
-
-def _check_finite(value: Any, hint: Any, where: str) -> None:
-    """NaN or infinity in a field typed ``float`` (or in a ``list[float]``) is an error: omegaconf
-    accepts ``nan`` and ``inf`` as floats, and no float setting of a recipe means either."""
-    if _is_float_type(hint) and isinstance(value, float):
-        require_finite(value, where)
-    elif isinstance(value, list) and typing.get_origin(hint) is list and _is_float_type(typing.get_args(hint)[0]):
-        for i, item in enumerate(value):
-            require_finite(item, f"{where}.{i}")
-
-
-def _is_float_type(hint: Any) -> bool:
-    """``float``, ``float | None`` or ``Optional[float]``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return float in typing.get_args(hint)
-    return hint is float
-
-
-def require_finite(value: Any, where: str) -> None:
-    """A ConfigError at ``where`` unless ``value`` is a finite real number (not a bool, not text:
-    ``scale=nan`` on the command line reaches an untyped field as the text ``'nan'``)."""
-    number = as_number(value)
-    if number is None:
-        raise errors.ConfigError(where, f"expected a number, got {describe(value)}")
-    if not math.isfinite(number):
-        raise errors.ConfigError(where, f"must be a finite number, got {value!r}")
-    if isinstance(value, str):
-        raise errors.ConfigError(where, f"expected a number, not text, got {value!r}")
-
-
-def as_number(value: Any) -> float | None:
-    """``value`` as a float when it is a number or the text of one (``"nan"``, ``"5"``), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def describe(value: Any) -> str:
-    """A value as an error message names it: ``'abc'``, ``a list [1, 2]``, ``a mapping {...}``."""
-    if isinstance(value, Mapping):
-        return f"a mapping {dict(value)}"
-    if isinstance(value, (list, tuple)):
-        return f"a list {list(value)}"
-    if isinstance(value, bool):
-        return f"a boolean {value}"
-    return repr(value)
-
-
-def _check_bounds(value: Any, meta: Mapping, where: str) -> None:
-    tests = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
-             "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
-    for key, (ok, sign) in tests.items():
-        bound = meta.get(key)
-        if bound is not None and not ok(value, bound):
-            raise errors.ConfigError(where, f"must be {sign} {bound}, got {value}")
-
-
-# Folders of the recipe being loaded (set by the loader): relative paths inside component configs
-# (``model.weights``) are looked up there after the current folder, like schema fields are.
-RECIPE_DIRS: list[Path] = []
-
-
-def find_file(value: str, where: str, base_dirs: tuple[Path, ...] = ()) -> Path:
-    """An existing file: ``value`` as given (absolute or relative to the current folder), else
-    relative to one of ``base_dirs`` or :data:`RECIPE_DIRS` (the recipe file's folder)."""
-    path = Path(value).expanduser()
-    dirs = [*base_dirs, *RECIPE_DIRS]
-    candidates = [path] + ([] if path.is_absolute() else [Path(b) / path for b in dirs])
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise errors.ConfigError(where, f"file not found: {value}")
-
-
-def strict_kwargs(target: Any, cfg: Mapping, path: str, skip: tuple[str, ...] = ("name",)) -> dict:
-    """``cfg`` minus ``skip`` keys, checked against ``target``'s dataclass fields or signature."""
-    if dataclasses.is_dataclass(target):
-        known = [f.name for f in dataclasses.fields(target) if f.init]
-    else:
-        params = inspect.signature(target).parameters
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            return {k: v for k, v in cfg.items() if k not in skip}
-        known = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_POSITIONAL]
-    out = {}
-    for key, value in cfg.items():
-        if key in skip:
-            continue
-        if key not in known:
-            name = cfg.get("name", getattr(target, "__name__", "component"))
-            hint = errors.did_you_mean(key, known)
-            raise errors.ConfigError(f"{path}.{key}", f"unknown key for '{name}'{hint}")
-        out[key] = value
-    return out
-
-
-def build_dataclass(cls: type, cfg: Mapping, path: str, skip: tuple[str, ...] = ("name",)) -> Any:
-    """``cls(**cfg)`` with unknown keys, bad types and constraints reported against ``path``."""
-    from omegaconf import OmegaConf
-
-    from .config import translate_omegaconf_error
-
-    kwargs = strict_kwargs(cls, cfg, path, skip)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), kwargs)
-        missing = sorted(OmegaConf.missing_keys(merged))
-        if missing:
-            raise errors.ConfigError(f"{path}.{missing[0]}", "required value is missing")
-        obj = OmegaConf.to_object(merged)
-    except errors.ConfigError:
-        raise
-    except Exception as err:  # omegaconf's own validation errors, re-rooted at `path`
-        raise translate_omegaconf_error(err, path) from None
-    check_constraints(obj, path)
-    return obj
+from .. import errors
+from ..io.config import (  # noqa: F401  (re-exported: the schema API of plugins and runner modules)
+    RECIPE_DIRS,
+    as_number,
+    build_dataclass,
+    check_constraints,
+    describe,
+    find_file,
+    option,
+    require_finite,
+    strict_kwargs,
+)
 
 
 @dataclass

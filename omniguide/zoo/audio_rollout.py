@@ -359,7 +359,7 @@ def continue_audio(subject: AudioRollout, prompt: str, given: Tensor, frames: in
 
 def build(cfg: dict, path: str = "model") -> AudioRollout:
     """``model: {name: toy-audio, path: <pipeline folder>}`` (default: the committed weights)."""
-    from ..recipes.schema import find_file
+    from ..io.config import find_file
 
     unknown = [k for k in cfg if k not in ("name", "path")]
     if unknown:

@@ -182,7 +182,7 @@ class DenoiserModule(lightning.LightningModule):
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> DenoiserModule:
     """The ``train`` recipe's module for ``model: {name: small-denoiser, ...}`` on ``recipe.data``
     (Gaussian-mixture ring arguments)."""
-    from ..recipes.schema import build_dataclass
+    from ..io.config import build_dataclass
 
     return DenoiserModule(
         build_dataclass(SmallDenoiserConfig, model, path),

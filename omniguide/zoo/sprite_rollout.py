@@ -191,7 +191,7 @@ class PhysicsScore:
 def build(cfg: dict, path: str = "model") -> SpriteRollout:
     """``model: {name: video-denoiser, weights: <file>}`` (default: the committed weights)."""
     from ..core.errors import ConfigError
-    from ..recipes.schema import find_file
+    from ..io.config import find_file
 
     unknown = [k for k in cfg if k not in ("name", "weights")]
     if unknown:

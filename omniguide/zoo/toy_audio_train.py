@@ -207,7 +207,7 @@ class ToyAudioModule(lightning.LightningModule):
 
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> ToyAudioModule:
     """The ``train`` recipe's module for ``model: {name: toy-audio, ...}`` and ``data: {...}``."""
-    from ..recipes.schema import build_dataclass
+    from ..io.config import build_dataclass
 
     return ToyAudioModule(build_dataclass(ToyAudioModelConfig, model, path),
                           build_dataclass(ToyAudioData, recipe.data, "data", skip=()),

@@ -373,7 +373,7 @@ class VideoDenoiserModule(lightning.LightningModule):
 
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> VideoDenoiserModule:
     """The ``train`` recipe's module for ``model: {name: video-denoiser, ...}`` on ``recipe.data``."""
-    from ..recipes.schema import build_dataclass
+    from ..io.config import build_dataclass
 
     return VideoDenoiserModule(
         build_dataclass(VideoDenoiserConfig, model, path),

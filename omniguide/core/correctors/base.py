@@ -24,8 +24,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ..errors import ConfigError, did_you_mean
-from ..registry import Registry, init_fields
+from ...io.config import Registry
 
 CORRECTORS = Registry("corrector")
 
@@ -63,22 +62,4 @@ def build_corrector(cfg: Any, path: str = "corrector") -> Corrector | None:
     """A corrector from ``{name: ..., **fields}`` (or a corrector, returned as is; ``None`` stays ``None``)."""
     if cfg is None or isinstance(cfg, Corrector):
         return cfg
-    if isinstance(cfg, str):
-        cfg = {"name": cfg}
-    if not isinstance(cfg, Mapping) or "name" not in cfg:
-        raise ConfigError(path, f"expected a corrector config with a 'name' ({', '.join(CORRECTORS.names())})")
-    cls = CORRECTORS.get(cfg["name"], f"{path}.name")
-    known = init_fields(cls)
-    kwargs = {}
-    for key, value in cfg.items():
-        if key == "name":
-            continue
-        if key not in known:
-            raise ConfigError(f"{path}.{key}", f"unknown key for corrector '{cfg['name']}'{did_you_mean(key, known)}")
-        kwargs[key] = tuple(value) if isinstance(value, list) else value
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
-    except TypeError as err:
-        raise ConfigError(path, str(err)) from None
+    return CORRECTORS.build(cfg, path)

@@ -46,9 +46,8 @@ from torch import Tensor
 
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
+from ..schedulers import stochastic_first_order
 from .base import Corrector, register_corrector
-
-STOCHASTIC = ("DDPMScheduler", "EulerAncestralDiscreteScheduler")
 
 
 def flat_prior(name: str = "flat") -> Branch:
@@ -119,10 +118,11 @@ class FKC(Corrector):
         if guider.stateful:
             raise GuidanceError(f"fkc: guider '{guider.name or type(guider).__name__}' keeps state between steps, "
                                 "which resampling the particles would scramble; use a stateless guider")
-        scheduler = type(view.scheduler).__name__
-        if scheduler not in STOCHASTIC:
-            raise GuidanceError(f"fkc: the particles must follow the reverse SDE; {scheduler} is not a stochastic "
-                                f"first-order sampler (use one of {', '.join(STOCHASTIC)})")
+        stochastic = stochastic_first_order()
+        if not isinstance(view.scheduler, stochastic):
+            raise GuidanceError(f"fkc: the particles must follow the reverse SDE; {type(view.scheduler).__name__} is "
+                                f"not a stochastic first-order sampler (use one of "
+                                f"{', '.join(c.__name__ for c in stochastic)})")
 
     def groups(self, n: int) -> int:
         size = n if self.particles is None else int(self.particles)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,7 @@ class SkipBlocks(LayerPerturbation):
                     raise GuidanceError(f"skip-layer: cannot find the input hidden states of block {name}")
                 # the block still runs once so its output structure is known exactly
                 out = forward(*args, **kwargs)
-                return _inputs_as_outputs(out, hidden, context, name, type(block).__name__)
+                return _inputs_as_outputs(out, hidden, context, name, output_order(block))
             return skipped_forward
 
         with patched_forwards(targets, wrap):
@@ -57,17 +58,29 @@ class SkipBlocks(LayerPerturbation):
         check_fired(fired, self.who, "a call of the block")
 
 
-# output order of tuple-returning blocks, used when both streams have the same shape
+# output order of diffusers' tuple-returning blocks, used when both streams have the same shape; matched
+# by class (subclasses too) in the modules already loaded (such a block means its module is imported)
 OUTPUT_ORDER = {
-    "JointTransformerBlock": ("context", "hidden"),
-    "FluxTransformerBlock": ("context", "hidden"),
-    "FluxSingleTransformerBlock": ("context", "hidden"),
-    "CogVideoXBlock": ("hidden", "context"),
-    "HunyuanVideoTransformerBlock": ("hidden", "context"),
+    "diffusers.models.attention:JointTransformerBlock": ("context", "hidden"),
+    "diffusers.models.transformers.transformer_flux:FluxTransformerBlock": ("context", "hidden"),
+    "diffusers.models.transformers.transformer_flux:FluxSingleTransformerBlock": ("context", "hidden"),
+    "diffusers.models.transformers.cogvideox_transformer_3d:CogVideoXBlock": ("hidden", "context"),
+    "diffusers.models.transformers.transformer_hunyuan_video:HunyuanVideoTransformerBlock": ("hidden", "context"),
 }
 
 
-def _inputs_as_outputs(out: Any, hidden: Tensor, context: Tensor | None, name: str, kind: str = "") -> Any:
+def output_order(block: nn.Module) -> tuple[str, str] | None:
+    """The stream order of ``block``'s tuple output when its class (or a base) is in :data:`OUTPUT_ORDER`."""
+    for spec, order in OUTPUT_ORDER.items():
+        module, _, name = spec.partition(":")
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(block, cls):
+            return order
+    return None
+
+
+def _inputs_as_outputs(out: Any, hidden: Tensor, context: Tensor | None, name: str,
+                       order: tuple[str, str] | None = None) -> Any:
     if isinstance(out, Tensor):
         return hidden
     if not isinstance(out, (tuple, list)):
@@ -79,8 +92,8 @@ def _inputs_as_outputs(out: Any, hidden: Tensor, context: Tensor | None, name: s
             continue
         is_hidden = item.shape == hidden.shape
         is_context = context is not None and item.shape == context.shape
-        if is_hidden and is_context and kind in OUTPUT_ORDER and len(out) == 2:
-            is_hidden = OUTPUT_ORDER[kind][len(mapped)] == "hidden"
+        if is_hidden and is_context and order is not None and len(out) == 2:
+            is_hidden = order[len(mapped)] == "hidden"
             is_context = not is_hidden
         if is_hidden == is_context:
             raise GuidanceError(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import errors
+from ... import errors
 from ..registry import register_recipe
 from ..run import RunContext
 from ..schema import TrainerConfig, find_file, option

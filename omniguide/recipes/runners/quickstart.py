@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .. import errors
+from ... import errors
 from ..registry import register_recipe
 from ..run import RunContext
 from ..schema import MixtureSection

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import errors
+from ... import errors
 from ..registry import register_recipe
 from ..run import RunContext
 from ..schema import option

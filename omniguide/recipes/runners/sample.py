@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import errors
+from ... import errors
 from ..config import merge_component
 from ..registry import register_recipe
 from ..run import RunContext

@@ -190,7 +190,7 @@ def export_checkpoint(ckpt: str, folder: str) -> None:
 
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> PriorModule:
     """The ``train`` recipe's module for ``model: {name: primitives-prior, ...}`` on ``recipe.data``."""
-    from ...recipes.schema import build_dataclass
+    from ...io.config import build_dataclass
 
     arch = build_dataclass(PriorArchitecture, model, path)
     spec = build_dataclass(ViewsSpec, recipe.data, "data", skip=())

@@ -99,7 +99,7 @@ class ClassifierModule(lightning.LightningModule):
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> ClassifierModule:
     """The ``train`` recipe's module for ``model: {name: shapes-classifier, width, hidden, max_blur,
     max_noise}`` with the recipe's ``batch_size``, ``lr`` and ``seed``, on ``recipe.data``."""
-    from ...recipes.schema import build_dataclass
+    from ...io.config import build_dataclass
 
     fields = {k: v for k, v in model.items() if k != "name"}
     settings = build_dataclass(ClassifierSettings, {**fields, "batch_size": recipe.batch_size, "lr": recipe.lr,

@@ -163,7 +163,7 @@ class ShapesModule(lightning.LightningModule):
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> ShapesModule:
     """The ``train`` recipe's module for ``model: {name: shapes, ...}`` (:class:`ShapesModel` keys)
     on ``recipe.data`` (:class:`ShapesData` keys)."""
-    from ...recipes.schema import build_dataclass
+    from ...io.config import build_dataclass
 
     return ShapesModule(
         build_dataclass(ShapesModel, model, path),
