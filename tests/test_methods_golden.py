@@ -145,6 +145,15 @@ def test_interval_and_schedule(layout):
     inside = ((t >= 0.3) & (t <= 0.6)).to(c.dtype)
     ref = inside * (u + 4.0 * (c - u)) + (1 - inside) * c
     check(Interval(CFG(4.0), t=(0.3, 0.6)).combine(preds, step), ref, step)
+    # CFG++ inside, guidance off outside: the conditional prediction (arXiv:2404.07724), not l = 0's u
+    out = Interval(CFGPlusPlus(0.6), t=(0.3, 0.6)).combine(preds, step)
+    assert 0 < inside.sum() < inside.numel()
+    torch.testing.assert_close(out.x0, inside * x0_from_eps(u + 0.6 * (c - u), step.x, step.noise)
+                               + (1 - inside) * x0_from_eps(c, step.x, step.noise))
+    torch.testing.assert_close(out.eps, inside * u + (1 - inside) * c)
+    abar = torch.full_like(step.noise.alpha, 0.95)                      # t = 0.05 for every sample
+    off = GuidanceStep(step.x, NoiseLevel.vp(abar, t=1 - abar), None, 5, 10, step.axes)
+    assert Interval(CFGPlusPlus(0.6), t=(0.3, 0.6)).branches(off) == ("cond",)
     for shape, f in (("linear", 2 * (1 - t)), ("cosine", torch.cos(math.pi * t) + 1)):
         w = 1 + (4.0 - 1) * f
         check(Schedule(CFG(4.0), shape).combine(preds, step), u + w * (c - u), step)
