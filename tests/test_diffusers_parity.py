@@ -59,7 +59,7 @@ def test_apg_forms(eta, threshold, original):
         u,
     )
     ours = APG(
-        6.0, eta=eta, norm_threshold=threshold, form="comfyui" if original else "diffusers", space=None
+        6.0, eta=eta, norm_threshold=threshold, form="c+w*upd" if original else "u+w*upd", space=None
     )
     torch.testing.assert_close(ours.combine(preds, step).eps, ref, **TOL)
 
@@ -101,7 +101,7 @@ def test_apg_momentum_over_steps_and_norm_dim():
         adaptive_projected_guidance_norm_dim=(1,),
         eta=0.0,
     )
-    ours = APG(4.0, eta=0.0, norm_threshold=2.5, momentum=-0.75, form="diffusers", space=None, axes=(1,))
+    ours = APG(4.0, eta=0.0, norm_threshold=2.5, momentum=-0.75, form="u+w*upd", space=None, axes=(1,))
     ours.reset()
     for i in range(4):
         step, preds, c, u = inputs(shape=(2, 12, 6), seed=i, layout=(1,), index=i)

@@ -160,7 +160,7 @@ def test_interval_and_schedule(layout):
 
 
 # -- APG ----------------------------------------------------------------------------------------
-def apg_reference(c, u, w, axes, eta=0.0, r=0.0, form="paper", buf=None, beta=0.0):
+def apg_reference(c, u, w, axes, eta=0.0, r=0.0, form="c+(w-1)*upd", buf=None, beta=0.0):
     d = c - u
     if beta:
         d = d + beta * buf
@@ -170,12 +170,12 @@ def apg_reference(c, u, w, axes, eta=0.0, r=0.0, form="paper", buf=None, beta=0.
     chat = c / rnorm(c, axes)
     par = rsum(d * chat, axes) * chat
     upd = (d - par) + eta * par
-    out = {"paper": c + (w - 1) * upd, "diffusers": u + w * upd, "comfyui": c + w * upd}[form]
+    out = {"c+(w-1)*upd": c + (w - 1) * upd, "u+w*upd": u + w * upd, "c+w*upd": c + w * upd}[form]
     return out, buf
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("form", ["paper", "diffusers", "comfyui"])
+@pytest.mark.parametrize("form", ["c+(w-1)*upd", "u+w*upd", "c+w*upd"])
 def test_apg_forms_in_x0(layout, form):
     step, preds, c, u = setup(layout)
     x, n = step.x, step.noise
@@ -216,12 +216,25 @@ def test_apg_refuses_momentum_without_step_index():
 def test_apg_diffusers_form_differs_from_paper():
     """diffusers' u + w upd is not the paper's c + (w - 1) upd once upd != c - u (eta < 1)."""
     step, preds, *_ = setup("BCHW")
-    a = APG(5.0, eta=0.0, form="paper").combine(preds, step).eps
-    b = APG(5.0, eta=0.0, form="diffusers").combine(preds, step).eps
+    a = APG(5.0, eta=0.0, form="c+(w-1)*upd").combine(preds, step).eps
+    b = APG(5.0, eta=0.0, form="u+w*upd").combine(preds, step).eps
     assert (a - b).abs().max() > 1e-2
-    c = APG(5.0, eta=1.0, form="paper").combine(preds, step).eps
-    d = APG(5.0, eta=1.0, form="diffusers").combine(preds, step).eps
+    c = APG(5.0, eta=1.0, form="c+(w-1)*upd").combine(preds, step).eps
+    d = APG(5.0, eta=1.0, form="u+w*upd").combine(preds, step).eps
     torch.testing.assert_close(c, d)  # eta = 1, no threshold, no momentum: both are CFG
+
+
+@pytest.mark.parametrize("old,new", [("paper", "c+(w-1)*upd"), ("diffusers", "u+w*upd"), ("comfyui", "c+w*upd")])
+def test_apg_forms_are_named_by_formula_and_the_library_names_are_aliases(old, new):
+    from omniguide.core.registry import build_guider
+
+    step, preds, *_ = setup("BCHW")
+    assert APG(form=old).form == new and build_guider({"name": "apg", "form": old}).form == new
+    torch.testing.assert_close(APG(5.0, eta=0.3, form=old).combine(preds, step).eps,
+                               APG(5.0, eta=0.3, form=new).combine(preds, step).eps)
+    assert APG().form == "c+(w-1)*upd"
+    with pytest.raises(Exception, match=r"unknown form 'u\+w\(c-u\)'; valid: c\+\(w-1\)\*upd, u\+w\*upd"):
+        APG(form="u+w(c-u)")
 
 
 # -- TCFG ---------------------------------------------------------------------------------------
