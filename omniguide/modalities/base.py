@@ -133,6 +133,7 @@ class Family:
     check_call: Callable[[Any, dict], None] | None = None
     uncond: Callable[[dict, dict, dict], dict] | None = None
     modality: str = "image"
+    key_mask: str | None = None     # the denoiser keyword of a [B, L] 0/1 text-token mask the family leaves unset
     samples_kwarg: str = "num_images_per_prompt"
     output_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"output_type": "pt"})
     read_output: Callable[[Any, Any], tuple[Tensor, int | None]] = lambda pipe, result: (result.images, None)
@@ -460,7 +461,9 @@ class Guide:
                 raise GuidanceError(f"guide(): {len(negative)} negative prompts for {count} prompts; give one "
                                     "negative prompt, or a list as long as the prompts")
             result, call.positive, call.negative = self.family.encode(original, arguments, negatives)
-            call.negative_tokens = self._negative_tokens(negatives, call.negative)
+            if self.family.key_mask and any(getattr(b.perturbation, "masks_negative_padding", False)
+                                            for b in self.branch_defaults.values()):
+                call.negative_tokens = self._negative_tokens(negatives, call.negative)
             for name, text in self.prompts.items():
                 if isinstance(text, str) and isinstance(arguments.get("prompt"), (list, tuple)):
                     text = [text] * count
@@ -486,11 +489,9 @@ class Guide:
     def _padding_masks(self, denoiser: str, inputs: dict, device: torch.device) -> dict[str, Branch]:
         """VSF's branches with per-row key masks: ones for the positive rows, the negative prompt's token
         mask for the negative rows, so its padding stays out of the flipped block (every reference
-        encodes the negative without padding). Only where the denoiser takes ``encoder_attention_mask``
-        and the family passes none."""
-        tokens = self._call.negative_tokens
-        key = "encoder_attention_mask"
-        if tokens is None or inputs.get(key) is not None or key not in self._forward_signatures[denoiser].parameters:
+        encodes the negative without padding), through the family's ``key_mask`` keyword."""
+        tokens, key = self._call.negative_tokens, self.family.key_mask
+        if tokens is None or key is None or inputs.get(key) is not None:
             return {}
         out = {}
         for name, branch in self.branch_defaults.items():
