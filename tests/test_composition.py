@@ -241,8 +241,8 @@ def test_bad_configs_name_the_culprit():
         build_guider({"name": "terms", "terms": {"uncond": {"scal": 3}}})
     with pytest.raises(ConfigError, match="space"):
         TCFG(space="noise")
-    with pytest.raises(ConfigError, match="guider"):
-        Adaptive(CFGPlusPlus(0.5))
+    with pytest.raises(ConfigError, match="adaptive needs a guider that falls back to 'cond', not 'uncond'"):
+        Adaptive(BetaCFG())
     labels = {
         "cond": {"labels": torch.zeros(2, dtype=torch.long)},
         "uncond": {"labels": torch.ones(2, dtype=torch.long)},

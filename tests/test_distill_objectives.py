@@ -298,3 +298,69 @@ def test_sd_and_sd3_pipelines_are_priors():
     assert prior.size_multiple == 2 and prior.max_size == 32       # SD3: patch 2 x VAE 1, 16 positions
     with pytest.raises(ConfigError, match="larger than"):
         prior.check_resolution(48, 48, "render_size")
+
+
+def test_csd_normalizes_after_the_time_weighting():
+    """The official ``grad_normalize`` divides ``w(t) s (c - u)``: every sample's gradient has norm 1
+    under every weighting (dividing before ``w`` left norms ``w(t)``)."""
+    out, x, prior, _, _ = run({"name": "csd", "normalize": True, "weighting": "sigma2"}, CFG(7.5))
+    (u, eps), = draws()
+    t = timesteps(u)
+    a, s = level(prior, t)
+    xt = a * x.detach() + s * eps
+    g = s ** 2 * (model_at(xt, t, "cond") - model_at(xt, t, "uncond"))
+    check(out, x, g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    assert torch.allclose(out.grad.flatten(1).norm(dim=1), torch.ones(B, dtype=torch.float64))
+
+
+def test_grad_clip_clamps_first_and_scale_multiplies_after():
+    """threestudio clamps the guidance's gradient, then the system weights it by ``lambda``."""
+    out, x, prior, _, _ = run({"name": "sds", "grad_clip": 0.01, "scale": 2.0}, CFG(7.5))
+    (u, eps), = draws()
+    t = timesteps(u)
+    a, s = level(prior, t)
+    xt = a * x.detach() + s * eps
+    c, un = model_at(xt, t, "cond"), model_at(xt, t, "uncond")
+    g = s ** 2 * (un + 7.5 * (c - un) - eps)
+    assert float(g.abs().max()) > 0.01                                  # the clamp bites
+    check(out, x, 2.0 * g.clamp(-0.01, 0.01))
+    assert float(out.grad.abs().max()) == pytest.approx(0.02)
+
+
+class HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (``float``, ``bool``, ``item``: one device sync each on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["sds", "csd", "vsd"])
+def test_a_watched_step_reads_nothing_on_the_host_and_the_watch_names_the_first_bad_step(name):
+    from omniguide.distillation.objectives.base import Watch
+
+    prior, model = toy_prior()
+    obj = build_objective({"name": name, "estimator": "copy"} if name == "vsd" else name)
+    watch = Watch(obj.name)
+    est = Estimator(prior, "copy") if name == "vsd" else None
+    for step in range(4):
+        if step == 2:
+            with torch.no_grad():
+                model.a.fill_(float("nan"))
+        x = torch.randn(SHAPE, dtype=torch.float64, requires_grad=True)
+        ctx = Context(prior, CFG(7.5), x, inputs(), Draws(torch.Generator().manual_seed(step)), 0.0, step, est,
+                      watch=watch)
+        ctx.executor.check_finite = False
+        with HostSyncs() as syncs:
+            out = obj(ctx)                               # no raise: the watch only records
+        assert syncs.count == 0, f"{name} read {syncs.count} values on the host at step {step}"
+        assert all(isinstance(v, torch.Tensor) for v in out.values.values())
+        if step == 1:
+            watch.check()                                # steps 0-1 are finite
+    term = {"sds": "cond - uncond", "csd": "cond - uncond", "vsd": "guided - estimator"}[name]
+    with pytest.raises(DivergenceError, match=f"^objective '{name}' at step 2: term '{term}' is non-finite"):
+        watch.check()

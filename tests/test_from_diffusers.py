@@ -1,5 +1,6 @@
 """``from_diffusers``: each diffusers guider mapped to omniguide gives diffusers' own result on the same
-predictions (1e-5), rescale and step windows included; guiders with no equivalent are refused."""
+predictions (1e-5; TCFG within the bound of diffusers' float32 SVD), rescale and step windows included;
+guiders with no equivalent are refused."""
 
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ def test_mapped_guider_gives_diffusers_result(name):
     for index in (0, 3):   # CFG-Zero*'s zeroed first step included
         step, preds, c, u = P.inputs(index=index)
         theirs = P.run_diffusers(CASES[name](), c, u, step=index)
-        torch.testing.assert_close(ours_guider.combine(preds, step).eps, theirs, **TOL)
+        ours = ours_guider.combine(preds, step).eps
+        if name == "tcfg":   # diffusers' float32 SVD: a tolerance from the conditioning, not 1e-5
+            P.assert_within_float32_svd(ours, theirs, c, u, 5.0, original=False)
+        else:
+            torch.testing.assert_close(ours, theirs, **TOL)
 
 
 @pytest.mark.parametrize("original", [False, True])

@@ -145,13 +145,22 @@ def test_interval_and_schedule(layout):
     inside = ((t >= 0.3) & (t <= 0.6)).to(c.dtype)
     ref = inside * (u + 4.0 * (c - u)) + (1 - inside) * c
     check(Interval(CFG(4.0), t=(0.3, 0.6)).combine(preds, step), ref, step)
+    # CFG++ inside, guidance off outside: the conditional prediction (arXiv:2404.07724), not l = 0's u
+    out = Interval(CFGPlusPlus(0.6), t=(0.3, 0.6)).combine(preds, step)
+    assert 0 < inside.sum() < inside.numel()
+    torch.testing.assert_close(out.x0, inside * x0_from_eps(u + 0.6 * (c - u), step.x, step.noise)
+                               + (1 - inside) * x0_from_eps(c, step.x, step.noise))
+    torch.testing.assert_close(out.eps, inside * u + (1 - inside) * c)
+    abar = torch.full_like(step.noise.alpha, 0.95)                      # t = 0.05 for every sample
+    off = GuidanceStep(step.x, NoiseLevel.vp(abar, t=1 - abar), None, 5, 10, step.axes)
+    assert Interval(CFGPlusPlus(0.6), t=(0.3, 0.6)).branches(off) == ("cond",)
     for shape, f in (("linear", 2 * (1 - t)), ("cosine", torch.cos(math.pi * t) + 1)):
         w = 1 + (4.0 - 1) * f
         check(Schedule(CFG(4.0), shape).combine(preds, step), u + w * (c - u), step)
 
 
 # -- APG ----------------------------------------------------------------------------------------
-def apg_reference(c, u, w, axes, eta=0.0, r=0.0, form="paper", buf=None, beta=0.0):
+def apg_reference(c, u, w, axes, eta=0.0, r=0.0, form="c+(w-1)*upd", buf=None, beta=0.0):
     d = c - u
     if beta:
         d = d + beta * buf
@@ -161,12 +170,12 @@ def apg_reference(c, u, w, axes, eta=0.0, r=0.0, form="paper", buf=None, beta=0.
     chat = c / rnorm(c, axes)
     par = rsum(d * chat, axes) * chat
     upd = (d - par) + eta * par
-    out = {"paper": c + (w - 1) * upd, "diffusers": u + w * upd, "comfyui": c + w * upd}[form]
+    out = {"c+(w-1)*upd": c + (w - 1) * upd, "u+w*upd": u + w * upd, "c+w*upd": c + w * upd}[form]
     return out, buf
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("form", ["paper", "diffusers", "comfyui"])
+@pytest.mark.parametrize("form", ["c+(w-1)*upd", "u+w*upd", "c+w*upd"])
 def test_apg_forms_in_x0(layout, form):
     step, preds, c, u = setup(layout)
     x, n = step.x, step.noise
@@ -207,12 +216,25 @@ def test_apg_refuses_momentum_without_step_index():
 def test_apg_diffusers_form_differs_from_paper():
     """diffusers' u + w upd is not the paper's c + (w - 1) upd once upd != c - u (eta < 1)."""
     step, preds, *_ = setup("BCHW")
-    a = APG(5.0, eta=0.0, form="paper").combine(preds, step).eps
-    b = APG(5.0, eta=0.0, form="diffusers").combine(preds, step).eps
+    a = APG(5.0, eta=0.0, form="c+(w-1)*upd").combine(preds, step).eps
+    b = APG(5.0, eta=0.0, form="u+w*upd").combine(preds, step).eps
     assert (a - b).abs().max() > 1e-2
-    c = APG(5.0, eta=1.0, form="paper").combine(preds, step).eps
-    d = APG(5.0, eta=1.0, form="diffusers").combine(preds, step).eps
+    c = APG(5.0, eta=1.0, form="c+(w-1)*upd").combine(preds, step).eps
+    d = APG(5.0, eta=1.0, form="u+w*upd").combine(preds, step).eps
     torch.testing.assert_close(c, d)  # eta = 1, no threshold, no momentum: both are CFG
+
+
+@pytest.mark.parametrize("old,new", [("paper", "c+(w-1)*upd"), ("diffusers", "u+w*upd"), ("comfyui", "c+w*upd")])
+def test_apg_forms_are_named_by_formula_and_the_library_names_are_aliases(old, new):
+    from omniguide.core.registry import build_guider
+
+    step, preds, *_ = setup("BCHW")
+    assert APG(form=old).form == new and build_guider({"name": "apg", "form": old}).form == new
+    torch.testing.assert_close(APG(5.0, eta=0.3, form=old).combine(preds, step).eps,
+                               APG(5.0, eta=0.3, form=new).combine(preds, step).eps)
+    assert APG().form == "c+(w-1)*upd"
+    with pytest.raises(Exception, match=r"unknown form 'u\+w\(c-u\)'; valid: c\+\(w-1\)\*upd, u\+w\*upd"):
+        APG(form="u+w(c-u)")
 
 
 # -- TCFG ---------------------------------------------------------------------------------------

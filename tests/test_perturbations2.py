@@ -107,6 +107,13 @@ def test_pladis_sparse_cross_attention_golden(unet):
     assert no_hooks_left(unet)
 
 
+def test_pladis_default_is_every_cross_attention_mid_block_included(unet):
+    """The paper applies PLADIS to all cross-attention modules; the reference node patches every attn2."""
+    attn2 = sorted(n for n, m in unet.named_modules() if n.endswith(".attn2"))
+    assert any(n.startswith("mid_block.") for n in attn2) and any(n.startswith("down_blocks.") for n in attn2)
+    assert sorted(SparseAttention(None).targets(unet)) == attn2
+
+
 # -- TPG, TSG, S2 -------------------------------------------------------------------------------------------
 def test_token_shuffle_permutes_the_block_input():
     model = ToyDiT().eval()

@@ -98,3 +98,13 @@ def test_lightning_records_and_warnings_go_to_the_log_not_the_terminal(tmp_path,
     with console(verbose=True):
         cuda.info("LOCAL_RANK: 1 - CUDA_VISIBLE_DEVICES: [0,1]")
     assert capsys.readouterr().err == "LOCAL_RANK: 1 - CUDA_VISIBLE_DEVICES: [0,1]\n"
+
+
+def test_validate_prints_nothing_but_its_result():
+    """A recipe that loads a pipeline: transformers' warnings (its "requires torchvision" line) and
+    the loading bars stay off the terminal unless --verbose."""
+    argv = [sys.executable, "-m", "omniguide", "validate", "configs/distill3d/toy_sds.yaml"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok: configs/distill3d/toy_sds.yaml (distill)\n", "")
+    loud = subprocess.run([*argv, "--verbose"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert loud.returncode == 0 and "Loading pipeline components" in loud.stderr    # --verbose still shows them

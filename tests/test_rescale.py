@@ -39,3 +39,22 @@ def test_rescale_refuses_an_inconsistent_pair_and_passes_cond_through():
     only = {"cond": preds["cond"]}
     torch.testing.assert_close(Rescale(CFG(1.0)).combine(only, step).to("v"), preds["cond"].value)
     assert Rescale(CFG(1.0)).branches(step) == ("cond",)
+
+
+@pytest.mark.parametrize("name", ["cfg-rescale", "apg", "tcfg", "cfg-zero-star"])
+def test_space_none_is_the_models_own_output_for_every_space_taking_guider(name):
+    """``space: null`` (diffusers' behaviour: the model's own output) is accepted alike, in code and recipes."""
+    from omniguide.core.registry import build_guider
+
+    assert build_guider({"name": name, "space": None}).space is None
+
+
+def test_cfg_rescale_with_space_none_rescales_the_models_own_output():
+    step, preds = step_and_preds(kind="eps")
+    c, u = preds["cond"].value, preds["uncond"].value
+    g = u + 5.0 * (c - u)
+    dims = (1, 2, 3)
+    expected = 0.7 * g * c.std(dim=dims, keepdim=True) / g.std(dim=dims, keepdim=True) + 0.3 * g
+    torch.testing.assert_close(CFGRescale(5.0, rescale=0.7, space=None).combine(preds, step).eps, expected)
+    v_space = CFGRescale(5.0, rescale=0.7, space="v").combine(preds, step).eps
+    assert (v_space - expected).abs().max() > 1e-3          # the space matters: None is not v

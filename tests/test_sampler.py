@@ -164,3 +164,23 @@ def test_progress_bar_and_callback_every_step(capsys):
            callback=lambda i, *a: calls.append(i))
     assert calls == [0, 1, 2, 3, 4]
     assert "sampling" in capsys.readouterr().err
+
+
+def test_ddim_by_name_steps_as_stable_diffusion_and_1000_steps_is_a_one_line_error():
+    """``build_scheduler("ddim")`` is SD's DDIM config (steps_offset=1, set_alpha_to_one=False): the
+    timesteps are 1 + k (1000 // N) and the last step lands on alphas_cumprod[0] (sigma ~ 0.01 for
+    linear betas). At N = 1000 the last timestep would be 1000, one past the table: a one-line error."""
+    from omniguide.core import ConfigError
+    from omniguide.core.schedulers import build_scheduler
+
+    sched = build_scheduler("ddim")
+    sched.set_timesteps(10)
+    assert sched.timesteps.tolist() == [1 + 100 * k for k in range(9, -1, -1)]
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    assert float((1 - sched.final_alpha_cumprod) ** 0.5) == pytest.approx(float(betas[0] ** 0.5), rel=1e-4)
+    out = sample(model_for(sched), sched, CFG(1.0), noise(4), table(0, 4), num_steps=999, progress=False)
+    assert torch.isfinite(out.sample).all()
+    with pytest.raises(ConfigError, match=r"^num_steps: 1000 steps of DDIMScheduler reach timestep 1000, past its "
+                                          r"last training timestep 999; use fewer steps$"):
+        sample(model_for(sched), build_scheduler("ddim"), CFG(1.0), noise(4), table(0, 4), num_steps=1000,
+               progress=False)

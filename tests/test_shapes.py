@@ -255,3 +255,39 @@ def test_scorer_guidance_with_the_classifier_raises_shape_accuracy():
     plain, guided = scorer_guidance(load_pipeline(), scales=(0.0, 1.0), cfg_scale=3.0, prompts=16, seeds=(0,), steps=10)
     assert guided["shape"] >= plain["shape"] + 0.1, (plain, guided)
     assert guided["colour"] >= 0.9 and guided["position"] >= 0.9
+
+
+def test_vsf_never_sees_the_negative_prompts_padding():
+    """Every VSF reference encodes the negative prompt without padding. Through ``guide`` the negative's
+    padding keys are masked out of the flipped block: padding with another token changes nothing,
+    while the real tokens still act (the result is not the unguided one)."""
+    from omniguide import guide
+    from omniguide.core.methods import VSF
+
+    pipe = load_pipeline()
+    embeds, _ = pipe.encode_prompt(["a red circle on the left"], "cpu", 1, False)   # the positive, fixed
+
+    def run(guider=None):
+        kwargs = dict(prompt_embeds=embeds, negative_prompt="blue", num_inference_steps=3, output_type="latent",
+                      generator=torch.Generator().manual_seed(0))
+        if guider is None:
+            return pipe(**kwargs, guidance_scale=1.0).images
+        with guide(pipe, guider):
+            return pipe(**kwargs).images
+
+    def negative_embeds():
+        return pipe._encode_text(["blue"], "cpu", 16)
+
+    eos = run(VSF())
+    padded_eos = negative_embeds()
+    pipe.tokenizer.pad_token = "<|startoftext|>"              # other padding ids -> other padding embeddings
+    try:
+        padded_bos = negative_embeds()
+        bos = run(VSF())
+    finally:
+        pipe.tokenizer.pad_token = "<|endoftext|>"
+    real = int(pipe.tokenizer("blue").attention_mask.count(1))
+    torch.testing.assert_close(padded_bos[:, :real], padded_eos[:, :real])     # the real tokens are the same
+    assert (padded_bos[:, real:] - padded_eos[:, real:]).abs().max() > 1e-2     # the padding is not
+    torch.testing.assert_close(bos, eos, rtol=0, atol=1e-5)
+    assert (eos - run()).abs().max() > 1e-2

@@ -44,8 +44,8 @@ def test_region_point_box_mask_and_decay_by_hand():
     x = torch.zeros(1, 1, 2, 4, 6)
     st = step_at(x)
     gauss = resolve(RegionScale(inside=5.0, outside=1.0, point=(0.5, 0.5), sigma=0.25), st)
-    y, xx = (2 + 0.5) / 4, (1 + 0.5) / 6           # pixel (row 2, col 1) centre
-    d2 = (xx - 0.5) ** 2 + (y - 0.5) ** 2
+    dy, dx = (2 + 0.5) - 2.0, (1 + 0.5) - 3.0       # pixel (row 2, col 1) centre to the point, in pixels
+    d2 = (dx ** 2 + dy ** 2) / 6 ** 2                # as a fraction of the larger side (6)
     assert math.isclose(float(gauss[0, 0, 0, 2, 1]), 1 + 4 * math.exp(-d2 / (2 * 0.25 ** 2)), rel_tol=1e-6)
     box = resolve(RegionScale(inside=3.0, box=(0.0, 0.0, 0.5, 0.5)), st)[0, 0, 0]
     assert box[:2, :3].eq(3).all() and box[2:].eq(1).all() and box[:, 3:].eq(1).all()
@@ -59,6 +59,20 @@ def test_region_point_box_mask_and_decay_by_hand():
     assert math.isclose(float(resolve(Decay(3.0, end=0.5), step_at(x, index=3))), expected, rel_tol=1e-9)
     ramp = resolve(Decay(FrameRamp(1.0, 3.0), end=0.0, shape="linear"), step_at(x, index=9))
     torch.testing.assert_close(ramp, torch.ones_like(ramp))        # fully decayed to the neutral scale
+
+
+def test_region_point_gaussian_is_round_on_a_non_square_latent():
+    """sigma is a fraction of the larger side: on a 4 x 8 latent (sigma = 0.25 -> 2 px) the two cells
+    sqrt(2.5) px from the centre, one 1.5 px across and 0.5 px down, the other 0.5 across and 1.5 down,
+    weigh the same exp(-2.5 / 8) = 0.732 (per-side fractions gave 0.666 and 0.315)."""
+    m = resolve(RegionScale(inside=2.0, outside=1.0, point=(0.5, 0.5), sigma=0.25),
+                step_at(torch.zeros(1, 1, 1, 4, 8)))[0, 0, 0] - 1.0
+    expected = math.exp(-2.5 / (2 * 2.0 ** 2))
+    assert math.isclose(expected, 0.732, abs_tol=5e-4)
+    assert math.isclose(float(m[1, 2]), expected, rel_tol=1e-6)      # centre (2.5, 1.5) vs point (4, 2)
+    assert math.isclose(float(m[0, 3]), expected, rel_tol=1e-6)      # centre (3.5, 0.5)
+    wide = RegionScale(point=(0.5, 0.5), sigma=0.25).weights(8, 4)   # the transpose is the transpose
+    torch.testing.assert_close(wide, RegionScale(point=(0.5, 0.5), sigma=0.25).weights(4, 8).T)
 
 
 def test_scales_that_do_not_broadcast_are_one_line_errors():
@@ -97,7 +111,8 @@ def test_piecewise_reproduces_ltx_guidance_timesteps_and_wan_boundary():
 
 def test_fdg_bands_over_height_and_width_are_per_frame_2d():
     g = torch.Generator().manual_seed(0)
-    c, u = torch.randn(2, 3, 4, 16, 16, generator=g), torch.randn(2, 3, 4, 16, 16, generator=g)
+    # float64: the batched and per-frame convolutions may sum in another order at another thread count
+    c, u = (torch.randn(2, 3, 4, 16, 16, generator=g, dtype=torch.float64) for _ in range(2))
     fdg = FDG(2.0, 6.0)
     video = fdg.combine({"cond": Prediction(c, "eps", c, NoiseLevel.flow(torch.tensor(0.5))),
                          "uncond": Prediction(u, "eps", c, NoiseLevel.flow(torch.tensor(0.5)))},
@@ -107,7 +122,7 @@ def test_fdg_bands_over_height_and_width_are_per_frame_2d():
         image = fdg.combine({"cond": Prediction(cf, "eps", cf, NoiseLevel.flow(torch.tensor(0.5))),
                              "uncond": Prediction(uf, "eps", cf, NoiseLevel.flow(torch.tensor(0.5)))},
                             step_at(cf, layout="BCHW")).eps
-        torch.testing.assert_close(video[:, :, f], image, rtol=0, atol=1e-6)
+        torch.testing.assert_close(video[:, :, f], image, rtol=0, atol=1e-12)
 
 
 # -- STG on a video transformer -----------------------------------------------------------------------

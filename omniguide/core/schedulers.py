@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import GuidanceError
+from .errors import ConfigError, GuidanceError
 from .noise import NoiseLevel, NoiseSchedule
 from .prediction import Guided, check_parameterization, from_x0_eps
 
@@ -164,6 +164,10 @@ class SchedulerView:
                 f"{type(scheduler).__name__} made {len(self.timesteps)} timesteps for {num_steps} steps "
                 "(higher-order schedulers that evaluate the model twice per step are not supported)"
             )
+        last = int(self.timesteps.max()) if self.family == "vp" and len(self.timesteps) else 0
+        if last >= self.num_train_timesteps:   # DDIM's steps_offset=1 at num_steps = num_train_timesteps
+            raise ConfigError("num_steps", f"{num_steps} steps of {type(scheduler).__name__} reach timestep {last}, "
+                              f"past its last training timestep {self.num_train_timesteps - 1}; use fewer steps")
 
     @property
     def init_noise_sigma(self) -> float:
@@ -209,6 +213,9 @@ class SchedulerView:
 # -- schedulers by name (recipes) ---------------------------------------------------------------
 # short name -> (diffusers class name, config defaults)
 BY_NAME = {
+    # Stable Diffusion's DDIM config (its scheduler_config.json, which the pipelines load): timesteps
+    # 1 + k (1000 // N), and the last step lands on alphas_cumprod[0] rather than alpha = 1, so sampling
+    # ends at sigma ~ 0.01 (linear betas), not at x0; kept so that `ddim` steps as those pipelines do.
     "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}),
     "ddpm": ("DDPMScheduler", {"clip_sample": False}),
     "euler": ("EulerDiscreteScheduler", {}),

@@ -13,6 +13,10 @@ estimator with its own optimizer).
   read (``GuidanceStep.progress``).
 * Logged: ``grad_norm``, each objective's own terms, the estimator's loss, and the time spent in
   render, prior and update (``timings``), never the target loss as if it were an objective value.
+  Logs stay on the device until the logger's steps, and non-finite terms are watched on the device
+  (:class:`~omniguide.distillation.objectives.base.Watch`), read on log steps, before every
+  checkpoint and at the end: no host sync per step, and a diverged run stops naming the step it
+  diverged at before any checkpoint after it is written.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from torch import Tensor
 from ..core.branch import BranchExecutor
 from ..core.guider import Guider
 from .estimators import Estimator
-from .objectives.base import Context, Draws, Objective
+from .objectives.base import Context, Draws, Objective, Watch
 from .priors import Prior
 from .scene import VIEWS, CameraSampler, Representation, SolidBackground, render
 
@@ -82,7 +86,8 @@ class DistillSystem(lightning.LightningModule):
         self.inputs: dict[str, dict] = {}
         self.per_view: set[str] = set()
         self.timings: list[dict[str, float]] = []
-        self.last_logs: dict[str, float] = {}
+        self.watch = Watch(objective.name)
+        self.last_values: dict[str, Tensor] = {}
         self._pending_estimator_state = None
         self._t: dict[str, float] = {}
 
@@ -113,7 +118,7 @@ class DistillSystem(lightning.LightningModule):
             self.per_view = {name for name, texts in sets.items() if len(texts) == len(VIEWS)}
             self.guider.reset()
         self.executor = BranchExecutor(self.prior.call, None, self.prior.parameterization,
-                                       noise_of=self.prior.noise_of)
+                                       noise_of=self.prior.noise_of, check_finite=False)   # the watch does
 
     def branch_inputs(self, views: Tensor) -> dict[str, dict]:
         out = {}
@@ -143,14 +148,16 @@ class DistillSystem(lightning.LightningModule):
         self._mark("render1")
         x = self.prior.encode_image(out.rgb)
         ctx = Context(self.prior, self.guider, x, self.branch_inputs(self.cameras.views.views(local)),
-                      Draws(gen, rows, s.batch_size), self.progress(), step, self.estimator, self.executor)
+                      Draws(gen, rows, s.batch_size), self.progress(), step, self.estimator, self.executor,
+                      self.watch)
         result = self.objective(ctx)
         loss = result.loss if result.estimator_loss is None else result.loss + result.estimator_loss
         self._mark("prior1")
-        self.last_logs = {**result.logs, "opacity": float(out.opacity.detach().mean())}
+        self.last_values = {**result.values, "opacity": out.opacity.detach().mean()}
         if (step + 1) % self.trainer.log_every_n_steps == 0:
             # only on the steps the logger writes: Lightning's self.log costs about 0.2 ms a key, a few
-            # percent of a 60 ms CPU iteration
+            # percent of a 60 ms CPU iteration, and reading the values syncs the device
+            self.watch.check()
             for key, value in self.last_logs.items():
                 self.log(f"train/{key}", value, prog_bar=key == "grad_norm")
         return loss
@@ -163,6 +170,15 @@ class DistillSystem(lightning.LightningModule):
             self.timings.append({"render": t["render1"] - t["render0"], "prior": t["prior1"] - t["render1"],
                                  "update": t["update1"] - t["update0"], "iteration": total})
         self._t = {"start": now}
+
+    @property
+    def last_logs(self) -> dict[str, float]:
+        """The last step's logged values as floats (reading them syncs the device)."""
+        values = self.last_values
+        return dict(zip(values, torch.stack([v.float().cpu() for v in values.values()]).tolist())) if values else {}
+
+    def on_train_end(self) -> None:
+        self.watch.check()
 
     def on_before_backward(self, loss: Tensor) -> None:
         self._mark("update0")
@@ -194,6 +210,7 @@ class DistillSystem(lightning.LightningModule):
         return torch.optim.Adam(params, lr=self.settings.lr, betas=(0.9, 0.99), eps=1e-15)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.watch.check()      # a diverged state is never written: the last checkpoint stays good
         if self.estimator is not None:
             checkpoint["estimator_optimizer"] = self.estimator_optimizer.state_dict()
 

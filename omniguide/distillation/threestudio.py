@@ -132,10 +132,10 @@ def guidance_class(threestudio: Any, objective_name: str) -> type:
             n = self.prior.num_train_timesteps
             from .schedules import at
 
-            result = {"loss_sds": out.loss, "grad_norm": torch.tensor(out.logs["grad_norm"]),
+            result = {"loss_sds": out.loss, "grad_norm": out.values["grad_norm"],
                       "min_step": int(at(self.objective.t_min, self.progress) * n),
                       "max_step": int(at(self.objective.t_max, self.progress) * n)}
-            result.update({f"omniguide/{k}": v for k, v in out.logs.items()})
+            result.update({f"omniguide/{k}": v for k, v in out.values.items()})
             return result
 
     OmniguideGuidance.Config = Config

@@ -134,6 +134,7 @@ class Family:
     check_call: Callable[[Any, dict], None] | None = None
     uncond: Callable[[dict, dict, dict], dict] | None = None
     modality: str = "image"
+    key_mask: str | None = None     # the denoiser keyword of a [B, L] 0/1 text-token mask the family leaves unset
     samples_kwarg: str = "num_images_per_prompt"
     output_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"output_type": "pt"})
     read_output: Callable[[Any, Any], tuple[Tensor, int | None]] = lambda pipe, result: (result.images, None)
@@ -252,6 +253,7 @@ class _Call:
     positive: dict | None = None
     negative: dict | None = None
     named: dict = field(default_factory=dict)
+    negative_tokens: Tensor | None = None   # the negative prompt's token mask (1: a real token)
     index: int = 0
     last: tuple[Guided, NoiseLevel] | None = None
 
@@ -461,12 +463,45 @@ class Guide:
                 raise GuidanceError(f"guide(): {len(negative)} negative prompts for {count} prompts; give one "
                                     "negative prompt, or a list as long as the prompts")
             result, call.positive, call.negative = self.family.encode(original, arguments, negatives)
+            if self.family.key_mask and any(getattr(b.perturbation, "masks_negative_padding", False)
+                                            for b in self.branch_defaults.values()):
+                call.negative_tokens = self._negative_tokens(negatives, call.negative)
             for name, text in self.prompts.items():
                 if isinstance(text, str) and isinstance(arguments.get("prompt"), (list, tuple)):
                     text = [text] * count
                 call.named[name] = self.family.encode(original, arguments, {"negative_prompt": text})[2]
             return result
         return encode
+
+    def _negative_tokens(self, negatives: dict, encoded: dict) -> Tensor | None:
+        """The negative prompt's token mask from the pipeline's tokenizer, at the encoded length, for the
+        attention negatives that must not see its padding (VSF); None without a tokenizer or a text."""
+        tokenizer, text = getattr(self.pipe, "tokenizer", None), negatives.get("negative_prompt")
+        if text is None and negatives.get("negative_prompt_embeds") is None:
+            text = ""                                       # the pipelines' default negative
+        embeds = [v for v in encoded.values() if isinstance(v, Tensor) and v.ndim == 3]
+        if not callable(tokenizer) or text is None or len(embeds) != 1:
+            return None
+        rows, length = embeds[0].shape[:2]
+        texts = [text] if isinstance(text, str) else list(text)
+        mask = tokenizer(texts, padding="max_length", max_length=length, truncation=True,
+                         return_tensors="pt").attention_mask
+        return mask.repeat_interleave(rows // len(texts), 0) if rows % len(texts) == 0 else None
+
+    def _padding_masks(self, denoiser: str, inputs: dict, device: torch.device) -> dict[str, Branch]:
+        """VSF's branches with per-row key masks: ones for the positive rows, the negative prompt's token
+        mask for the negative rows, so its padding stays out of the flipped block (every reference
+        encodes the negative without padding), through the family's ``key_mask`` keyword."""
+        tokens, key = self._call.negative_tokens, self.family.key_mask
+        if tokens is None or key is None or inputs.get(key) is not None:
+            return {}
+        out = {}
+        for name, branch in self.branch_defaults.items():
+            p = branch.perturbation
+            if getattr(p, "masks_negative_padding", False) and name in (p.positive, p.negative):
+                mask = tokens if name == p.negative else torch.ones_like(tokens)
+                out[name] = dataclasses.replace(branch, inputs={**branch.inputs, key: mask.to(device)})
+        return out
 
     def _scheduler_step(self, original: Callable) -> Callable:
         signature = inspect.signature(original)
@@ -510,7 +545,8 @@ class Guide:
         table = {"cond": Branch("cond", inputs), "uncond": Branch("uncond", self._uncond_inputs(inputs))}
         for name, encoded in call.named.items():
             table[name] = Branch(name, self._uncond_inputs(inputs, encoded, name))
-        table = {**table, **self.branch_defaults, **self.resolved_branches}
+        masked = self._padding_masks(denoiser, inputs, sample.device)
+        table = {**table, **self.branch_defaults, **masked, **self.resolved_branches}
         self._inner = True
         try:
             _, result = evaluate_guider(self.guider, call.executor, sample, timestep, step, branches=table,

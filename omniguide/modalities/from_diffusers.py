@@ -6,7 +6,7 @@ and the axes their driver declares (the pipeline adapter's family layout covers 
 
 * ``ClassifierFreeGuidance(w, use_original_formulation)`` -> ``CFG(w, form="u+w(c-u)" | "c+w(c-u)")``
 * ``AdaptiveProjectedGuidance(w, momentum, rescale=r, eta, norm_dim)`` ->
-  ``APG(w, eta, norm_threshold=r, momentum, form="diffusers" | "comfyui", space=None)``
+  ``APG(w, eta, norm_threshold=r, momentum, form="u+w*upd" | "c+w*upd", space=None)``
 * ``ClassifierFreeZeroStarGuidance(w, zero_init_steps)`` -> ``CFGZeroStar(w, zero_init_steps, space=None)``
 * ``TangentialClassifierFreeGuidance(w)`` -> ``TCFG(w, space=None)``
 * ``MagnitudeAwareGuidance(w, alpha)`` -> ``MagnitudeAware(w, alpha, space=None)`` (diffusers' own
@@ -80,7 +80,7 @@ def _core(guider: Any) -> Guider:
         return APG(scale=w, eta=float(config["eta"]),
                    norm_threshold=float(config["adaptive_projected_guidance_rescale"]),
                    momentum=float(config.get("adaptive_projected_guidance_momentum") or 0.0),
-                   form="comfyui" if config.get("use_original_formulation") else "diffusers", space=None, axes=axes)
+                   form="c+w*upd" if config.get("use_original_formulation") else "u+w*upd", space=None, axes=axes)
     if kind("ClassifierFreeZeroStarGuidance"):
         return CFGZeroStar(scale=w, zero_init_steps=int(config["zero_init_steps"]), form=_form(guider), space=None)
     if kind("MagnitudeAwareGuidance"):   # diffusers' mambo_guidance: norms over all but the batch axis

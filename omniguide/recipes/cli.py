@@ -9,7 +9,8 @@
 A user error (bad key, type, range, file, component, YAML) prints one line on stderr and exits
 with code 2; ``--debug`` shows the traceback. ``run`` prints the run folder as its last stdout line;
 a run whose recipe fails leaves a ``FAILED`` marker in its folder (see :func:`_run`). Library
-chatter (Lightning's banners and tips, warnings) goes to the run's ``log.txt``, and to the terminal
+chatter (Lightning's banners and tips, transformers' and diffusers' warnings and loading bars, warnings)
+goes to the run's ``log.txt`` (bars: nowhere), and to the terminal
 too with ``--verbose``.
 
 This module and what ``--help`` and ``show`` import stay free of torch, Lightning and diffusers:
@@ -105,6 +106,7 @@ def _report(err: BaseException, debug: bool, code: int, where: str = "") -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from . import runners
     from .config import import_plugins, load_entry_point_plugins, load_recipe
+    from .console import quiet_libraries
 
     runners.load_all()
     load_entry_point_plugins()
@@ -115,12 +117,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "show":
         print(resolved.yaml, end="")
         return 0
-    if resolved.recipe.check is not None:
-        resolved.recipe.check(resolved.cfg)
-    if args.command == "validate":
-        print(f"ok: {args.config} ({resolved.recipe.name})")
-        return 0
-    return _run(resolved)
+    with quiet_libraries(args.verbose):   # transformers' torchvision warning, loading bars: log.txt only
+        if resolved.recipe.check is not None:
+            resolved.recipe.check(resolved.cfg)
+        if args.command == "validate":
+            print(f"ok: {args.config} ({resolved.recipe.name})")
+            return 0
+        return _run(resolved)
 
 
 class RecipeFailed(Exception):

@@ -65,6 +65,43 @@ def console(verbose: bool = False) -> Iterator[None]:
         root.removeHandler(handler)
 
 
+# Libraries that put up a terminal handler of their own and loading bars when first used, often during
+# the command (transformers' "requires torchvision" warning on every run, the pipelines' loading bars).
+LIBRARY_LOGGERS = ("transformers", "diffusers")
+
+
+@contextlib.contextmanager
+def quiet_libraries(verbose: bool = False) -> Iterator[None]:
+    """For a command that builds something: transformers' and diffusers' records relayed to the root
+    logger like Lightning's (so to ``log.txt``, and to the terminal with ``verbose``) and their
+    progress bars off, unless ``verbose``. Imports their logging modules (both are light)."""
+    import importlib
+
+    if verbose:
+        yield
+        return
+    saved, relay = [], _ToRoot()
+    for name in LIBRARY_LOGGERS:
+        try:
+            lib = importlib.import_module(f"{name}.utils.logging")
+        except ImportError:
+            continue
+        logger = lib.get_logger(name)      # configures the library's root logger (its terminal handler)
+        saved.append((lib, lib.is_progress_bar_enabled(), _detach_terminal_handlers(logger)))
+        lib.disable_progress_bar()
+        logger.addHandler(relay)
+    try:
+        yield
+    finally:
+        for lib, bars, (logger, handlers, propagate) in saved:
+            logger.removeHandler(relay)
+            for h in handlers:
+                logger.addHandler(h)
+            logger.propagate = propagate
+            if bars:
+                lib.enable_progress_bar()
+
+
 def _detach_terminal_handlers(logger: logging.Logger) -> tuple[logging.Logger, list[logging.Handler], bool]:
     """Remove ``logger``'s own terminal handlers; returns what to restore afterwards."""
     own = [h for h in logger.handlers

@@ -9,12 +9,13 @@ prediction ``x0``) and norms / inner products over the declared axes, per sample
     d    = d * min(1, r / ||d||)                 norm threshold (r = 0: off)
     d_par = <d, c_hat> c_hat,  d_orth = d - d_par,  c_hat = c / ||c||     (in float64)
     upd  = d_orth + eta * d_par
-    pred = c + (w - 1) upd                       form "paper"     (also ACE-Step v1)
-    pred = u + w upd                             form "diffusers" (AdaptiveProjectedGuidance default)
-    pred = c + w upd                             form "comfyui"   (ComfyUI APG; diffusers' original form)
+    pred = c + (w - 1) upd     form "c+(w-1)*upd"  (the paper, ACE-Step v1; alias "paper")
+    pred = u + w upd           form "u+w*upd"      (diffusers' AdaptiveProjectedGuidance default; alias "diffusers")
+    pred = c + w upd           form "c+w*upd"      (ComfyUI APG, diffusers' original form; alias "comfyui")
 
-The three forms agree with CFG only when ``upd == d`` (eta = 1, no threshold, no momentum); diffusers'
-form ``u + w upd`` equals the paper's ``c + (w' - 1) upd`` for no ``w'`` once ``upd != d``.
+Forms are named by formula, as CFG's are; the library names are accepted as aliases. The three agree
+with CFG only when ``upd == d`` (eta = 1, no threshold, no momentum); ``u + w upd`` equals
+``c + (w' - 1) upd`` for no ``w'`` once ``upd != d``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from ..registry import register_guider
 from ..scale import Scale, resolve
 from .common import cfg_branches, check_space, clip_norm, guided_in, in_space, project
 
-APG_FORMS = {"paper": 1.0, "diffusers": 1.0, "comfyui": 0.0}  # form -> neutral scale
+APG_FORMS = {"c+(w-1)*upd": 1.0, "u+w*upd": 1.0, "c+w*upd": 0.0}  # form -> neutral scale
+APG_ALIASES = {"paper": "c+(w-1)*upd", "diffusers": "u+w*upd", "comfyui": "c+w*upd"}   # the older names
 
 
 @register_guider("apg")
@@ -50,14 +52,15 @@ class APG(Guider):
     eta: float = 0.0
     norm_threshold: float = 0.0
     momentum: float = 0.0
-    form: str = "paper"
+    form: str = "c+(w-1)*upd"
     space: str | None = "x0"
     axes: Axes | str | tuple | None = None
     _buffer: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        self.form = APG_ALIASES.get(self.form, self.form)
         if self.form not in APG_FORMS:
-            raise ConfigError("form", f"unknown form '{self.form}'; valid: {', '.join(APG_FORMS)}")
+            raise ConfigError("form", f"unknown form '{self.form}'; valid: {', '.join([*APG_FORMS, *APG_ALIASES])}")
         if float(self.norm_threshold) < 0:
             raise ConfigError("norm_threshold", f"must be >= 0 (0 turns it off), got {self.norm_threshold}")
         self.space = check_space(self.space)
@@ -86,10 +89,10 @@ class APG(Guider):
         par, orth = project(clip_norm(d, float(self.norm_threshold), axes), c, axes)
         upd = orth + self.eta * par
         w = resolve(self.scale, step)
-        if self.form == "paper":
+        if self.form == "c+(w-1)*upd":
             out = c + (w - 1) * upd
         else:
-            out = (u if self.form == "diffusers" else c) + w * upd
+            out = (u if self.form == "u+w*upd" else c) + w * upd
         return guided_in(out, step, kind, "apg")
 
     def _momentum(self, d: Tensor, step: GuidanceStep) -> Tensor:

@@ -8,7 +8,9 @@ the sampler re-noises with the *unconditional* noise:
     x_prev = alpha_prev x0 + sigma_prev u            (DDIM; Euler and DPM-Solver++ alike)
 
 So the result is an inconsistent pair (guided ``x0``, unconditional ``eps``); the sampler steps
-from the pair. ``l = 0`` is unconditional sampling and needs only the unconditional branch.
+from the pair. ``l = 0`` is unconditional sampling and needs only the unconditional branch. Guidance
+off (outside an :class:`~omniguide.core.methods.interval.Interval`) is the conditional prediction, as
+for every guider (the guidance-interval paper's fallback), not the ``l = 0`` unconditional one.
 """
 
 from __future__ import annotations
@@ -37,10 +39,6 @@ class CFGPlusPlus(Guider):
     @property
     def neutral(self) -> float:
         return 0.0  # lambda = 0: unconditional sampling
-
-    @property
-    def fallback(self) -> str:
-        return "uncond"
 
     def requires(self) -> dict[str, str]:
         why = "CFG++ denoises with the guided x0 but re-noises with the unconditional eps"

@@ -12,7 +12,8 @@ ones. The negative prompt's rows share the pass with the positive rows: NFE 2, o
 
 Differences from the reference: it concatenates the negative prompt into the positive one's sequence
 (one row, the negative tokens duplicated); here the two are rows of one batch -- the same attention
-pattern, without changing the denoiser's inputs.
+pattern, without changing the denoiser's inputs. The reference encodes the negative without padding;
+here its padding keys are masked (``guide()`` passes the tokenizer's mask), so only real tokens flip.
 """
 
 from __future__ import annotations

@@ -168,6 +168,9 @@ class FlippedValues(NegativeContext):
     offset: float = 0.1
 
     who = "vsf"
+    # every reference encodes the negative prompt without padding: its padding keys are masked out of the
+    # flipped block through the per-row key mask (the pipeline adapter passes the tokenizer's mask)
+    masks_negative_padding = True
 
     @contextlib.contextmanager
     def inside(self, attention, pos, neg, context, hidden):

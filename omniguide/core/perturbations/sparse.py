@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, GuidanceError
 from .base import LayerPerturbation, check_fired, patched_forwards
 from .sdpa import InterceptSDPA, attention_logits, context_attention, repeat_heads, require_context
-from .selection import UNET_REGIONS, select
+from .selection import select
 
 SPARSE = ("entmax1.5", "sparsemax")
 
@@ -62,11 +62,9 @@ def entmax15(z: Tensor, dim: int = -1) -> Tensor:
 
 
 def default_pladis_layers(root: nn.Module) -> tuple[str, ...]:
-    """The reference's default: every cross-attention of a UNet's down and up blocks (not the mid block);
-    every context attention of a transformer."""
-    names = list(context_attention(root))
-    unet = [n for n in names if n.startswith((UNET_REGIONS["down"] + ".", UNET_REGIONS["up"] + "."))]
-    return tuple(unet or names)
+    """The paper's default, and the reference node's: every cross-attention module (a UNet's down, mid
+    and up blocks alike), every context attention of a transformer."""
+    return tuple(context_attention(root))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ Shared options:
 * ``weighting`` ``w(t)``: ``sigma2`` (``1 - abar = sigma^2``, DreamFusion), ``sigma/alpha``
   (ISM, ASD on Gaussians), ``uniform``;
 * ``grad_clip``: element-wise clamp of ``g`` (threestudio's ``grad_clip``; may be annealed);
-* ``scale``: a multiplier of ``g`` (threestudio's ``lambda_*``);
+* ``scale``: a multiplier of ``g`` (threestudio's ``lambda_*``), applied after the clamp, as in
+  threestudio (the guidance clamps its gradient, the system weights the loss): ``scale clamp(g, +-c)``;
 * ``space``: the parameterization the difference is formed in. ``None`` means ``eps`` for
   diffusion priors and ``flow`` for rectified-flow priors: ``g = w (v_guided - v_baseline)``
   with the injected noise's baseline ``v = n - x``. Both are exact conversions of the model's
@@ -56,6 +57,43 @@ class DivergenceError(GuidanceError):
     """A non-finite gradient: the run stops, naming the step and the term."""
 
 
+GRADIENT = "the gradient"
+
+
+class Watch:
+    """Where each term first went non-finite, kept on the device: :meth:`see` folds a step's terms
+    in without a host sync (a ``bool()`` per step stalls a GPU); :meth:`check` reads them (one sync),
+    on the steps the trainer chooses, and raises naming the first step and term."""
+
+    def __init__(self, objective: str):
+        self.objective = objective
+        self.first: dict[str, Tensor] = {}    # name -> the step it first went non-finite, -1 if never
+
+    def see(self, step: int, values: Mapping[str, Tensor]) -> None:
+        for name, value in values.items():
+            if not isinstance(value, Tensor):
+                continue
+            first = self.first.get(name)
+            if first is None:
+                first = torch.full((), -1, dtype=torch.long, device=value.device)
+            bad = ~torch.isfinite(value).all()
+            self.first[name] = torch.where(bad & (first < 0), step, first)
+
+    def check(self) -> None:
+        if not self.first:
+            return
+        steps = torch.stack([v.cpu() for v in self.first.values()]).tolist()
+        bad = [(s, name == GRADIENT, i, name) for i, (name, s) in enumerate(zip(self.first, steps)) if s >= 0]
+        if not bad:
+            return
+        step, _, _, name = min(bad)       # the first step; its terms before the gradient
+        where = f"objective '{self.objective}' at step {step}"
+        if name == GRADIENT:
+            raise DivergenceError(f"{where}: the gradient is non-finite")
+        raise DivergenceError(f"{where}: term '{name}' is non-finite "
+                              "(the run stops; the last checkpoint is the last good state)")
+
+
 @dataclass
 class Draws:
     """Random draws of one training step: made for the *global* batch with the step's generator,
@@ -90,6 +128,7 @@ class Context:
     step: int = 0
     estimator: Any = None
     executor: BranchExecutor | None = None
+    watch: Watch | None = None        # None: non-finite terms raise at once (a host sync)
 
     def __post_init__(self):
         if self.executor is None:
@@ -99,12 +138,17 @@ class Context:
 
 @dataclass
 class Output:
-    """The target loss (backward it), the gradient ``g`` and what to log (floats)."""
+    """The target loss (backward it), the gradient ``g``, and what to log: ``values`` as 0-d
+    device tensors (no host sync), ``logs`` the same as floats (reading them syncs)."""
 
     loss: Tensor
     grad: Tensor
-    logs: dict[str, float]
+    values: dict[str, Tensor]
     estimator_loss: Tensor | None = None
+
+    @property
+    def logs(self) -> dict[str, float]:
+        return dict(zip(self.values, torch.stack([v.detach().float().cpu() for v in self.values.values()]).tolist()))
 
 
 def norm(v: Tensor) -> Tensor:
@@ -218,29 +262,28 @@ class Objective:
         return result, preds
 
     def __call__(self, ctx: Context) -> Output:
-        """The gradient, its checks and clipping, the target loss and the logs."""
+        """The gradient, its finiteness watch, clamp then scale (threestudio's order), the target loss
+        and the logs, all without a host sync when ``ctx.watch`` is given."""
         self._terms = {}
         with torch.no_grad():
             g = self.gradient(ctx)
-        for name, value in self._terms.items():
-            if isinstance(value, Tensor) and not bool(torch.isfinite(value).all()):
-                raise DivergenceError(f"objective '{self.name}' at step {ctx.step}: term '{name}' is non-finite "
-                                      "(the run stops; the last checkpoint is the last good state)")
-        g = g * self.scale
-        clip = None if self.grad_clip is None else at(self.grad_clip, ctx.progress)
-        if clip is not None:
-            g = g.clamp(-clip, clip)
-        if not bool(torch.isfinite(g).all()):
-            raise DivergenceError(f"objective '{self.name}' at step {ctx.step}: the gradient is non-finite")
+            clip = None if self.grad_clip is None else at(self.grad_clip, ctx.progress)
+            if clip is not None:
+                g = g.clamp(-clip, clip)
+            g = g * self.scale
+        watch = ctx.watch if ctx.watch is not None else Watch(self.name)
+        watch.see(ctx.step, {**self._terms, GRADIENT: g})
+        if ctx.watch is None:
+            watch.check()
         x = ctx.x
         loss = 0.5 * torch.nn.functional.mse_loss(x, (x - g).detach(), reduction="sum") / x.shape[0]
-        logs = {"grad_norm": float(norm(g))}
+        values = {"grad_norm": norm(g)}
         for name, value in self._terms.items():
             per_sample = value.ndim == 0 or value.numel() == value.shape[0]
-            logs[name] = float(value.detach().float().mean()) if per_sample else float(norm(value))
-        estimator_loss = self.estimator_loss(ctx, logs)
-        return Output(loss, g, logs, estimator_loss)
+            values[name] = value.detach().float().mean() if per_sample else norm(value)
+        estimator_loss = self.estimator_loss(ctx, values)
+        return Output(loss, g, values, estimator_loss)
 
-    def estimator_loss(self, ctx: Context, logs: dict[str, float]) -> Tensor | None:
+    def estimator_loss(self, ctx: Context, logs: dict[str, Tensor]) -> Tensor | None:
         """The trainable estimator's own loss (VSD, ASD); None for objectives without one."""
         return None

@@ -6,7 +6,8 @@ annealed weight:
 
 ``beta`` annealed from 0 to 1 reproduces the official code's coefficient schedule
 (cond 1, negative 0 -> -1, null -1 -> 0: ``csd-if.yaml``). ``normalize`` divides each sample's
-gradient by its norm (the code's ``grad_normalize``). The predictions are the core's branch
+weighted gradient ``w(t) s [...]`` by its norm, after the weighting as the code's ``grad_normalize``
+does, so every sample's gradient has norm 1 under every weighting. The predictions are the core's branch
 predictions; CSD has no guided combination, so the guider is not used.
 """
 
@@ -48,9 +49,9 @@ class CSD(Objective):
         g = self.term("cond - uncond", c - u)
         if beta != 0:
             g = g - beta * self.term("negative - uncond", preds["negative"].to(space) - u)
-        g = self.guidance * g
+        g = self.weight(noise) * self.guidance * g
         if self.normalize:
             g = g / g.flatten(1).norm(dim=1).clamp_min(1e-8).view(-1, *([1] * (g.ndim - 1)))
         self.term("t", t / ctx.prior.num_train_timesteps)
         self.term("negative_weight", torch.tensor(beta))
-        return self.weight(noise) * g
+        return g

@@ -5,9 +5,10 @@ Priors", arXiv:2406.03293), for flow-matching priors (SD3, the zoo prior trained
     g   = dL/dx = 2 w(t) (v_guided - (n - x))
 
 i.e. the flow-space SDS gradient with twice the weight (``eps_guided - n = (1 - t)(v_guided - (n - x))``).
-The reference code (``RFDS_sd3.py``) uses CFG 100 and t in [0.3, 0.98]; its weight
-``sigmoid(N(0, 1))`` is read here as logit-normal timestep sampling (``t_sampling``). The value of
-``L`` is logged (``rfds_loss``); it is a real objective value.
+The reference code (``RFDS_sd3.py``) uses CFG 100 and t in [0.3, 0.98]. Here t is drawn uniformly in
+that range (``t_sampling: uniform``, the default) with uniform weighting; ``t_sampling: logit-normal``
+draws ``sigmoid(N(0, 1))`` mapped into it instead. The value of ``L`` is logged (``rfds_loss``); it is
+a real objective value.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class VSD(Objective):
         self.term("t", t / ctx.prior.num_train_timesteps)
         return self.weight(noise) * self.term("guided - estimator", guided.to(space) - est)
 
-    def estimator_loss(self, ctx: Context, logs: dict[str, float]) -> Tensor:
+    def estimator_loss(self, ctx: Context, logs: dict[str, Tensor]) -> Tensor:
         prior, x = ctx.prior, ctx.x.detach()
         lo, hi = (float(v) for v in self.estimator_t)
         n = prior.num_train_timesteps
@@ -82,15 +82,15 @@ class VSD(Objective):
         target = Prediction(eps, "eps", x_t, noise).to(prior.parameterization)
         pred = ctx.estimator.call(x_t, t.to(x.device), dict(ctx.inputs["cond"]))
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-        logs["estimator_mse"] = float(loss.detach())
+        logs["estimator_mse"] = loss.detach()
         if self.gamma != 0:
             step = self.step_at(ctx, x_t, noise, t)
             with torch.no_grad():
                 prior_cond = self.predict(ctx, ("cond",), x_t, t, step)["cond"].value
             away = torch.nn.functional.mse_loss(pred.float(), prior_cond.float())
-            logs["estimator_to_prior_mse"] = float(away.detach())
+            logs["estimator_to_prior_mse"] = away.detach()
             loss = loss + self.gamma * away
-        logs["estimator_loss"] = float(loss.detach())
+        logs["estimator_loss"] = loss.detach()
         return loss
 
 

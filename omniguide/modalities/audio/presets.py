@@ -46,7 +46,7 @@ def ace_step(scale: float = 15.0, momentum: float = -0.75, norm_threshold: float
     ACE-Step guides steps ``int(N (1-g)/2) <= i < int(N (g/2 + 1/2))``; here the step coordinate
     ``i / (N - 1)`` lies in ``[(1-g)/2, (1+g)/2]``: the same steps for N = 60 (ACE-Step's default),
     within one step at either end otherwise."""
-    apg = APG(scale=scale, eta=eta, norm_threshold=norm_threshold, momentum=momentum, form="paper", space=None,
+    apg = APG(scale=scale, eta=eta, norm_threshold=norm_threshold, momentum=momentum, form="c+(w-1)*upd", space=None,
               axes=tuple(axes))
     g = float(guidance_interval)
     if not 0.0 < g <= 1.0:

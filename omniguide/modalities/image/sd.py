@@ -30,4 +30,5 @@ SD = register_family(Family(
     encode=encode,
     conditions={"encoder_hidden_states": "prompt_embeds"},
     check=check,
+    key_mask="encoder_attention_mask",   # UNet2DConditionModel: 0/1 per token, made a bias inside
 ))

@@ -29,4 +29,5 @@ SDXL = register_family(Family(
     conditions={"encoder_hidden_states": "prompt_embeds", "added_cond_kwargs.text_embeds": "pooled_prompt_embeds"},
     negatives=("negative_prompt", "negative_prompt_2", "negative_prompt_embeds", "negative_pooled_prompt_embeds"),
     check=check,
+    key_mask="encoder_attention_mask",   # UNet2DConditionModel: 0/1 per token, made a bias inside
 ))

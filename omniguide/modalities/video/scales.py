@@ -110,9 +110,11 @@ class RegionScale(DynamicScale):
                 raise ConfigError(name, f"coordinates are fractions in [0, 1], got {list(value)}")
 
     def weights(self, height: int, width: int) -> Tensor:
-        """``m`` on an ``[H, W]`` grid (pixel centres), or the mask as given."""
+        """``m`` on an ``[H, W]`` grid (pixel centres), or the mask as given. Distances are in pixels over
+        the larger side, so the Gaussian is round on a non-square latent (as OmniSync's is)."""
         if self.mask is not None:
             return self.mask.double()
+        side = max(height, width)
         y = (torch.arange(height, dtype=torch.float64) + 0.5) / height
         x = (torch.arange(width, dtype=torch.float64) + 0.5) / width
         if self.point is not None:
@@ -121,7 +123,7 @@ class RegionScale(DynamicScale):
             x0, y0, x1, y1 = (float(v) for v in self.box)
             dx = (x.view(1, -1) - x.clamp(x0, x1).view(1, -1))
             dy = (y.view(-1, 1) - y.clamp(y0, y1).view(-1, 1))
-        d2 = dx * dx + dy * dy
+        d2 = (dx * width / side) ** 2 + (dy * height / side) ** 2   # fractions of the larger side
         if self.sigma is None:
             return (d2 == 0).double()
         return torch.exp(-d2 / (2 * float(self.sigma) ** 2))
