@@ -10,10 +10,10 @@ from torch import nn
 from omniguide import APG, CFG, CFGPlusPlus
 from omniguide.core import GuidanceError, ModelCall, NoiseSchedule
 from omniguide.core.guider import PROGRESS, check_requirements
-from omniguide.distillation.estimators import Estimator
-from omniguide.distillation.objectives import Context, DivergenceError, Draws
 from omniguide.distillation.priors import Prior
 from omniguide.distillation.registry import build_objective
+from omniguide.distillation.score.estimators import Estimator
+from omniguide.distillation.score.objectives import Context, DivergenceError, Draws
 
 B, SHAPE = 3, (3, 3, 4, 4)
 EMB = {"cond": 1.0, "uncond": -1.0, "negative": 0.3, "source": -0.2, "target": 0.7}
@@ -341,7 +341,7 @@ class HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
 
 @pytest.mark.parametrize("name", ["sds", "csd", "vsd"])
 def test_a_watched_step_reads_nothing_on_the_host_and_the_watch_names_the_first_bad_step(name):
-    from omniguide.distillation.objectives.base import Watch
+    from omniguide.distillation.score.objectives.base import Watch
 
     prior, model = toy_prior()
     obj = build_objective({"name": name, "estimator": "copy"} if name == "vsd" else name)

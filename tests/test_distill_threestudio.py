@@ -14,10 +14,10 @@ import tiny_pipelines as tp
 import torch
 from omegaconf import OmegaConf
 
-from omniguide.distillation import threestudio as bridge
-from omniguide.distillation.objectives import Context, Draws
 from omniguide.distillation.priors import prior_from_pipeline
 from omniguide.distillation.registry import OBJECTIVES, build_objective
+from omniguide.distillation.score import threestudio as bridge
+from omniguide.distillation.score.objectives import Context, Draws
 
 
 def stand_in() -> types.ModuleType:

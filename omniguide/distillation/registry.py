@@ -22,15 +22,15 @@ OBJECTIVES = Registry("distillation objective", noun="objective")
 
 
 def register_objective(name: str) -> Callable:
-    """Class decorator: make an :class:`~omniguide.distillation.objectives.base.Objective` buildable by name."""
+    """Class decorator: make an :class:`~omniguide.distillation.score.objectives.base.Objective` buildable by name."""
     return OBJECTIVES.register(name)
 
 
 def build_objective(cfg: Any, path: str = "objective"):
     """An objective from ``{name: ..., **fields}`` (a name alone, or an objective, works too); fields
     declared as annealed values are built by the conversion :mod:`.schedules` registers."""
-    from . import objectives  # noqa: F401  (registers the built-in objectives)
-    from .objectives.base import Objective
+    from .score import objectives  # noqa: F401  (registers the built-in objectives)
+    from .score.objectives.base import Objective
 
     if isinstance(cfg, Objective):
         return cfg

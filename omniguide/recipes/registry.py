@@ -109,8 +109,8 @@ register_listing("scorers", _scorers)
 
 
 def _objectives() -> Registry:
-    from ..distillation import objectives  # noqa: F401  (registers the built-in objectives)
     from ..distillation.registry import OBJECTIVES
+    from ..distillation.score import objectives  # noqa: F401  (registers the built-in objectives)
 
     return OBJECTIVES
 

@@ -166,9 +166,9 @@ def build(cfg: DistillConfig) -> Built:
     """Build and check every component (``omniguide validate`` runs this)."""
     from ...core.guider import NOISE_LEVEL, PROGRESS, SAMPLE, check_requirements
     from ...core.registry import build_guider
-    from ...distillation import objectives  # noqa: F401  (registers the built-in objectives)
     from ...distillation.registry import build_objective
-    from ...distillation.scene import CameraSampler, RadianceGrid, SolidBackground, ViewPrompts
+    from ...distillation.score import objectives  # noqa: F401  (registers the built-in objectives)
+    from ...distillation.score.scene import CameraSampler, RadianceGrid, SolidBackground, ViewPrompts
 
     if not cfg.prompt or cfg.prompt == "???":
         raise errors.ConfigError("prompt", "a distill recipe needs a prompt")
@@ -187,7 +187,7 @@ def build(cfg: DistillConfig) -> Built:
     prior = build_prior(cfg.prior)
     objective.check_prior(prior)
     prior.check_resolution(cfg.render_size, cfg.render_size, "render_size")
-    from ...distillation.system import DistillSystem
+    from ...distillation.score.system import DistillSystem
 
     texts = DistillSystem.prompt_sets_for(cfg.prompt, cfg.negative_prompt, objective, views)
     for name, prompts in texts.items():
@@ -215,7 +215,7 @@ def check_distill(cfg: DistillConfig) -> None:
 def make_system(cfg: DistillConfig, built: Built):
     import lightning
 
-    from ...distillation.system import DistillSettings, DistillSystem
+    from ...distillation.score.system import DistillSettings, DistillSystem
 
     lightning.seed_everything(cfg.seed, verbose=False)
     settings = DistillSettings(cfg.prompt, cfg.negative_prompt, cfg.batch_size, cfg.render_size, cfg.samples,
@@ -226,8 +226,8 @@ def make_system(cfg: DistillConfig, built: Built):
 
 def export_and_measure(cfg: DistillConfig, system, built: Built, run: RunContext) -> dict:
     """Turntable video, mesh and metrics (rank 0)."""
-    from ...distillation.metrics import occupancy_iou, view_metrics
-    from ...distillation.scene.export import extract_mesh, turntable_frames, write_mesh, write_video
+    from ...distillation.score.metrics import occupancy_iou, view_metrics
+    from ...distillation.score.scene.export import extract_mesh, turntable_frames, write_mesh, write_video
 
     scene = system.scene.eval()
     ex = cfg.export

@@ -1,5 +1,5 @@
 """Multi-view renders of coloured primitives with captions that name the view, made with the
-scene's own volume renderer (``omniguide.distillation.scene``).
+scene's own volume renderer (``omniguide.distillation.score.scene``).
 
 Rendering is separated from colouring: the shading ``S = sum_i w_i L_i`` and the opacity
 ``A = sum_i w_i`` of each (shape, camera) are rendered once with a white albedo, and an image of
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ...distillation.scene import VIEWS, CameraSampler, ViewPrompts, render
+from ...distillation.score.scene import VIEWS, CameraSampler, ViewPrompts, render
 from .primitives import COLORS, SHAPES, PrimitiveField, caption
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ...core.errors import ConfigError
-from ...distillation.scene.representation import Representation
+from ...distillation.score.scene.representation import Representation
 
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.10, 0.10), "green": (0.10, 0.65, 0.20), "blue": (0.15, 0.25, 0.90),

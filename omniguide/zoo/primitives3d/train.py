@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ...core.errors import ConfigError
-from ...distillation.scene import ViewPrompts
+from ...distillation.score.scene import ViewPrompts
 from .data import ViewsSpec, render_views, vocabulary
 from .pipeline import PixelDiffusionPipeline
 from .tokenizer import build_tokenizer

@@ -5,7 +5,7 @@ When threestudio is importable, importing this module registers ``omniguide-<obj
 ``omniguide-ism``, ``omniguide-sds-bridge``, ``omniguide-rfds``) with ``threestudio.register``. A
 threestudio extension folder (``custom/threestudio-omniguide/__init__.py``) needs one line:
 
-    import omniguide.distillation.threestudio  # noqa: F401
+    import omniguide.distillation.score.threestudio  # noqa: F401
 
 and a config then says (threestudio's ``dreamfusion-sd.yaml`` with the guidance swapped):
 
@@ -38,13 +38,13 @@ from typing import Any
 
 import torch
 
-from ..core.guider import NOISE_LEVEL, PROGRESS, SAMPLE, check_requirements
-from ..core.registry import build_guider
+from ...core.guider import NOISE_LEVEL, PROGRESS, SAMPLE, check_requirements
+from ...core.registry import build_guider
+from ..priors import load_pipeline as load_folder
+from ..priors import prior_from_pipeline
+from ..registry import OBJECTIVES, build_objective
 from .estimators import Estimator
 from .objectives.base import Context, Draws
-from .priors import load_pipeline as load_folder
-from .priors import prior_from_pipeline
-from .registry import OBJECTIVES, build_objective
 
 PREFIX = "omniguide-"
 
@@ -130,7 +130,7 @@ def guidance_class(threestudio: Any, objective_name: str) -> type:
                 out.estimator_loss.backward()
                 self.estimator_optimizer.step()
             n = self.prior.num_train_timesteps
-            from .schedules import at
+            from ..schedules import at
 
             result = {"loss_sds": out.loss, "grad_norm": out.values["grad_norm"],
                       "min_step": int(at(self.objective.t_min, self.progress) * n),

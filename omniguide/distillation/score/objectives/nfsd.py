@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...core.prediction import Prediction
-from ..registry import register_objective
+from ....core.prediction import Prediction
+from ...registry import register_objective
 from .base import Context, Objective
 
 NFSD_NEGATIVE = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, "

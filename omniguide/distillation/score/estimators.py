@@ -14,9 +14,9 @@ import copy
 
 from torch import nn
 
-from ..core.errors import ConfigError
-from ..core.model_call import ModelCall
-from .priors import Prior
+from ...core.errors import ConfigError
+from ...core.model_call import ModelCall
+from ..priors import Prior
 
 ESTIMATOR_KINDS = ("copy", "lora")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..registry import register_objective
-from ..schedules import Annealed, at
+from ...registry import register_objective
+from ...schedules import Annealed, at
 from .base import Context, Objective
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..registry import register_objective
-from ..schedules import Annealed
+from ...registry import register_objective
+from ...schedules import Annealed
 from .base import Context, Objective
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ...core.prediction import Prediction
-from ..registry import register_objective
+from ....core.prediction import Prediction
+from ...registry import register_objective
 from .base import Context, Objective
 
 DEGRADATION = ", oversaturated, smooth, pixelated, cartoon, foggy, hazy, blurry, bad structure, noisy, malformed"

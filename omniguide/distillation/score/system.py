@@ -14,7 +14,7 @@ estimator with its own optimizer).
 * Logged: ``grad_norm``, each objective's own terms, the estimator's loss, and the time spent in
   render, prior and update (``timings``), never the target loss as if it were an objective value.
   Logs stay on the device until the logger's steps, and non-finite terms are watched on the device
-  (:class:`~omniguide.distillation.objectives.base.Watch`), read on log steps, before every
+  (:class:`~omniguide.distillation.score.objectives.base.Watch`), read on log steps, before every
   checkpoint and at the end: no host sync per step, and a diverged run stops naming the step it
   diverged at before any checkpoint after it is written.
 """
@@ -30,11 +30,11 @@ import lightning
 import torch
 from torch import Tensor
 
-from ..core.branch import BranchExecutor
-from ..core.guider import Guider
+from ...core.branch import BranchExecutor
+from ...core.guider import Guider
+from ..priors import Prior
 from .estimators import Estimator
 from .objectives.base import Context, Draws, Objective, Watch
-from .priors import Prior
 from .scene import VIEWS, CameraSampler, Representation, SolidBackground, render
 
 

@@ -40,14 +40,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ...core.branch import Branch, BranchExecutor
-from ...core.errors import ConfigError, GuidanceError
-from ...core.guider import GuidanceStep, Guider
-from ...core.noise import NoiseLevel
-from ...core.prediction import Guided, Prediction, check_parameterization
-from ...core.sampler import evaluate_guider
-from ..priors import Prior
-from ..schedules import Annealed, at
+from ....core.branch import Branch, BranchExecutor
+from ....core.errors import ConfigError, GuidanceError
+from ....core.guider import GuidanceStep, Guider
+from ....core.noise import NoiseLevel
+from ....core.prediction import Guided, Prediction, check_parameterization
+from ....core.sampler import evaluate_guider
+from ...priors import Prior
+from ...schedules import Annealed, at
 
 WEIGHTINGS = ("sigma2", "sigma/alpha", "uniform")
 T_SAMPLING = ("uniform", "logit-normal")

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ...core.branch import Branch
-from ...core.errors import ConfigError
-from ..registry import register_objective
+from ....core.branch import Branch
+from ....core.errors import ConfigError
+from ...registry import register_objective
 from .base import Context, Objective
 
 

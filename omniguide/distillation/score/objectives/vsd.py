@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...core.branch import Branch
-from ...core.errors import ConfigError
-from ...core.prediction import Prediction
-from ..registry import register_objective
+from ....core.branch import Branch
+from ....core.errors import ConfigError
+from ....core.prediction import Prediction
+from ...registry import register_objective
 from .base import Context, Objective
 
 

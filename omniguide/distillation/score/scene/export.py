@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...core.errors import ConfigError
+from ....core.errors import ConfigError
 from .cameras import turntable
 from .render import render
 from .representation import Representation

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...core.errors import ConfigError
+from ....core.errors import ConfigError
 
 
 class Representation(nn.Module):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ...core.errors import ConfigError
+from ....core.errors import ConfigError
 
 VIEWS = ("front", "side", "back", "overhead")
 
