@@ -1,4 +1,4 @@
-"""Training the 3D prior: a :class:`~.pipeline.PixelDiffusionPipeline` learns multi-view renders of
+"""Training the 3D prior: a :class:`~omniguide.zoo.pixel_pipeline.PixelDiffusionPipeline` learns multi-view renders of
 coloured primitives (``data.py``) with captions such as ``"a red cube, side view"``.
 
 ``prediction: v`` (the default; DDPM linear betas, DDIM at sampling) or ``eps``, or ``flow`` (rectified flow:
@@ -23,9 +23,8 @@ from torch import Tensor
 
 from ...core.errors import ConfigError
 from ...distillation.scene import ViewPrompts
+from ..pixel_pipeline import PixelDiffusionPipeline, build_tokenizer
 from .data import ViewsSpec, render_views, vocabulary
-from .pipeline import PixelDiffusionPipeline
-from .tokenizer import build_tokenizer
 
 PREDICTIONS = {"eps": "epsilon", "v": "v_prediction", "flow": "flow"}
 
@@ -54,7 +53,7 @@ def build_pipeline(arch: PriorArchitecture, spec: ViewsSpec) -> PixelDiffusionPi
     if arch.prediction not in PREDICTIONS:
         raise ConfigError("model.prediction",
                           f"unknown prediction '{arch.prediction}'; valid: {', '.join(PREDICTIONS)}")
-    tokenizer = build_tokenizer(vocabulary(spec), arch.max_length)
+    tokenizer = build_tokenizer(vocabulary(spec), arch.max_length, ties="largest")
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=arch.text_hidden, intermediate_size=2 * arch.text_hidden,
         num_attention_heads=2, num_hidden_layers=arch.text_layers, max_position_embeddings=arch.max_length,
