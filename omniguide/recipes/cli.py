@@ -188,7 +188,7 @@ def _restore_torch_threads(threads: int | None) -> None:
 
 def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
     from .config import entry_point_plugins
-    from .registry import all_components, committed_names, component_kind
+    from .registry import RENAMED_LISTINGS, all_components, committed_names, component_kind
     from .runners import FAILED
 
     for module, why in FAILED.items():
@@ -196,6 +196,7 @@ def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
     # without plugins the committed index of built-in names is the listing: no torch import
     index = {} if plugins or entry_point_plugins() else committed_names()
     if kind:
+        kind = RENAMED_LISTINGS.get(kind, kind)
         key = next((k for k in (kind, kind + "s") if k in index), None)
         names = index[key] if key else component_kind(kind).names()
         if not names:

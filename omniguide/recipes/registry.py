@@ -136,15 +136,23 @@ def _correctors() -> Registry:
     return CORRECTORS
 
 
-def _scorers() -> Registry:
-    from ..core.scorers import SCORERS
+def _guidance_scorers() -> Registry:
+    from ..core.scorers import GUIDANCE_SCORERS
     from ..zoo import scorers  # noqa: F401  (registers the testbed's analytic scorers)
 
-    return SCORERS
+    return GUIDANCE_SCORERS
+
+
+def _output_scorers() -> Registry:
+    from .sample_models import output_scorers
+
+    return output_scorers()
 
 
 register_listing("correctors", _correctors)
-register_listing("scorers", _scorers)
+register_listing("guidance-scorers", _guidance_scorers)   # what scorer guidance differentiates while sampling
+register_listing("output-scorers", _output_scorers)       # what scores a generated output against its prompt
+RENAMED_LISTINGS = {"scorers": "guidance-scorers", "scorer": "guidance-scorers"}   # former kind names
 
 
 def _objectives() -> Registry:
@@ -242,6 +250,7 @@ def committed_names() -> dict[str, list[str]]:
 def component_kind(kind: str) -> Registry:
     """The registry listed as ``kind`` (``guiders``, ``models``; a singular name works too)."""
     registries = all_components()
+    kind = RENAMED_LISTINGS.get(kind, kind)
     for key in (kind, kind + "s"):
         if key in registries:
             return registries[key]
