@@ -24,17 +24,9 @@ from ..core.errors import ConfigError
 from ..core.model_call import ModelCall
 from ..core.noise import NoiseLevel, NoiseSchedule, per_sample
 from ..modalities.base import Family, family_for, replace_input
+from .pipelines import PIPELINE_CLASSES, pipeline_class, register_pipeline  # noqa: F401  (their home before)
 
 TOKENIZERS = ("tokenizer", "tokenizer_2")   # CLIP-style tokenizers whose length limit truncates silently
-# pipeline classes outside diffusers that a folder's model_index.json may name, by class name; the
-# rooms above (the zoo's pixel pipeline) register theirs with register_pipeline when imported
-PIPELINE_CLASSES: dict[str, type] = {}
-
-
-def register_pipeline(cls: type) -> type:
-    """Let :func:`load_pipeline` load folders whose ``model_index.json`` names ``cls`` (a decorator)."""
-    PIPELINE_CLASSES[cls.__name__] = cls
-    return cls
 
 
 def load_pipeline(folder, dtype: torch.dtype = torch.float32, path: str = "prior.path"):
@@ -50,7 +42,7 @@ def load_pipeline(folder, dtype: torch.dtype = torch.float32, path: str = "prior
     if not index.is_file():
         raise ConfigError(path, f"{folder} is not a diffusers pipeline folder (no model_index.json)")
     name = json.loads(index.read_text())["_class_name"]
-    cls = PIPELINE_CLASSES.get(name) or getattr(diffusers, name, None)
+    cls = getattr(diffusers, name, None) or pipeline_class(name)
     if cls is None:
         raise ConfigError(path, f"{folder}: unknown pipeline class '{name}' (not in diffusers; registered: "
                           f"{', '.join(sorted(PIPELINE_CLASSES)) or 'none'}; import the module that registers it)")

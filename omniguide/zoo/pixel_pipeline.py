@@ -28,7 +28,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..distillation.priors import register_pipeline
+from ..distillation.pipelines import register_pipeline
 from ..modalities.base import register_family
 from ..modalities.image.sd import SD
 

@@ -116,7 +116,6 @@ def build_prior(cfg: PriorConfig):
     import torch
 
     from ...distillation.priors import load_pipeline, prior_from_pipeline
-    from ...zoo import pixel_pipeline  # noqa: F401  (registers the zoo's pipeline class with load_pipeline)
 
     if cfg.name == "zoo":
         folder, label = ZOO_PRIORS[cfg.prediction], f"the zoo's 3D prior ({cfg.prediction})"

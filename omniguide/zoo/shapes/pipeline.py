@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...distillation.priors import register_pipeline
+from ...distillation.pipelines import register_pipeline
 from ...modalities.base import register_family
 from ..pixel_pipeline import PIXEL, PixelDiffusionPipeline
 
