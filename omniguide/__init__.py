@@ -36,6 +36,15 @@ __all__ = [
 ]
 
 
+def _zoo_pipelines() -> None:
+    importlib.import_module("omniguide.zoo.shapes.pipeline")   # registers the zoo's pixel pipeline classes
+
+
+# distillation's load_pipeline finds the zoo's pipeline classes by registration; the root, which sees
+# every room, imports the zoo for it the first time a folder names a class it does not know
+importlib.import_module("omniguide.distillation.pipelines").LOADERS.append(_zoo_pipelines)
+
+
 def __getattr__(name: str) -> Any:
     """Import a public name the first time it is asked for."""
     module = _EXPORTS.get(name)

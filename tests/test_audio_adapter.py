@@ -376,3 +376,17 @@ def test_guidance_scale_inside_guide_is_refused(pipes):
         with pytest.raises(GuidanceError, match="is the pipeline's own CFG scale"):
             run(pipes["audioldm"], "audioldm", prompt="a rising chirp", guidance_scale=3.0)
 
+
+
+def test_musicldm_shares_audioldms_family_spec():
+    """One spec: MusicLDM differs from AudioLDM only by its name, its class and the encoder wrapper
+    that turns transformers 5's text-feature output into a tensor."""
+    import dataclasses
+
+    from omniguide.modalities.audio.audioldm import AUDIOLDM
+    from omniguide.modalities.audio.musicldm import MUSICLDM
+
+    differ = {f.name for f in dataclasses.fields(AUDIOLDM) if getattr(AUDIOLDM, f.name) != getattr(MUSICLDM, f.name)}
+    assert differ == {"name", "pipelines", "encode"}
+    assert (MUSICLDM.name, MUSICLDM.pipelines, MUSICLDM.check_call) == ("musicldm", ("MusicLDMPipeline",),
+                                                                          AUDIOLDM.check_call)

@@ -141,3 +141,41 @@ def test_killing_one_rank_ends_the_job_nonzero(victim, tmp_path):
         assert time.monotonic() < deadline, "a rank outlived the killed one"
         time.sleep(0.2)
     assert time.monotonic() - start < 60
+
+
+def test_the_zoo_trainers_share_one_base_and_its_learning_rate_schedule():
+    """Every zoo trainer is a StepTrainer built from the recipe's settings; the shared schedule is a
+    linear warm-up, a plateau up to ``decay_from`` x max_steps, then a cosine down to 10 %."""
+    import math
+    from types import SimpleNamespace
+
+    from omniguide.zoo.trainables import TRAINABLES, trainable
+    from omniguide.zoo.trainer import StepTrainer, TrainSettings
+
+    data = {"toy-audio": {"pool": 8}, "primitives-prior": {"resolution": 16, "views_per_shape": 2, "samples": 8}}
+    small = {"shapes": {"block_out_channels": [8, 16], "text_hidden": 16, "text_intermediate": 32,
+                        "attention_heads": 2}, "toy-audio": {"channels": [144, 144]},
+             "primitives-prior": {"block_out_channels": [16, 16], "cross_attention_dim": 16, "text_hidden": 16}}
+    for name in TRAINABLES:
+        recipe = SimpleNamespace(batch_size=8, lr=2.0, weight_decay=0.5, cond_dropout=0.25, seed=3,
+                                 data=data.get(name, {}))
+        module = trainable(name)({"name": name, **small.get(name, {})}, recipe)
+        assert isinstance(module, StepTrainer), name
+        assert (module.settings.batch_size, module.settings.lr, module.settings.seed) == (8, 2.0, 3), name
+    settings = TrainSettings.from_recipe(recipe)
+    assert (settings.weight_decay, settings.cond_dropout) == (0.5, 0.25)
+
+    module = trainable("small-denoiser")({"name": "small-denoiser"}, recipe)
+    module._trainer = SimpleNamespace(max_steps=100, world_size=2, global_rank=1)
+    assert module.rows(8) == slice(1, None, 2)
+    with pytest.raises(Exception, match="batch_size: 7 is not divisible by the 2 processes"):
+        module.rows(7)
+    assert torch.equal(torch.rand(3, generator=module.generator(5)),
+                       torch.rand(3, generator=torch.Generator().manual_seed(3 * 1_000_003 + 5)))
+    opt = module.adamw_warmup_cosine([torch.nn.Parameter(torch.zeros(1))], warmup=10, decay_from=0.5)
+    factor = opt["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert opt["optimizer"].defaults["weight_decay"] == 0.5
+    assert [factor(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]          # (step + 1) / warmup
+    assert factor(10) == factor(50) == 1.0                               # plateau to 0.5 x 100
+    assert factor(75) == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi / 2)) / 2)   # half-way down: 0.55
+    assert factor(100) == factor(500) == pytest.approx(0.1)

@@ -63,6 +63,62 @@ def test_tokenizer_ids_are_deterministic_and_caption_words_are_single_tokens():
     assert len(tok.tokenize("a purple blob")) > 3     # unknown words fall back to pieces
 
 
+@pytest.mark.parametrize("folder", ["shapes", "primitives_prior", "primitives_prior_flow"])
+def test_one_tokenizer_builds_every_committed_pixel_pipeline_tokenizer(folder):
+    """The shapes model and the 3D prior share one builder; it rebuilds each committed tokenizer
+    (the prior's merges break frequency ties towards the larger pair)."""
+    from transformers import CLIPTokenizer
+
+    from omniguide.zoo.pixel_pipeline import build_tokenizer
+    from omniguide.zoo.primitives3d.data import ViewsSpec, vocabulary
+
+    committed = CLIPTokenizer.from_pretrained(str(WEIGHTS.parent / folder / "tokenizer"))
+    words, ties = (comp.vocabulary(), "smallest") if folder == "shapes" else (vocabulary(ViewsSpec()), "largest")
+    built = build_tokenizer(words, 16, ties)
+    def merges(tok):
+        return json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
+
+    assert built.get_vocab() == committed.get_vocab() and merges(built) == merges(committed)
+    other = build_tokenizer(words, 16, "largest" if ties == "smallest" else "smallest")
+    assert other.get_vocab() != committed.get_vocab()   # the tie rule matters: the test can fail
+
+
+def test_the_shapes_model_and_the_3d_prior_share_one_pipeline_class():
+    """One class and one adapter family serve both; each committed folder loads through
+    distillation's registry in a fresh interpreter that never imported the zoo."""
+    import subprocess
+    import sys
+
+    from omniguide.modalities.base import family_for
+    from omniguide.zoo.pixel_pipeline import PixelDiffusionPipeline
+    from omniguide.zoo.primitives3d.pipeline import PixelDiffusionPipeline as Prior
+
+    assert Prior is PixelDiffusionPipeline and ShapesPipeline.__mro__[1] is PixelDiffusionPipeline
+    assert ShapesPipeline.__dict__.keys() <= {"__module__", "__doc__", "__qualname__", "__firstlineno__",
+                                              "__static_attributes__"}
+    assert family_for(tiny_pipeline()).name == "pixel"
+    flow = WEIGHTS.parent / "primitives_prior_flow"
+    code = ("import sys; from omniguide.distillation.priors import load_pipeline; "
+            "zoo = any(m.startswith('omniguide.zoo') for m in sys.modules); "
+            f"a, b = load_pipeline({str(WEIGHTS)!r}), load_pipeline({str(flow)!r}); "
+            "print(zoo, type(a).__name__, type(b).__name__, type(b).__mro__[0] is type(a).__mro__[1])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "ShapesPipeline", "PixelDiffusionPipeline", "True"]
+
+
+def test_the_flow_prior_samples_through_the_shared_call():
+    """The SD-shaped ``__call__`` runs a flow-matching scheduler (no ``scale_model_input``, no
+    ``init_noise_sigma``) as the prior's own call did: images in [0, 1], the batch doubled for CFG."""
+    from omniguide.distillation.priors import load_pipeline
+
+    pipe = load_pipeline(WEIGHTS.parent / "primitives_prior_flow")
+    calls = []
+    pipe.unet.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+    images = pipe(["a red cube, side view"], num_inference_steps=2, guidance_scale=3.0, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 3, 32, 32) and 0 <= images.min() and images.max() <= 1 and calls == [2, 2]
+
+
 # -- scorer ------------------------------------------------------------------------------------
 def test_scorer_reads_ground_truth_renders():
     images, caps, attrs = draw_batch(1000, 123)
@@ -187,6 +243,26 @@ def test_image_scorers_read_ground_truth_renders_as_right():
     per_item = _scorer("shapes", "model.scorer")((images[:2] + 1) / 2, captions[0])
     assert per_item["accuracy"] == 0.5 and "shapes" in SCORERS
     assert prompts(5, 0) == prompt_set(5, 0)[0]
+
+
+def test_one_output_scorer_table_serves_recipes_and_the_image_bench():
+    """Output scorers (generated output vs prompt) and guidance scorers (what scorer guidance
+    differentiates) are two registries with names that say so; the old names still work."""
+    from omniguide.bench.image_guiders import image_scorer
+    from omniguide.core import scorers
+    from omniguide.recipes.sample_models import SCORERS, output_scorers
+    from omniguide.zoo.shapes.scorer import PromptScorer, score_images
+
+    assert SCORERS is output_scorers() is scorers.OUTPUT_SCORERS and scorers.SCORERS is scorers.GUIDANCE_SCORERS
+    assert {"shapes", "toy-audio", "clap"} <= set(SCORERS.names())
+    assert "shapes" not in scorers.GUIDANCE_SCORERS and "shapes-classifier" not in SCORERS
+    assert image_scorer("shapes") is PromptScorer and PromptScorer.score_images is score_images
+    with pytest.raises(ConfigError, match="scorer: 'clap' scores no images .*image scorers: shapes"):
+        image_scorer("clap")
+    with pytest.raises(ConfigError, match="model.scorer: unknown output scorer 'shape'; did you mean 'shapes'"):
+        from omniguide.recipes.sample_models import _scorer
+
+        _scorer("shape", "model.scorer")
 
 
 def test_image_recipe_runs_the_committed_model(tmp_path, capsys):

@@ -15,7 +15,6 @@ Writes ``metrics.json`` and ``table.md``.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,10 +29,6 @@ if TYPE_CHECKING:   # torch, the modalities and the components are imported insi
     from torch import Tensor
 
     from ..recipes.sample_models import PipelineSampler
-
-# image scorers: name -> "module:function" with function(images in [0, 1], prompts) -> {metric: value}
-# and, for a default prompt set, "module:function" with function(n, seed) -> prompts
-SCORERS = {"shapes": ("omniguide.zoo.shapes.scorer:score_images", "omniguide.zoo.shapes.data:prompts")}
 
 
 @dataclass
@@ -58,16 +53,25 @@ class BenchImageConfig:
     threads: int = option(0, ge=0)
 
 
-def _imported(spec: str):
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
+def image_scorer(name: str) -> Any:
+    """The output scorer ``name`` (the one registry of them) if it scores images: its
+    ``score_images(images in [0, 1], prompts) -> {metric: value}`` and ``prompts(n, seed)`` (a default
+    prompt set) are what the bench calls."""
+    from ..recipes.sample_models import output_scorers
+
+    registry = output_scorers()
+    scorer = registry.get(name, "scorer")
+    if not (hasattr(scorer, "score_images") and hasattr(scorer, "prompts")):
+        valid = [n for n in registry.names() if hasattr(registry.get(n), "score_images")]
+        raise errors.ConfigError("scorer", f"'{name}' scores no images (no score_images / prompts); image scorers: "
+                                 f"{', '.join(valid)}")
+    return scorer
 
 
 def check_bench_image(cfg: BenchImageConfig) -> PipelineSampler:
     from ..recipes.components import DiffusersModel, make_guider
 
-    if cfg.scorer not in SCORERS:
-        raise errors.ConfigError("scorer", f"unknown image scorer '{cfg.scorer}'; valid: {', '.join(SCORERS)}")
+    image_scorer(cfg.scorer)
     if not cfg.seeds:
         raise errors.ConfigError("seeds", "empty; give at least one seed")
     labels = [row_label(m) for m in cfg.methods]
@@ -150,8 +154,9 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
     import torch
 
     sampler = check_bench_image(cfg)
-    score_fn, prompt_fn = (_imported(s) for s in SCORERS[cfg.scorer])
-    prompts = list(cfg.prompts) or prompt_fn(cfg.num_prompts, 0)
+    scorer = image_scorer(cfg.scorer)
+    score_fn = scorer.score_images
+    prompts = list(cfg.prompts) or scorer.prompts(cfg.num_prompts, 0)
     with benchkit.torch_threads(cfg.threads), torch.inference_mode():
         pipe = sampler.pipeline(torch.device("cpu"))
         rows: dict[str, dict[str, Any]] = {}

@@ -1,4 +1,14 @@
-"""Scorers and classifiers: the plugins of gradient and gradient-free scorer guidance.
+"""Scorers, in two meanings, each with its own registry:
+
+* **guidance scorers** (:data:`GUIDANCE_SCORERS`, ``omniguide list guidance-scorers``): the plugins of
+  gradient and gradient-free scorer guidance, run on the denoised estimate while sampling;
+* **output scorers** (:data:`OUTPUT_SCORERS`, ``omniguide list output-scorers``): score a generated
+  output against its prompt after sampling (``model: {scorer: ...}`` of a sample recipe, the image
+  bench). ``scorer(data, prompt[, rate=])`` returns metrics; one with ``clip_scores(data, prompt[,
+  rate])`` (one score per output) can also re-rank. Each registers itself where it lives (the zoo,
+  the audio modality).
+
+Guidance scorers:
 
 * a **scorer** maps a denoised estimate ``x0 [B, ...]`` to one differentiable scalar per sample ``[B]``
   (higher is better: a log-likelihood, a reward, a negative loss) -- ``scorer-guidance`` follows its
@@ -20,13 +30,20 @@ from torch import Tensor
 from ..io.config import Registry
 from .errors import ConfigError, GuidanceError
 
-SCORERS = Registry("scorer")
+GUIDANCE_SCORERS = Registry("scorer")
+SCORERS = GUIDANCE_SCORERS              # its name before output scorers got a registry
+OUTPUT_SCORERS = Registry("output scorer")
 Scorer = Callable[[Tensor], Tensor]
 
 
 def register_scorer(name: str) -> Callable:
-    """Decorator: a scorer or classifier class (or factory) buildable by name from a config."""
-    return SCORERS.register(name)
+    """Decorator: a guidance scorer or classifier class (or factory) buildable by name from a config."""
+    return GUIDANCE_SCORERS.register(name)
+
+
+def register_output_scorer(name: str) -> Callable:
+    """Decorator: a factory (or class) of an output scorer, built by name from ``{name: ..., **arguments}``."""
+    return OUTPUT_SCORERS.register(name)
 
 
 def build_scorer(spec: Any, path: str = "scorer") -> Scorer:
@@ -35,7 +52,7 @@ def build_scorer(spec: Any, path: str = "scorer") -> Scorer:
         return spec
     if not isinstance(spec, (str, Mapping)):
         raise ConfigError(path, f"expected a scorer (a callable, a name or {{name: ...}}), got {type(spec).__name__}")
-    return SCORERS.build(spec, path)
+    return GUIDANCE_SCORERS.build(spec, path)
 
 
 def check_scores(values: Any, batch: int, who: str, gradient: bool = False) -> Tensor:

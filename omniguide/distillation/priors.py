@@ -24,16 +24,14 @@ from ..core.errors import ConfigError
 from ..core.model_call import ModelCall
 from ..core.noise import NoiseLevel, NoiseSchedule, per_sample
 from ..modalities.base import Family, family_for, replace_input
+from .pipelines import PIPELINE_CLASSES, pipeline_class, register_pipeline  # noqa: F401  (their home before)
 
 TOKENIZERS = ("tokenizer", "tokenizer_2")   # CLIP-style tokenizers whose length limit truncates silently
-# pipeline classes outside diffusers that a folder's model_index.json may name (imported when used)
-PIPELINE_CLASSES = {"PixelDiffusionPipeline": "omniguide.zoo.primitives3d.pipeline:PixelDiffusionPipeline"}
 
 
 def load_pipeline(folder, dtype: torch.dtype = torch.float32, path: str = "prior.path"):
     """A diffusers pipeline folder loaded with ``from_pretrained`` by the class its
     ``model_index.json`` names (a diffusers class, or one of :data:`PIPELINE_CLASSES`)."""
-    import importlib
     import json
     from pathlib import Path
 
@@ -44,13 +42,10 @@ def load_pipeline(folder, dtype: torch.dtype = torch.float32, path: str = "prior
     if not index.is_file():
         raise ConfigError(path, f"{folder} is not a diffusers pipeline folder (no model_index.json)")
     name = json.loads(index.read_text())["_class_name"]
-    if name in PIPELINE_CLASSES:
-        module, _, attr = PIPELINE_CLASSES[name].partition(":")
-        cls = getattr(importlib.import_module(module), attr)
-    else:
-        cls = getattr(diffusers, name, None)
-        if cls is None:
-            raise ConfigError(path, f"{folder}: unknown pipeline class '{name}'")
+    cls = getattr(diffusers, name, None) or pipeline_class(name)
+    if cls is None:
+        raise ConfigError(path, f"{folder}: unknown pipeline class '{name}' (not in diffusers; registered: "
+                          f"{', '.join(sorted(PIPELINE_CLASSES)) or 'none'}; import the module that registers it)")
     pipe = cls.from_pretrained(str(folder), dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -191,7 +191,7 @@ def _restore_torch_threads(threads: int | None) -> None:
 
 def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
     from .config import entry_point_plugins
-    from .registry import committed_names
+    from .registry import RENAMED_LISTINGS, committed_names
     from .runners import FAILED
 
     for module, why in FAILED.items():
@@ -199,6 +199,7 @@ def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
     # without plugins the committed index of built-in names is the listing: no torch import
     index = {} if plugins or entry_point_plugins() else committed_names()
     if kind:
+        kind = RENAMED_LISTINGS.get(kind, kind)
         key = next((k for k in (kind, kind + "s") if k in index), None)
         if key:
             names = index[key]

@@ -237,7 +237,10 @@ def write_builtin_index() -> None:
 
 def component_kind(kind: str) -> Registry:
     """The registry listed as ``kind`` (``guiders``, ``models``; a singular name works too)."""
+    from .registry import RENAMED_LISTINGS
+
     registries = all_components()
+    kind = RENAMED_LISTINGS.get(kind, kind)
     for key in (kind, kind + "s"):
         if key in registries:
             return registries[key]

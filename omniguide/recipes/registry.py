@@ -97,15 +97,28 @@ def _correctors() -> Registry:
     return CORRECTORS
 
 
-def _scorers() -> Registry:
-    from ..core.scorers import SCORERS
+def _guidance_scorers() -> Registry:
+    from ..core.scorers import GUIDANCE_SCORERS
     from ..zoo import scorers  # noqa: F401  (registers the testbed's analytic scorers)
 
-    return SCORERS
+    return GUIDANCE_SCORERS
+
+
+def output_scorers() -> Registry:
+    """The one registry of output scorers (:data:`omniguide.core.scorers.OUTPUT_SCORERS`: scorers of
+    generated outputs against their prompts), with the zoo's and the modalities' entries registered."""
+    from .. import zoo  # noqa: F401  (registers shapes, toy-audio)
+    from ..core.scorers import OUTPUT_SCORERS
+    from ..modalities.base import load_families
+
+    load_families()     # the audio modality registers clap
+    return OUTPUT_SCORERS
 
 
 register_listing("correctors", _correctors)
-register_listing("scorers", _scorers)
+register_listing("guidance-scorers", _guidance_scorers)   # what scorer guidance differentiates while sampling
+register_listing("output-scorers", output_scorers)       # what scores a generated output against its prompt
+RENAMED_LISTINGS = {"scorers": "guidance-scorers", "scorer": "guidance-scorers"}   # former kind names
 
 
 def _objectives() -> Registry:

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..core.errors import ConfigError
 from .builders import make_guider
 from .predict import Item
+from .registry import output_scorers
 
 KINDS = ("points", "image", "audio", "video")
 
@@ -236,33 +237,24 @@ def _swap_scheduler(current, cfg: dict):
     return swap_scheduler(current, cfg["name"], "scheduler.name", **{k: v for k, v in cfg.items() if k != "name"})
 
 
-# scorers of generated outputs against their prompts: name -> "module:function" building one. A scorer
-# is called ``scorer(data, prompt)`` (``rate=`` added for outputs with a rate, e.g. audio) and returns
-# metrics; one with ``clip_scores(data, prompt[, rate])`` (one score per output) can also re-rank.
-SCORERS: dict[str, str] = {
-    "shapes": "omniguide.zoo.shapes.scorer:PromptScorer",
-    "toy-audio": "omniguide.zoo.toy_audio_data:build_scorer",
-    "clap": "omniguide.modalities.audio.metrics:build_clap_scorer",
-}
+def __getattr__(name: str) -> Any:
+    if name == "SCORERS":   # the former name of the output-scorer table
+        return output_scorers()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _scorer(cfg: Any, where: str):
-    """A scorer from its name, or ``{name: ..., **arguments}`` (e.g. ``{name: clap, path: ...}``)."""
+    """An output scorer from its name, or ``{name: ..., **arguments}`` (e.g. ``{name: clap, path: ...}``)."""
     if cfg is None:
         return None
-    import importlib
     from collections.abc import Mapping
 
-    from ..core.errors import did_you_mean
     from ..io.config import strict_kwargs
 
     name, kwargs = (cfg, {}) if isinstance(cfg, str) else (cfg.get("name") if isinstance(cfg, Mapping) else None, cfg)
     if not isinstance(name, str):
         raise ConfigError(where, f"expected a scorer name or {{name: ..., ...}}, got {cfg!r}")
-    if name not in SCORERS:
-        raise ConfigError(where, f"unknown scorer '{name}'{did_you_mean(name, SCORERS) if SCORERS else ''}")
-    module, _, attr = SCORERS[name].partition(":")
-    factory = getattr(importlib.import_module(module), attr)
+    factory = output_scorers().get(name, where)
     return factory(**strict_kwargs(factory, dict(kwargs), where))
 
 

@@ -5,9 +5,8 @@
 (label ``-1``) for classifier-free guidance: labels are dropped to null with probability
 ``cond_dropout`` during training. A briefly trained one is a natural "weak model" for autoguidance.
 
-Training data is a pure function of ``(seed, global step)``: each step draws a fresh global batch
-from the mixture with its own generator and each rank keeps rows ``rank::world``. So a resumed run
-sees exactly the batches an uninterrupted run sees, and 2 ranks see the same union as 1 rank.
+Training data is a pure function of ``(seed, global step)`` (:mod:`omniguide.zoo.trainer`): each
+step draws a fresh global batch from the mixture, so resumed and multi-rank runs see the same data.
 """
 
 from __future__ import annotations
@@ -18,12 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
 from torch import Tensor, nn
 
-from ..core.errors import ConfigError
 from .gaussian_mixture import UNCOND, MixtureSpec
+from .trainer import StepTrainer, TrainSettings
 
 
 @dataclass
@@ -103,28 +101,7 @@ def linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-class _Steps(torch.utils.data.IterableDataset):
-    """An endless stream of step numbers: the real batch is drawn in ``training_step``."""
-
-    def __iter__(self):
-        i = 0
-        while True:
-            yield i
-            i += 1
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings of :class:`DenoiserModule`."""
-
-    batch_size: int = 256         # global batch (split over ranks)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    cond_dropout: float = 0.1     # probability of the null label (for CFG)
-    seed: int = 0
-
-
-class DenoiserModule(lightning.LightningModule):
+class DenoiserModule(StepTrainer):
     """Trains a :class:`SmallDenoiser` with the eps-MSE loss on samples of a Gaussian mixture."""
 
     def __init__(self, model: SmallDenoiserConfig, data: MixtureSpec, settings: TrainSettings):
@@ -144,7 +121,7 @@ class DenoiserModule(lightning.LightningModule):
     def global_batch(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(x_t, t, labels, eps)`` of step ``step``: identical on every rank and every rerun."""
         s = self.settings
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        gen = self.generator(step)
         gm, n = self.mixture, s.batch_size
         k = torch.multinomial(gm.weights, n, replacement=True, generator=gen)
         z = torch.randn(n, gm.dim, generator=gen, dtype=torch.float64)
@@ -157,26 +134,14 @@ class DenoiserModule(lightning.LightningModule):
         xt = abar.sqrt() * x0.float() + (1 - abar).sqrt() * eps
         return xt, t, labels, eps
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """eps-MSE on this rank's rows of the step's global batch (``batch`` is only a step number)."""
-        xt, t, labels, eps = self.global_batch(self.global_step)
-        rank, world = self.global_rank, self.trainer.world_size
-        if xt.shape[0] % world:
-            raise ConfigError("batch_size", f"{xt.shape[0]} is not divisible by the {world} processes")
-        rows = slice(rank, None, world)   # this rank's shard of the global batch
-        xt, t, labels, eps = (v[rows].to(self.device) for v in (xt, t, labels, eps))
-        loss = torch.nn.functional.mse_loss(self.model(xt, t, labels), eps)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=False)
-        return loss
+    def loss(self, xt: Tensor, t: Tensor, labels: Tensor, eps: Tensor) -> Tensor:
+        """eps-MSE."""
+        return torch.nn.functional.mse_loss(self.model(xt, t, labels), eps)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam."""
         s = self.settings
         return torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        """An endless stream of step numbers (the data is drawn in ``training_step``)."""
-        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
 
 
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> DenoiserModule:
@@ -187,5 +152,5 @@ def build_trainable(model: dict, recipe: Any, path: str = "model") -> DenoiserMo
     return DenoiserModule(
         build_dataclass(SmallDenoiserConfig, model, path),
         build_dataclass(MixtureSpec, recipe.data, "data", skip=()),
-        TrainSettings(recipe.batch_size, recipe.lr, recipe.weight_decay, recipe.cond_dropout, recipe.seed),
+        TrainSettings.from_recipe(recipe),
     )

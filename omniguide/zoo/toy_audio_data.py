@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.scorers import register_output_scorer
+
 SAMPLE_RATE = 8000
 HOP = 128
 N_FFT = 256
@@ -311,6 +313,7 @@ def _diversity(feats: Tensor) -> float:
     return float(scaled.std(0, unbiased=False).mean())
 
 
+@register_output_scorer("toy-audio")
 def build_scorer() -> ToyAudioScorer:
     """The ``toy-audio`` scorer (``model: {scorer: toy-audio}`` in a sample recipe)."""
     return ToyAudioScorer()

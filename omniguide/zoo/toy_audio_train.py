@@ -23,21 +23,19 @@ average of the weights is kept and is what ``save_outputs`` writes: ``pipeline/`
 from __future__ import annotations
 
 import copy
-import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
 from torch import Tensor, nn
 
-from ..core.errors import ConfigError
 from . import toy_audio_data as data
 from .history_levels import history_levels
 from .toy_audio import SpectrogramCodec, ToyAudioDenoiser, ToyTextEncoder, build_pipeline
+from .trainer import StepTrainer, TrainSettings
 
 
 @dataclass
@@ -64,22 +62,9 @@ class ToyAudioData:
 
 
 @dataclass
-class ToyAudioSettings:
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    cond_dropout: float = 0.15
-    seed: int = 0
-    warmup: int = 100
-    ema: float = 0.995
-
-
-class _Steps(torch.utils.data.IterableDataset):
-    def __iter__(self):
-        i = 0
-        while True:
-            yield i
-            i += 1
+class ToyAudioSettings(TrainSettings):
+    warmup: int = 100           # steps of linear learning-rate warm-up
+    ema: float = 0.995          # decay of the moving average of the weights
 
 
 class ToyAudioModel(nn.Module):
@@ -92,7 +77,7 @@ class ToyAudioModel(nn.Module):
                                          embed_dim=config.embed_dim, heads=config.heads, groups=config.groups)
 
 
-class ToyAudioModule(lightning.LightningModule):
+class ToyAudioModule(StepTrainer):
     """v-prediction training of :class:`ToyAudioModel` on synthetic captioned clips, with an EMA copy."""
 
     def __init__(self, model: ToyAudioModelConfig, data_cfg: ToyAudioData, settings: ToyAudioSettings):
@@ -125,7 +110,7 @@ class ToyAudioModule(lightning.LightningModule):
         """``(latents, captions, timesteps [B, F], noise)`` of one step, identical on every rank and rerun."""
         s, d = self.settings, self.data_cfg
         latents, attributes = self.pool()
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        gen = self.generator(step)
         index = torch.randint(len(attributes), (s.batch_size,), generator=gen)
         keep = torch.rand(s.batch_size, 2, generator=gen) >= d.drop
         dropped = torch.rand(s.batch_size, generator=gen) < s.cond_dropout
@@ -152,38 +137,12 @@ class ToyAudioModule(lightning.LightningModule):
         noisy = (t > 0).unsqueeze(1).to(pred.dtype)                      # [B, 1, F]
         return ((pred - target) ** 2 * noisy).sum() / (noisy.sum() * pred.shape[1]).clamp_min(1.0)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x0, captions, t, noise = self.global_batch(self.global_step)
-        rank, world = self.global_rank, self.trainer.world_size
-        if x0.shape[0] % world:
-            raise ConfigError("batch_size", f"{x0.shape[0]} is not divisible by the {world} processes")
-        rows = slice(rank, None, world)
-        loss = self.loss(x0[rows].to(self.device), captions[rows], t[rows].to(self.device),
-                         noise[rows].to(self.device))
-        self.log("train/loss", loss, prog_bar=True, sync_dist=False)
-        return loss
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        decay = min(self.settings.ema, (1 + self.global_step) / (10 + self.global_step))
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p.detach(), 1 - decay)
+        self.update_ema(self.ema, self.model, self.settings.ema)
 
-    def configure_optimizers(self):
-        s = self.settings
-        opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        total = max(1, self.trainer.max_steps)
-
-        def factor(step: int) -> float:   # linear warm-up, then cosine down to 10 %
-            if step < s.warmup:
-                return (step + 1) / s.warmup
-            progress = min(1.0, (step - s.warmup) / max(1, total - s.warmup))
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
-                                                   "interval": "step"}}
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
+    def configure_optimizers(self) -> dict:
+        """AdamW, linear warm-up, then cosine down to 10 %."""
+        return self.adamw_warmup_cosine(self.model.parameters(), self.settings.warmup)
 
     def pipeline(self):
         """A :class:`~omniguide.zoo.toy_audio.ToyAudioPipeline` with the EMA weights (CPU, eval mode)."""
@@ -211,5 +170,4 @@ def build_trainable(model: dict, recipe: Any, path: str = "model") -> ToyAudioMo
 
     return ToyAudioModule(build_dataclass(ToyAudioModelConfig, model, path),
                           build_dataclass(ToyAudioData, recipe.data, "data", skip=()),
-                          ToyAudioSettings(recipe.batch_size, recipe.lr, recipe.weight_decay, recipe.cond_dropout,
-                                           recipe.seed))
+                          ToyAudioSettings.from_recipe(recipe))

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 from ..core.errors import ConfigError
 from .history_levels import history_levels
 from .sprites import AXES, COLOURS, SPEEDS, SpriteWorld, random_state, render, trajectory
+from .trainer import StepTrainer, TrainSettings
 
 
 @dataclass
@@ -254,13 +254,8 @@ class SpriteData:
 
 
 @dataclass
-class VideoTrainSettings:
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    cond_dropout: float = 0.1
-    seed: int = 0
-    warmup: int = 200
+class VideoTrainSettings(TrainSettings):
+    warmup: int = 200           # steps of linear learning-rate warm-up
     ema: float = 0.999          # decay of the exponential moving average of the weights (0: off)
     decay_from: float = 0.7     # the learning rate falls (cosine, to 10 %) over the last 30 % of max_steps
 
@@ -280,15 +275,7 @@ def per_frame_levels(n: int, frames: int, generator: torch.Generator, data: Spri
     return history_levels(n, frames, generator, data.p_clean, data.p_masked, data.p_structured)
 
 
-class _Steps(torch.utils.data.IterableDataset):
-    def __iter__(self):
-        i = 0
-        while True:
-            yield i
-            i += 1
-
-
-class VideoDenoiserModule(lightning.LightningModule):
+class VideoDenoiserModule(StepTrainer):
     """Trains a :class:`VideoDenoiser` with the flow-matching loss and independent per-frame noise levels."""
 
     def __init__(self, model: VideoDenoiserConfig, data: SpriteData, settings: VideoTrainSettings):
@@ -311,7 +298,7 @@ class VideoDenoiserModule(lightning.LightningModule):
     def global_batch(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(x_t, timestep [n, F], caption, stride, target)`` of step ``step``, identical on every rank and rerun."""
         s, d = self.settings, self.data
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        gen = self.generator(step)
         frames = d.lengths[int(torch.randint(len(d.lengths), (1,), generator=gen))]
         stride = d.strides[int(torch.randint(len(d.strides), (1,), generator=gen))]
         x0, caption = sprite_batch(d, s.batch_size, gen, frames, stride)
@@ -324,51 +311,24 @@ class VideoDenoiserModule(lightning.LightningModule):
         stride_ids = torch.full((s.batch_size,), stride, dtype=torch.long)
         return xt, t * 1000.0, caption, stride_ids, eps - x0
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        xt, timestep, caption, stride, target = self.global_batch(self.global_step)
-        rank, world = self.global_rank, self.trainer.world_size
-        if xt.shape[0] % world:
-            raise ConfigError("batch_size", f"{xt.shape[0]} is not divisible by the {world} processes")
-        rows = slice(rank, None, world)
-        xt, timestep, caption, stride, target = (
-            v[rows].to(self.device) for v in (xt, timestep, caption, stride, target))
+    def loss(self, xt: Tensor, timestep: Tensor, caption: Tensor, stride: Tensor, target: Tensor) -> Tensor:
+        """Flow-matching MSE over the frames with a noise level above 0."""
         pred = self.model(xt, timestep, caption, stride)
         weight = (timestep > 0).float().view(timestep.shape[0], 1, timestep.shape[1], 1, 1)
-        loss = ((pred - target).pow(2) * weight).mean() / weight.mean().clamp_min(1e-8)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=False)
-        return loss
+        return ((pred - target).pow(2) * weight).mean() / weight.mean().clamp_min(1e-8)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """``ema <- d ema + (1 - d) model`` with ``d = min(ema, (1 + step) / (10 + step))``."""
-        if self.settings.ema <= 0:
-            return
-        step = self.global_step
-        d = min(self.settings.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p, 1 - d)
+        if self.settings.ema > 0:
+            self.update_ema(self.ema, self.model, self.settings.ema)
 
     def on_train_end(self) -> None:
         """The saved model is the moving average (when kept)."""
         if self.settings.ema > 0:
             self.model.load_state_dict(self.ema.state_dict())
 
-    def configure_optimizers(self):
-        s = self.settings
-        opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        total = max(self.trainer.max_steps, 1)
-        start = max(s.warmup, int(s.decay_from * total))
-
-        def factor(step: int) -> float:   # linear warm-up, constant, then cosine to 10 % at max_steps
-            if step < s.warmup:
-                return (step + 1) / s.warmup
-            progress = min(1.0, max(0, step - start) / max(1, total - start))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
-                                                   "interval": "step"}}
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
+    def configure_optimizers(self) -> dict:
+        """AdamW, linear warm-up, constant, then cosine to 10 % at max_steps."""
+        return self.adamw_warmup_cosine(self.model.parameters(), self.settings.warmup, self.settings.decay_from)
 
 
 def build_trainable(model: dict, recipe: Any, path: str = "model") -> VideoDenoiserModule:
@@ -378,5 +338,5 @@ def build_trainable(model: dict, recipe: Any, path: str = "model") -> VideoDenoi
     return VideoDenoiserModule(
         build_dataclass(VideoDenoiserConfig, model, path),
         build_dataclass(SpriteData, recipe.data, "data", skip=()),
-        VideoTrainSettings(recipe.batch_size, recipe.lr, recipe.weight_decay, recipe.cond_dropout, recipe.seed),
+        VideoTrainSettings.from_recipe(recipe),
     )

@@ -3,4 +3,4 @@ MusicGen through a logits processor (:mod:`.musicgen`), guider presets of the au
 (:mod:`.presets`), WAV / spectrogram outputs (:mod:`.io`) and audio metrics (:mod:`.metrics`).
 Importing this package registers the families and the presets."""
 
-from . import audioldm, audioldm2, musicldm, presets, stable_audio  # noqa: F401  (each registers itself)
+from . import audioldm, audioldm2, metrics, musicldm, presets, stable_audio  # noqa: F401  (each registers itself)

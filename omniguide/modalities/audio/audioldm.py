@@ -12,6 +12,8 @@ one line; ICG replaces the class labels by noise.
 
 Axes: layout ``BCTW`` -- T the latent's time frames, W its mel bins (the latent is an image over
 time x mel): norms and std over channels, time and mel (dims 1, 2, 3); FDG over time and mel.
+
+The spec is MusicLDM's too (``musicldm.py`` replaces its name, class and encoder).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def encode(original, arguments: dict, negatives: dict):
 
 
 def check_call(pipe, arguments: dict) -> None:
-    check_mel_call(pipe, arguments, [pipe.tokenizer], "guide(AudioLDMPipeline)")
+    check_mel_call(pipe, arguments, [pipe.tokenizer], f"guide({type(pipe).__name__})")
 
 
 AUDIOLDM = register_family(Family(

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ...core.errors import ConfigError
+from ...core.scorers import register_output_scorer
 
 
 class Embedder(Protocol):
@@ -155,6 +156,7 @@ class ClapScorer:
         return {"clap_score": float(scores.mean()), **signal_stats(data)}
 
 
+@register_output_scorer("clap")
 def build_clap_scorer(path: str = "???", device: str = "cpu") -> ClapScorer:
     """The ``clap`` scorer (``scorer: {name: clap, path: <CLAP folder or cached model id>}``)."""
     if path == "???":

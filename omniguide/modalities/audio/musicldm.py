@@ -15,12 +15,13 @@ Axes: layout ``BCTW`` as AudioLDM (T time frames, W mel bins).
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 from torch import Tensor
 
-from ..base import Family, register_family
-from .common import check_mel_call, read_vocoder_output
+from ..base import register_family
+from . import audioldm
 
 
 def text_features(original):
@@ -53,29 +54,11 @@ def _tensor_text_features(encoder):
 
 
 def encode(original, arguments: dict, negatives: dict):
+    """AudioLDM's encoding, with the text features as a tensor for the call."""
     with _tensor_text_features(original.__self__.text_encoder):
-        encoded = original(**{**arguments, **negatives, "do_classifier_free_guidance": True})
-    negative, positive = encoded.chunk(2)
-    return positive, {"prompt_embeds": positive}, {"prompt_embeds": negative}
+        return audioldm.encode(original, arguments, negatives)
 
 
-def check_call(pipe, arguments: dict) -> None:
-    check_mel_call(pipe, arguments, [pipe.tokenizer], "guide(MusicLDMPipeline)")
-
-
-MUSICLDM = register_family(Family(
-    name="musicldm",
-    pipelines=("MusicLDMPipeline",),
-    denoiser="unet",
-    sample="sample",
-    encode=encode,
-    encoder="_encode_prompt",
-    conditions={"class_labels": "prompt_embeds"},
-    layout="BCTW",
-    check_call=check_call,
-    modality="audio",
-    samples_kwarg="num_waveforms_per_prompt",
-    output_kwargs={"output_type": "pt"},
-    read_output=read_vocoder_output,
-    embeddings=("class_labels",),
-))
+# AudioLDM's spec (the same UNet call, condition, axes, checks and outputs) for MusicLDM's class
+MUSICLDM = register_family(dataclasses.replace(audioldm.AUDIOLDM, name="musicldm", pipelines=("MusicLDMPipeline",),
+                                               encode=encode))

@@ -1,4 +1,4 @@
-"""Training the 3D prior: a :class:`~.pipeline.PixelDiffusionPipeline` learns multi-view renders of
+"""Training the 3D prior: a :class:`~omniguide.zoo.pixel_pipeline.PixelDiffusionPipeline` learns multi-view renders of
 coloured primitives (``data.py``) with captions such as ``"a red cube, side view"``.
 
 ``prediction: v`` (the default; DDPM linear betas, DDIM at sampling) or ``eps``, or ``flow`` (rectified flow:
@@ -17,15 +17,14 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import lightning
 import torch
 from torch import Tensor
 
 from ...core.errors import ConfigError
 from ...distillation.score.scene import ViewPrompts
+from ..pixel_pipeline import PixelDiffusionPipeline, build_tokenizer
+from ..trainer import StepTrainer, TrainSettings
 from .data import ViewsSpec, render_views, vocabulary
-from .pipeline import PixelDiffusionPipeline
-from .tokenizer import build_tokenizer
 
 PREDICTIONS = {"eps": "epsilon", "v": "v_prediction", "flow": "flow"}
 
@@ -54,7 +53,7 @@ def build_pipeline(arch: PriorArchitecture, spec: ViewsSpec) -> PixelDiffusionPi
     if arch.prediction not in PREDICTIONS:
         raise ConfigError("model.prediction",
                           f"unknown prediction '{arch.prediction}'; valid: {', '.join(PREDICTIONS)}")
-    tokenizer = build_tokenizer(vocabulary(spec), arch.max_length)
+    tokenizer = build_tokenizer(vocabulary(spec), arch.max_length, ties="largest")
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=arch.text_hidden, intermediate_size=2 * arch.text_hidden,
         num_attention_heads=2, num_hidden_layers=arch.text_layers, max_position_embeddings=arch.max_length,
@@ -77,29 +76,15 @@ def build_pipeline(arch: PriorArchitecture, spec: ViewsSpec) -> PixelDiffusionPi
     return PixelDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
-@dataclass
-class PriorSettings:
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    cond_dropout: float = 0.1
-    seed: int = 0
+PriorSettings = TrainSettings   # the name before the zoo's trainers shared one settings class
 
 
-class _Steps(torch.utils.data.IterableDataset):
-    def __iter__(self):
-        i = 0
-        while True:
-            yield i
-            i += 1
-
-
-class PriorModule(lightning.LightningModule):
+class PriorModule(StepTrainer):
     """Trains the UNet and the text encoder of a :class:`PixelDiffusionPipeline` (see the module docstring)."""
 
     model = None          # the train runner's single-file ``model.save``; this module saves a folder instead
 
-    def __init__(self, arch: PriorArchitecture, spec: ViewsSpec, settings: PriorSettings):
+    def __init__(self, arch: PriorArchitecture, spec: ViewsSpec, settings: TrainSettings):
         super().__init__()
         self.save_hyperparameters({"model": asdict(arch), "data": asdict(spec), "settings": asdict(settings)})
         self.arch, self.spec, self.settings = arch, spec, settings
@@ -118,7 +103,7 @@ class PriorModule(lightning.LightningModule):
     def global_batch(self, step: int) -> tuple[Tensor, list[str], Tensor, Tensor]:
         """``(x0 in [-1, 1], captions, t in [0, 1], eps)`` of step ``step``, identical on every rank."""
         s, r = self.settings, self.renders
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        gen = self.generator(step)
         n = s.batch_size
         shape = torch.randint(0, len(self.spec.shapes), (n,), generator=gen)
         view = torch.randint(0, self.spec.views_per_shape, (n,), generator=gen)
@@ -146,23 +131,10 @@ class PriorModule(lightning.LightningModule):
         pred = self.unet(xt, timestep, encoder_hidden_states=emb, return_dict=False)[0]
         return torch.nn.functional.mse_loss(pred, target)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x0, captions, t, eps = self.global_batch(self.global_step)
-        rank, world = self.global_rank, self.trainer.world_size
-        if x0.shape[0] % world:
-            raise ConfigError("batch_size", f"{x0.shape[0]} is not divisible by the {world} processes")
-        rows = slice(rank, None, world)
-        loss = self.loss(x0[rows].to(self.device), captions[rows], t[rows].to(self.device), eps[rows].to(self.device))
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
     def configure_optimizers(self):
         s = self.settings
         return torch.optim.AdamW([*self.unet.parameters(), *self.text_encoder.parameters()], lr=s.lr,
                                  weight_decay=s.weight_decay)
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
 
     def pipeline(self) -> PixelDiffusionPipeline:
         return PixelDiffusionPipeline(unet=self.unet, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
@@ -183,7 +155,7 @@ def export_checkpoint(ckpt: str, folder: str) -> None:
     """Write the ``pipeline/`` folder of a training checkpoint into ``folder`` (the run's ``save_outputs``)."""
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     hp = state["hyper_parameters"]
-    module = PriorModule(PriorArchitecture(**hp["model"]), ViewsSpec(**hp["data"]), PriorSettings(**hp["settings"]))
+    module = PriorModule(PriorArchitecture(**hp["model"]), ViewsSpec(**hp["data"]), TrainSettings(**hp["settings"]))
     module.load_state_dict(state["state_dict"])
     module.save_outputs(folder)
 
@@ -194,5 +166,4 @@ def build_trainable(model: dict, recipe: Any, path: str = "model") -> PriorModul
 
     arch = build_dataclass(PriorArchitecture, model, path)
     spec = build_dataclass(ViewsSpec, recipe.data, "data", skip=())
-    return PriorModule(arch, spec, PriorSettings(recipe.batch_size, recipe.lr, recipe.weight_decay,
-                                                 recipe.cond_dropout, recipe.seed))
+    return PriorModule(arch, spec, TrainSettings.from_recipe(recipe))

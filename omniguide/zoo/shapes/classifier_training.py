@@ -13,13 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
 from torch import Tensor, nn
 
+from ..trainer import StepTrainer
 from .classifier import HEADS, ShapesClassifier
 from .data import ShapesData
-from .training import _Steps
 
 
 @dataclass
@@ -51,7 +50,7 @@ def degrade(images: Tensor, gen: torch.Generator, max_blur: float, max_noise: fl
     return x + std * torch.randn(x.shape, generator=gen)
 
 
-class ClassifierModule(lightning.LightningModule):
+class ClassifierModule(StepTrainer):
     """Trains :class:`ShapesClassifier` on degraded :class:`ShapesData` renders."""
 
     def __init__(self, settings: ClassifierSettings | None = None, data: ShapesData | None = None):
@@ -62,14 +61,14 @@ class ClassifierModule(lightning.LightningModule):
 
     def global_batch(self, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         s = self.settings
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        gen = self.generator(step)
         images, _, attrs = self.data.draw(s.batch_size, gen)
         labels = {k: torch.tensor([values.index(a[k]) for a in attrs]) for k, values in HEADS.items()}
         return degrade(images, gen, s.max_blur, s.max_noise), labels
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, labels = self.global_batch(self.global_step)
-        rows = slice(self.global_rank, None, self.trainer.world_size)
+        rows = self.rows(len(images))
         logits = self.model(images[rows].to(self.device))
         losses = {k: nn.functional.cross_entropy(logits[k], labels[k][rows].to(self.device)) for k in HEADS}
         for k, value in losses.items():
@@ -80,9 +79,6 @@ class ClassifierModule(lightning.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.settings.lr)
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(_Steps(), batch_size=None)
 
     def save_outputs(self, run_dir: str | Path) -> Path:
         """Write ``run_dir/classifier.safetensors`` (float16) atomically."""

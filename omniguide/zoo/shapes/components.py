@@ -6,7 +6,6 @@ DDIM scheduler carrying the training noise schedule.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import diffusers
@@ -14,7 +13,6 @@ import transformers
 
 from .data import IMAGE_SIZE, vocabulary
 
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_TOKENS = 16   # captions are at most 7 words + 2 specials
 
 
@@ -37,40 +35,12 @@ class ShapesModel:
     fp16_weights: bool = True         # store the saved pipeline in float16 (loaded back as float32)
 
 
-def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
-    """A deterministic BPE: merge the most frequent adjacent pair (ties: the smallest pair) until
-    every word is one symbol. ``</w>`` marks a word's last symbol, as in CLIP."""
-    pieces = {w: [*w[:-1], w[-1] + "</w>"] for w in words}
-    merges: list[tuple[str, str]] = []
-    while True:
-        pairs = Counter(p for seq in pieces.values() for p in zip(seq, seq[1:]))
-        if not pairs:
-            return merges
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        for w, seq in pieces.items():
-            out, i = [], 0
-            while i < len(seq):
-                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
-                    out.append(seq[i] + seq[i + 1])
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
-            pieces[w] = out
-
-
 def build_tokenizer(words: list[str] | None = None, max_length: int = MAX_TOKENS) -> transformers.CLIPTokenizer:
-    """A ``CLIPTokenizer`` with identical ids on every run: specials 0/1, the 256 byte-level symbols
-    (sorted), the same with ``</w>``, then one merged token per merge. Every caption word is one
-    token; any other text falls back to characters."""
-    from tokenizers import pre_tokenizers
+    """The zoo's pixel-pipeline tokenizer (:func:`~omniguide.zoo.pixel_pipeline.build_tokenizer`) on the
+    caption vocabulary: every caption word is one token."""
+    from ..pixel_pipeline import build_tokenizer as build
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    merges = _learn_merges(words or vocabulary())
-    symbols = [BOS, EOS, *alphabet, *(c + "</w>" for c in alphabet), *(a + b for a, b in merges)]
-    vocab = {s: i for i, s in enumerate(dict.fromkeys(symbols))}
-    return transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    return build(words or vocabulary(), max_length)
 
 
 def build_text_encoder(cfg: ShapesModel, vocab_size: int) -> transformers.CLIPTextModel:

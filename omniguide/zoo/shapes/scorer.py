@@ -23,7 +23,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .data import BACKGROUND, COLOURS, POSITIONS, SHAPES, coverage, parse_caption
+from ...core.scorers import register_output_scorer
+from .data import BACKGROUND, COLOURS, POSITIONS, SHAPES, coverage, parse_caption, prompts
 
 ATTRIBUTES = ("colour", "shape", "position")
 MIN_FOREGROUND = 0.35     # distance in [-1, 1] RGB units from the background that counts as foreground
@@ -153,9 +154,14 @@ def score_images(images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     return {"accuracy": result.pop("joint"), **result}
 
 
+@register_output_scorer("shapes")
 class PromptScorer:
     """``kind: sample``'s per-item scorer (``model: {scorer: shapes}``): the images of one prompt
-    (``[N, 3, H, W]`` in [0, 1]) scored against it."""
+    (``[N, 3, H, W]`` in [0, 1]) scored against it. The image bench scores a batch with a prompt per
+    image (``score_images``) and draws its default prompts from ``prompts(n, seed)``."""
+
+    score_images = staticmethod(score_images)
+    prompts = staticmethod(prompts)
 
     def __call__(self, images: Tensor, prompt: str) -> dict[str, float]:
         return score_images(images, [prompt] * images.shape[0])
