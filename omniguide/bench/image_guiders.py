@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..recipes import benchkit, errors
+from ..recipes import errors
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
-from ..recipes.runners.bench_guiders import MethodSweep, guider_config, row_label
 from ..recipes.schema import build_dataclass, option
+from . import kit
+from .guiders import MethodSweep, guider_config, row_label
 
 if TYPE_CHECKING:   # torch, the modalities and the components are imported inside the functions
     from torch import Tensor
@@ -138,10 +139,10 @@ def overhead(pipe, family, prompts: list[str], cfg: BenchImageConfig) -> dict:
             pipe(prompts, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
                  **family.output_kwargs)
 
-    times = benchkit.interleaved({"bare": bare, "guide": adapted}, torch.device("cpu"),
+    times = kit.interleaved({"bare": bare, "guide": adapted}, torch.device("cpu"),
                                  cfg.overhead.warmup, cfg.overhead.repeats)
-    return {"bare": benchkit.summary(times["bare"]), "guide": benchkit.summary(times["guide"]),
-            "ratio": benchkit.median_ratio(times["guide"], times["bare"]), "target": 1.05}
+    return {"bare": kit.summary(times["bare"]), "guide": kit.summary(times["guide"]),
+            "ratio": kit.median_ratio(times["guide"], times["bare"]), "target": 1.05}
 
 
 @register_recipe("bench-image-guiders", BenchImageConfig, check=check_bench_image)
@@ -152,7 +153,7 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
     sampler = check_bench_image(cfg)
     score_fn, prompt_fn = (_imported(s) for s in SCORERS[cfg.scorer])
     prompts = list(cfg.prompts) or prompt_fn(cfg.num_prompts, 0)
-    with benchkit.torch_threads(cfg.threads), torch.inference_mode():
+    with kit.torch_threads(cfg.threads), torch.inference_mode():
         pipe = sampler.pipeline(torch.device("cpu"))
         rows: dict[str, dict[str, Any]] = {}
         for sweep in cfg.methods:
@@ -166,7 +167,7 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
                         f"chroma {row['chroma']:.3f} clipped {row['clipped']:.3f} nfe {row['nfe']:.0f}")
         cost = overhead(pipe, sampler.family, prompts, cfg)
     run.log(f"adapter overhead: guide/bare = {cost['ratio']:.3f} (target <= 1.05)")
-    env = benchkit.environment(torch.device("cpu"), torch.float32)
+    env = kit.environment(torch.device("cpu"), torch.float32)
     table = report(rows, cost, env, cfg, len(prompts))
     run.write_text("table.md", table)
     return {"rows": rows, "overhead": cost, "environment": env, "prompts": len(prompts), "seeds": cfg.seeds,
@@ -183,7 +184,7 @@ def report(rows: dict, cost: dict, env: dict, cfg: BenchImageConfig, prompts: in
               f"{r['nfe']:.0f}", f"{r['images_per_s']:.1f}"] for r in rows.values()]
     return "\n".join([
         f"# Guiders on the small image model ({prompts} prompts x {len(cfg.seeds)} seeds, {cfg.steps} steps)",
-        "", benchkit.markdown_table(header, table), "",
+        "", kit.markdown_table(header, table), "",
         f"Adapter overhead at equal NFE (CFG {cfg.overhead.scale:g}): "
         f"guide/bare = {cost['ratio']:.3f} (median {cost['guide']['median_ms']:.0f} ms vs "
         f"{cost['bare']['median_ms']:.0f} ms, {cfg.overhead.repeats} interleaved rounds; target <= 1.05)",

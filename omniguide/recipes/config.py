@@ -34,6 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from . import errors, schema
 from .registry import Recipe, get_recipe
 from .run import RunSection
+from .runners import entry_point_plugins, load_entry_point_plugins  # noqa: F401  (their home before)
 from .schema import check_constraints
 
 FRAMEWORK_KEYS = ("kind", "extends", "run", "plugins")
@@ -284,22 +285,6 @@ def _import_file(file: Path) -> None:
     except BaseException:
         del sys.modules[name]
         raise
-
-
-def entry_point_plugins() -> list:
-    """The installed ``omniguide.plugins`` entry points."""
-    from importlib.metadata import entry_points
-
-    return list(entry_points(group="omniguide.plugins"))
-
-
-def load_entry_point_plugins() -> None:
-    """Import every module registered under the ``omniguide.plugins`` entry-point group."""
-    for ep in entry_point_plugins():
-        try:
-            ep.load()
-        except Exception as err:
-            raise errors.ConfigError(f"entry point '{ep.name}'", f"cannot load plugin: {_first_line(err)}") from None
 
 
 # -- the typed config --------------------------------------------------------------------------
