@@ -19,13 +19,14 @@ and ``{name: piecewise, values: [...], at: [...]}`` any registered dynamic scale
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from .axes import Axes
 from .errors import ConfigError, did_you_mean
+from .needs import NEEDS
 from .scale import DynamicScale, Piecewise, ScaleSchedule
 
 
@@ -81,6 +82,30 @@ SCALES = Registry("scale")
 def register_guider(name: str) -> Callable:
     """Class decorator: make a :class:`~omniguide.core.guider.Guider` dataclass buildable by name."""
     return GUIDERS.register(name)
+
+
+def guider_needs(name: str) -> dict[str, str]:
+    """``{need: why}`` that the guider registered as ``name`` declares (its class's ``needs``)."""
+    return dict(getattr(GUIDERS.get(name), "needs", {}))
+
+
+def guiders_needing(*needs: str) -> list[str]:
+    """The registered guiders whose declared needs include any of ``needs``, sorted:
+    ``guiders_needing(*MODULES)`` are the guiders that perturb a module of the model."""
+    return [name for name in GUIDERS.names() if set(guider_needs(name)) & set(needs)]
+
+
+def guiders_served(provided: Iterable[str]) -> list[str]:
+    """The registered guiders whose declared needs of the model and the user (:data:`NEEDS`) are
+    all ``provided``, sorted (the driver's requirements are checked when it starts)."""
+    provided = set(provided)
+    return [name for name in GUIDERS.names() if set(guider_needs(name)) & set(NEEDS) <= provided]
+
+
+def need_fields(cls: type, need: str) -> list[str]:
+    """The fields of guider class ``cls`` that take what ``need`` names (a scorer, a second model):
+    those declared with ``field(metadata={"need": need})``."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("need") == need]
 
 
 @dataclasses.dataclass(frozen=True)

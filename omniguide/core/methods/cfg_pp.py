@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import ConfigError
 from ..guider import REANCHOR, GuidanceStep, Guider, passthrough
@@ -27,6 +28,10 @@ from ..scale import Scale, is_neutral, resolve
 @dataclass
 class CFGPlusPlus(Guider):
     """CFG++: denoise with ``u + l (c - u)``, re-noise with ``u`` (Chung et al. 2024). ``scale`` is l."""
+
+    needs: ClassVar[Mapping[str, str]] = {
+        REANCHOR: "CFG++ denoises with the guided x0 but re-noises with the unconditional eps",
+    }
 
     scale: Scale = 0.6
 
@@ -41,10 +46,6 @@ class CFGPlusPlus(Guider):
     @property
     def fallback(self) -> str:
         return "uncond"
-
-    def requires(self) -> dict[str, str]:
-        why = "CFG++ denoises with the guided x0 but re-noises with the unconditional eps"
-        return {**super().requires(), REANCHOR: why}
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         if is_neutral(resolve(self.scale, step), 0.0):
