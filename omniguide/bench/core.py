@@ -54,6 +54,8 @@ class BenchCoreConfig(kit.UNetBenchConfig):
 
 
 def check_bench_core(cfg: BenchCoreConfig) -> None:
+    from ..core.registry import with_needs
+
     kit.check_unet_bench(cfg)
     for key in ("batch", "steps"):
         if getattr(cfg, key) < 1:
@@ -70,7 +72,7 @@ def check_bench_core(cfg: BenchCoreConfig) -> None:
     for name, spec in cfg.guiders.items():
         if not isinstance(spec, Mapping):
             raise errors.ConfigError(f"guiders.{name}", "expected a mapping of guider fields (the key is the name)")
-        make_guider({"name": name, **spec}, name, "guiders")
+        make_guider(with_needs({"name": name, **spec}, step_supplies()), name, "guiders")
     for label, spec in cfg.extra.items():
         make_guider(extra_spec(spec), label, "extra")
 
@@ -81,18 +83,28 @@ def extra_spec(spec: Any) -> dict[str, Any]:
 
 
 def guider_specs(cfg: BenchCoreConfig) -> tuple[dict[str, Any], dict[str, str]]:
-    """``{label: guider config}`` for every registered guider (plus extras), and ``{label: why not}``."""
-    from ..core.registry import GUIDERS
+    """``{label: guider config}`` for every registered guider (plus extras), and ``{label: why not}``.
+    A guider that needs a scorer or a classifier gets the step's stand-ins (:func:`step_supplies`)."""
+    from ..core.registry import GUIDERS, with_needs
 
     specs, skipped = {}, {}
     for name in GUIDERS.names():
         if name in cfg.skip:
             skipped[name] = "skipped by the config"
         else:
-            specs[name] = {"name": name, **dict(cfg.guiders.get(name, {}))}
+            specs[name] = with_needs({"name": name, **dict(cfg.guiders.get(name, {}))}, step_supplies())
     for label, spec in cfg.extra.items():
         specs[label] = extra_spec(spec)
     return specs, skipped
+
+
+def step_supplies() -> dict[str, Callable]:
+    """What the measured step gives the guiders that need a scorer or a classifier: cheap stand-ins
+    on the latent ``x0 [B, C, H, W]``, enough to time their math -- the score ``-mean(x0^2)`` per
+    sample, and one class logit per channel (its mean)."""
+    from ..core.needs import CLASSIFIER, SCORER
+
+    return {SCORER: lambda x0: -x0.flatten(1).pow(2).mean(1), CLASSIFIER: lambda x0: x0.flatten(2).mean(2)}
 
 
 def make_guider(spec: Mapping[str, Any], label: str, section: str = "guiders") -> Guider:
@@ -125,20 +137,34 @@ def synthetic_preds(names: tuple[str, ...], real: Mapping[str, Prediction], seed
     return out
 
 
-def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Prediction]) -> dict[str, Prediction]:
+def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Prediction],
+                 run: Callable[[tuple[str, ...], Mapping], dict[str, Prediction]] | None = None,
+                 ) -> dict[str, Prediction]:
     """Run ``guider`` one step before ``step`` (so momentum, caches and agreement masks exist), then
-    return the predictions it asks for at ``step``: the path a sampler takes there."""
+    return the predictions it asks for at ``step`` with its follow-up branches: the path a sampler
+    takes there. A guider with follow-ups (SAG reads the attention it recorded) gets its first round
+    from ``run(names, its branch table)``, the real UNet; one that needs autograd (scorer guidance)
+    runs outside inference mode, on ordinary tensors."""
     import torch
 
+    from ..core.guider import FOLLOW_UP
+
+    needs, grad = guider.requires(), autograd(guider)
+
+    def one_round(at: GuidanceStep) -> dict[str, Prediction]:
+        names = tuple(guider.branches(at))
+        first = run(names, guider.branch_defaults()) if FOLLOW_UP in needs and run else synthetic_preds(names, real)
+        preds = {**first, **synthetic_preds(tuple(guider.follow_up(first, at)), real)}
+        if grad:
+            preds = {name: p.with_value(p.value.clone()) for name, p in preds.items()}
+        guider.combine(preds, at)  # fail here, not in the timing loop
+        return preds
+
     guider.reset()
-    if step.index:
-        before = dataclasses.replace(step, index=step.index - 1)
-        with torch.inference_mode():
-            guider.combine(synthetic_preds(tuple(guider.branches(before)), real), before)
-    preds = synthetic_preds(tuple(guider.branches(step)), real)
-    with torch.inference_mode():
-        guider.combine(preds, step)  # fail here, not in the timing loop
-    return preds
+    with torch.inference_mode(not grad):
+        if step.index:
+            one_round(dataclasses.replace(step, index=step.index - 1))
+        return one_round(step)
 
 
 def step_calls(s: kit.UNetStep) -> tuple[dict[str, Callable], dict[str, Prediction]]:
@@ -176,6 +202,14 @@ def step_calls(s: kit.UNetStep) -> tuple[dict[str, Callable], dict[str, Predicti
     return fns, real
 
 
+def real_round(s: kit.UNetStep, names: tuple[str, ...], table: Mapping) -> dict[str, Prediction]:
+    """The UNet's predictions of ``names`` at the step, with a guider's own branches in the table."""
+    from ..core.branch import BranchExecutor
+
+    executor = BranchExecutor(s.unet, {**table, **s.branches}, s.view.parameterization, batch=True)
+    return executor(names, s.point.model_input, s.point.timestep, s.step)
+
+
 @register_recipe("bench-core", BenchCoreConfig, check=check_bench_core)
 def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     """Benchmark: guidance math as a share of a guided UNet step; batched vs sequential branches."""
@@ -188,7 +222,7 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
         for label, spec in specs.items():
             try:
                 guider = make_guider(spec, label)
-                preds = steady_state(guider, s.step, real)
+                preds = steady_state(guider, s.step, real, lambda names, table: real_round(s, names, table))
             except Exception as err:
                 skipped[label] = kit.describe_error(err)
                 continue
@@ -207,11 +241,26 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     return metrics
 
 
+def autograd(guider: Guider) -> bool:
+    """Whether ``guider`` differentiates (through the model, or a scorer it needs) and so runs
+    outside inference mode."""
+    from ..core.guider import GRADIENT
+    from ..core.needs import SCORER
+
+    return GRADIENT in guider.requires() or SCORER in guider.needs
+
+
 def _combine_fn(guider: Guider, preds: Mapping[str, Prediction], step: GuidanceStep) -> Callable[[], Any]:
+    import torch
+
     def call():
         return guider.combine(preds, step)
 
-    return call
+    def call_with_autograd():   # outside the timing's inference mode
+        with torch.inference_mode(False):
+            return guider.combine(preds, step)
+
+    return call_with_autograd if autograd(guider) else call
 
 
 def _metrics(cfg: BenchCoreConfig, s: kit.UNetStep, times, info, skipped, failed_imports) -> dict[str, Any]:

@@ -14,7 +14,8 @@ Then it checks, and prints, what the papers claim where it applies in low dimens
   ``min_saving`` of CFG's evaluations while their swd stays within ``swd_tolerance`` of CFG's
   at the same scale. Every setting is reported, not only the best.
 
-Methods needing an attention model (PAG, SEG, skip-layer) are reported as not applicable.
+Methods whose declared needs the mixture does not meet (a module to perturb, video history, several
+conditions: :func:`omniguide.core.registry.guiders_served`) are reported as not applicable.
 Autoguidance's weak model is the exact mixture with every component std multiplied by
 ``weak_std_factor`` (the 2-D toy idea of EDM2's autoguidance paper), run as
 ``Branch("weak", base="cond", model=weak)``.
@@ -42,20 +43,6 @@ if TYPE_CHECKING:   # torch, the core and the zoo are imported inside the functi
     from torch import Tensor
 
     from ..zoo import GaussianMixture
-
-PERTURBED = {
-    "pag": "needs an attention model (perturbs self-attention maps); the mixture has none",
-    "seg": "needs an attention model (blurs self-attention queries); the mixture has none",
-    "skip-layer": "needs a layered model (skips transformer blocks); the mixture has none",
-    "sag": "needs an attention model (blurs where self-attention looks); the mixture has none",
-    "tpg": "needs a transformer (shuffles block input tokens); the mixture has none",
-    "s2-guidance": "needs a layered model (drops random blocks); the mixture has none",
-    "tsg": "needs a time-step embedding to perturb; the mixture has none",
-    "nag": "needs cross- or joint attention (acts on attention outputs); the mixture has none",
-    "vsf": "needs cross- or joint attention (flips attention values); the mixture has none",
-    "pladis": "needs cross- or joint attention (sparse attention maps); the mixture has none",
-}
-
 
 
 @dataclass
@@ -165,22 +152,28 @@ def row_label(sweep: MethodSweep) -> str:
 def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], dict[str, str]]:
     """The rows to run (configured ones, then one default row per registered guider nobody listed),
     the not-applicable guiders and the ones that cannot be built with defaults."""
-    from ..core.registry import GUIDERS
+    from ..core.needs import NEEDS
+    from ..core.registry import GUIDERS, guider_needs, guiders_served, with_needs
     from ..recipes.components import make_guider
+    from ..zoo.scorers import TESTBED_PROVIDES, bind_testbed, testbed_supplies
 
     rows = list(cfg.methods)
     covered = {n for m in rows for n in guider_names(m.guider)}
+    served = set(guiders_served(TESTBED_PROVIDES))
     not_applicable, not_run = {}, {}
     for name in GUIDERS.names():
         if name in covered:
             continue
-        if name in PERTURBED:
-            not_applicable[name] = PERTURBED[name]
+        if name not in served:
+            unmet = {k: why for k, why in guider_needs(name).items() if k in NEEDS and k not in TESTBED_PROVIDES}
+            not_applicable[name] = "; ".join(f"needs {NEEDS[k]} ({why})" for k, why in unmet.items()) + \
+                "; the mixture has none"
             continue
-        sweep = MethodSweep(guider={"name": name}, scales=list(cfg.auto_scales))
+        sweep = MethodSweep(guider=with_needs({"name": name}, testbed_supplies(cfg.sampler.label)),
+                            scales=list(cfg.auto_scales))
         try:
             for value in sweep.scales:
-                make_guider(guider_config(sweep, value), name)
+                make_guider(bind_testbed(guider_config(sweep, value), cfg.testbeds[0]), name)
         except Exception as err:
             not_run[name] = f"not in the config and not buildable with defaults: {first_line(err)}"
             continue

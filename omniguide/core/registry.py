@@ -108,6 +108,20 @@ def need_fields(cls: type, need: str) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("need") == need]
 
 
+def with_needs(spec: Mapping[str, Any], supplies: Mapping[str, Any]) -> dict[str, Any]:
+    """A guider config ``{name: ...}`` with what a place supplies (``{need: object or config}``) set
+    in the fields that take it, where the config leaves them empty; wrapped guiders too."""
+    out = dict(spec)
+    cls = GUIDERS.get(out["name"])
+    for need, value in supplies.items():
+        for name in need_fields(cls, need) if dataclasses.is_dataclass(cls) else ():
+            if out.get(name) is None:
+                out[name] = value
+    if isinstance(out.get("guider"), Mapping):
+        out["guider"] = with_needs(out["guider"], supplies)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A named guider configuration reproducing a reference implementation's defaults.
