@@ -25,7 +25,7 @@ from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.schema import build_dataclass, option
 from . import kit
-from .guiders import MethodSweep, guider_config, row_label
+from .guiders import MethodSweep, guider_config, guider_names, row_label
 
 if TYPE_CHECKING:   # torch, the modalities and the components are imported inside the functions
     from torch import Tensor
@@ -57,6 +57,41 @@ class BenchImageConfig:
     methods: list[MethodSweep] = field(default_factory=list)
     overhead: Overhead = field(default_factory=Overhead)
     threads: int = option(0, ge=0)
+    # registered guiders that no row names and whose needs the model meets: run at these scales
+    # (empty: the report names them)
+    unlisted_scales: list[float] = field(default_factory=list)
+
+
+def unlisted(cfg: BenchImageConfig) -> tuple[list[MethodSweep], list[str]]:
+    """Rows for the registered guiders that no row names and whose declared needs the model meets
+    (it has every module kind a method perturbs, :data:`omniguide.core.needs.MODULES`) at
+    ``unlisted_scales``, and the names of those left out (all of them when no scales are given; those that need
+    settings to build)."""
+    from ..core.needs import MODULES
+    from ..core.registry import guiders_served
+    from ..modalities.base import load_families
+
+    kit.load_guider_modules()
+    load_families()     # the modalities register their guiders
+    named = {n for sweep in cfg.methods for n in guider_names(sweep.guider)}
+    rows, left_out = [], []
+    for name in guiders_served(MODULES):
+        if name not in named and cfg.unlisted_scales and _builds({"name": name}):
+            rows.append(MethodSweep(guider={"name": name}, scales=list(cfg.unlisted_scales)))
+        elif name not in named:
+            left_out.append(name)
+    return rows, left_out
+
+
+def _builds(spec: dict) -> bool:
+    """Whether the guider config builds with its defaults (a wrapper needs the guider it wraps)."""
+    from ..recipes.components import make_guider
+
+    try:
+        make_guider(spec)
+    except errors.ConfigError:
+        return False
+    return True
 
 
 def _imported(spec: str):
@@ -156,7 +191,8 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
     with kit.torch_threads(cfg.threads), torch.inference_mode():
         pipe = sampler.pipeline(torch.device("cpu"))
         rows: dict[str, dict[str, Any]] = {}
-        for sweep in cfg.methods:
+        extra, left_out = unlisted(cfg)
+        for sweep in [*cfg.methods, *extra]:
             label = row_label(sweep)
             for value in sweep.scales:
                 row = measure_row(pipe, sampler.family, guider_config(sweep, value), prompts, cfg, score_fn,
@@ -169,9 +205,11 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
     run.log(f"adapter overhead: guide/bare = {cost['ratio']:.3f} (target <= 1.05)")
     env = kit.environment(torch.device("cpu"), torch.float32)
     table = report(rows, cost, env, cfg, len(prompts))
+    if left_out:
+        table += f"Not listed, not run (give unlisted_scales to run them): {', '.join(left_out)}\n"
     run.write_text("table.md", table)
     return {"rows": rows, "overhead": cost, "environment": env, "prompts": len(prompts), "seeds": cfg.seeds,
-            "steps": cfg.steps}
+            "steps": cfg.steps, "not_listed": left_out}
 
 
 def report(rows: dict, cost: dict, env: dict, cfg: BenchImageConfig, prompts: int) -> str:
