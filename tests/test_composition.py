@@ -40,7 +40,7 @@ from omniguide.core.methods import (
     ScaleSearch,
     ScorerGuidance,
 )
-from omniguide.core.needs import CLASSIFIER, CONDITIONS, HISTORY, MODULES, SCORER, SECOND_MODEL
+from omniguide.core.needs import CLASSIFIER, CONDITIONS, HISTORY, MODULES, NEGATIVE, SCORER, SECOND_MODEL
 from omniguide.core.registry import GUIDERS, guiders_needing, guiders_served, with_needs
 
 SHAPES = {
@@ -64,9 +64,10 @@ class Toy:
 
 
 def supplies(shape):
-    """What the toy gives the guiders that declare a need for it: a weaker model, a scorer, a classifier."""
+    """What the toy gives the guiders that declare a need for it: a weaker model, a scorer, a classifier
+    (set in the fields that take them), and a negative branch (:func:`run`'s ``negative``)."""
     return {SECOND_MODEL: Toy(shape, strength=0.5), SCORER: lambda x0: -(x0.flatten(1) ** 2).sum(1),
-            CLASSIFIER: lambda x0: x0.flatten(1)[:, :2]}
+            CLASSIFIER: lambda x0: x0.flatten(1)[:, :2], NEGATIVE: None}
 
 
 WRAPPERS = {"interval", "schedule"}   # wrap every method below

@@ -76,19 +76,22 @@ def unlisted(cfg: BenchImageConfig) -> tuple[list[MethodSweep], list[str]]:
     named = {n for sweep in cfg.methods for n in guider_names(sweep.guider)}
     rows, left_out = [], []
     for name in guiders_served(MODULES):
-        if name not in named and cfg.unlisted_scales and _builds({"name": name}):
-            rows.append(MethodSweep(guider={"name": name}, scales=list(cfg.unlisted_scales)))
+        sweep = MethodSweep(guider={"name": name}, scales=list(cfg.unlisted_scales))
+        if name not in named and cfg.unlisted_scales and _builds(sweep):
+            rows.append(sweep)
         elif name not in named:
             left_out.append(name)
     return rows, left_out
 
 
-def _builds(spec: dict) -> bool:
-    """Whether the guider config builds with its defaults (a wrapper needs the guider it wraps)."""
+def _builds(sweep: MethodSweep) -> bool:
+    """Whether every setting of ``sweep`` builds (a wrapper needs the guider it wraps; the swept key
+    must be a field)."""
     from ..recipes.components import make_guider
 
     try:
-        make_guider(spec)
+        for value in sweep.scales:
+            make_guider(guider_config(sweep, value))
     except errors.ConfigError:
         return False
     return True

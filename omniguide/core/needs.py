@@ -12,6 +12,7 @@ MODULES = (SELF_ATTENTION, CROSS_ATTENTION, BLOCKS, TIMESTEP_EMBEDDING)   # the 
 SECOND_MODEL = "second-model"
 SCORER = "scorer"
 CLASSIFIER = "classifier"
+NEGATIVE = "negative"
 HISTORY = "history"
 CONDITIONS = "conditions"
 NEEDS = {
@@ -22,6 +23,7 @@ NEEDS = {
     SECOND_MODEL: "a second model (a weaker or a base version of the guided one)",
     SCORER: "a scorer of denoised samples (one score per sample)",
     CLASSIFIER: "a classifier of denoised samples (class logits)",
+    NEGATIVE: "a negative condition (a branch named by the guider, 'negative' by default)",
     HISTORY: "a video model with per-frame noise levels and history frames",
     CONDITIONS: "branches for several named conditions",
 }
