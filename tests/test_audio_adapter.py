@@ -11,7 +11,7 @@ import pytest
 import tiny_audio as TA
 import tiny_pipelines as TP
 import torch
-from guider_names import core_guider_names
+from guider_names import core_guider_names, perturbing_guiders
 from test_adapter import METHODS_II
 
 import omniguide
@@ -136,7 +136,7 @@ def guider_configs(weak) -> dict[str, omniguide.Guider]:
     return made
 
 
-PERTURBED = ("pag", "seg", "skip-layer")
+PERTURBED = tuple(sorted(perturbing_guiders() - METHODS_II))   # pag, seg, skip-layer
 # the mel families share AudioLDM's UNet and differ only in conditioning: AudioLDM runs by default,
 # AudioLDM2 and MusicLDM (slower: GPT-2 generation, CLAP) with -m slow
 EVERY_FAMILY = ["stable_audio", "audioldm",

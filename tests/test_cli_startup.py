@@ -61,14 +61,23 @@ def test_list_imports_no_heavy_library_and_prints_every_builtin():
     assert loaded == [] and "magnitude-aware" in out.split()
 
 
-def test_the_committed_name_index_matches_the_live_registries():
-    code = ("import json; from omniguide.recipes.components import builtin_names; "
+def test_the_committed_name_indexes_match_the_live_registries():
+    """The built-in index alone, and merged with the entry-point plugins' (the bench's), give the
+    names of the live registries without, and with, the plugins loaded."""
+    code = ("import json, sys; from omniguide.recipes.components import builtin_names; "
             "from omniguide.recipes.registry import committed_names; "
-            "print(json.dumps([builtin_names(), committed_names()]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    live, committed = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert live == committed, ("omniguide/recipes/builtin_components.json is stale; regenerate it with "
-                               'python -c "from omniguide.recipes.components import write_builtin_index as w; w()"')
+            "print(json.dumps([builtin_names(plugins=sys.argv[1] == '1'), committed_names()]))")
+    for plugins in ("0", "1"):
+        proc = subprocess.run([sys.executable, "-c", code, plugins], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
+        live, committed = json.loads(proc.stdout.strip().splitlines()[-1])
+        if plugins == "0":
+            committed = json.loads((ROOT / "omniguide/recipes/builtin_components.json").read_text())
+        assert live == committed, ("a committed name index (omniguide/recipes/builtin_components.json or "
+                                   "omniguide/bench/components.json) is stale; regenerate them with "
+                                   'python -c "from omniguide.recipes.components import write_builtin_index as w; w()"')
+    builtin = json.loads((ROOT / "omniguide/recipes/builtin_components.json").read_text())
+    assert "bench-core" in live["recipes"] and not any(n.startswith("bench-") for n in builtin["recipes"])
 
 
 def test_list_with_a_plugin_shows_the_plugins_components(tmp_path):

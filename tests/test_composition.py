@@ -40,7 +40,8 @@ from omniguide.core.methods import (
     ScaleSearch,
     ScorerGuidance,
 )
-from omniguide.core.registry import GUIDERS
+from omniguide.core.needs import CLASSIFIER, CONDITIONS, HISTORY, MODULES, NEGATIVE, SCORER, SECOND_MODEL
+from omniguide.core.registry import GUIDERS, guiders_needing, guiders_served, with_needs
 
 SHAPES = {
     "BC": (4, 6),
@@ -62,8 +63,26 @@ class Toy:
         return 0.3 * x + 0.5 * self.patterns[labels]
 
 
+def supplies(shape):
+    """What the toy gives the guiders that declare a need for it: a weaker model, a scorer, a classifier
+    (set in the fields that take them), and a negative branch (:func:`run`'s ``negative``)."""
+    return {SECOND_MODEL: Toy(shape, strength=0.5), SCORER: lambda x0: -(x0.flatten(1) ** 2).sum(1),
+            CLASSIFIER: lambda x0: x0.flatten(1)[:, :2], NEGATIVE: None}
+
+
+WRAPPERS = {"interval", "schedule"}   # wrap every method below
+
+
 def methods(layout, shape):
-    """One instance per method name (defaults where they run on these shapes)."""
+    """One instance per registered guider whose needs the toy meets (the registry's answer): the
+    settings below where given, its defaults and the toy's supplies otherwise (a new guider)."""
+    given, chosen = supplies(shape), settings(layout, shape)
+    served = [n for n in guiders_served(given) if n not in WRAPPERS]
+    return {n: chosen[n] if n in chosen else build_guider(with_needs({"name": n}, given)) for n in served}
+
+
+def settings(layout, shape):
+    """Settings that suit these shapes and show each method working."""
     fft = layout == "BC"  # a 6-entry channel axis is too short for a pyramid
     weak = Toy(shape, strength=0.5)
     return {
@@ -96,7 +115,7 @@ def methods(layout, shape):
     }
 
 
-PLUGGED = {"scorer-guidance", "gfcg", "scale-search"}
+PLUGGED = set(guiders_needing(SCORER, CLASSIFIER))
 
 
 def run(guider, layout, num_steps=8):
@@ -115,12 +134,14 @@ def run(guider, layout, num_steps=8):
 
 
 def test_every_registered_method_is_covered():
-    own = set(methods("BCHW", SHAPES["BCHW"])) | {"interval", "schedule"}
-    # other suites cover the perturbed-branch and attention methods (tests/test_perturbations*.py), and the
-    # guiders of the modalities (history, stg, nested, ...) their modality's suites
-    perturbed = {"pag", "seg", "skip-layer", "tsg", "tpg", "s2-guidance", "nag", "vsf", "pladis", "sag"}
-    core = {n for n in GUIDERS.names() if GUIDERS.get(n).__module__.startswith("omniguide.core.")}
-    assert core - perturbed == own
+    given = supplies(SHAPES["BCHW"])
+    served = set(guiders_served(given))
+    assert set(methods("BCHW", SHAPES["BCHW"])) | WRAPPERS == served
+    assert set(settings("BCHW", SHAPES["BCHW"])) <= served, "settings for a guider the registry does not serve"
+    # the rest need a module to perturb (tests/test_perturbations*.py), video history or several
+    # conditions (their modality's suites): declared, so the registry names them
+    assert set(GUIDERS.names()) - served == set(guiders_needing(*MODULES, HISTORY, CONDITIONS))
+    assert {"pag", "sag", "tsg", "nag", "history", "nested"} <= set(GUIDERS.names()) - served
 
 
 @pytest.mark.parametrize("layout", SHAPES)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..recipes import errors
-from ..recipes.benchkit import markdown_table, torch_threads
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.runners.rollout import RolloutConfig, build_subject, check_histories, make_rollout
 from ..recipes.schema import option
+from .kit import markdown_table, torch_threads
 from .video_history import Method, method_label
 
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..recipes import errors
-from ..recipes.benchkit import markdown_table
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.schema import option
+from .kit import markdown_table
 
 if TYPE_CHECKING:   # torch, the core and the zoo are imported inside the functions (omniguide show stays light)
     import torch

@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..recipes import benchkit, errors
+from ..recipes import errors
 from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
-from ..recipes.runners.bench_guiders import MethodSweep, guider_config, row_label
 from ..recipes.schema import build_dataclass, option
+from . import kit
+from .guiders import MethodSweep, guider_config, guider_names, row_label
 
 if TYPE_CHECKING:   # torch, the modalities and the components are imported inside the functions
     from torch import Tensor
@@ -51,6 +52,44 @@ class BenchImageConfig:
     methods: list[MethodSweep] = field(default_factory=list)
     overhead: Overhead = field(default_factory=Overhead)
     threads: int = option(0, ge=0)
+    # registered guiders that no row names and whose needs the model meets: run at these scales
+    # (empty: the report names them)
+    unlisted_scales: list[float] = field(default_factory=list)
+
+
+def unlisted(cfg: BenchImageConfig) -> tuple[list[MethodSweep], list[str]]:
+    """Rows for the registered guiders that no row names and whose declared needs the model meets
+    (it has every module kind a method perturbs, :data:`omniguide.core.needs.MODULES`) at
+    ``unlisted_scales``, and the names of those left out (all of them when no scales are given; those that need
+    settings to build)."""
+    from ..core.needs import MODULES
+    from ..core.registry import guiders_served
+    from ..modalities.base import load_families
+
+    kit.load_guider_modules()
+    load_families()     # the modalities register their guiders
+    named = {n for sweep in cfg.methods for n in guider_names(sweep.guider)}
+    rows, left_out = [], []
+    for name in guiders_served(MODULES):
+        sweep = MethodSweep(guider={"name": name}, scales=list(cfg.unlisted_scales))
+        if name not in named and cfg.unlisted_scales and _builds(sweep):
+            rows.append(sweep)
+        elif name not in named:
+            left_out.append(name)
+    return rows, left_out
+
+
+def _builds(sweep: MethodSweep) -> bool:
+    """Whether every setting of ``sweep`` builds (a wrapper needs the guider it wraps; the swept key
+    must be a field)."""
+    from ..recipes.components import make_guider
+
+    try:
+        for value in sweep.scales:
+            make_guider(guider_config(sweep, value))
+    except errors.ConfigError:
+        return False
+    return True
 
 
 def image_scorer(name: str) -> Any:
@@ -142,10 +181,10 @@ def overhead(pipe, family, prompts: list[str], cfg: BenchImageConfig) -> dict:
             pipe(prompts, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
                  **family.output_kwargs)
 
-    times = benchkit.interleaved({"bare": bare, "guide": adapted}, torch.device("cpu"),
+    times = kit.interleaved({"bare": bare, "guide": adapted}, torch.device("cpu"),
                                  cfg.overhead.warmup, cfg.overhead.repeats)
-    return {"bare": benchkit.summary(times["bare"]), "guide": benchkit.summary(times["guide"]),
-            "ratio": benchkit.median_ratio(times["guide"], times["bare"]), "target": 1.05}
+    return {"bare": kit.summary(times["bare"]), "guide": kit.summary(times["guide"]),
+            "ratio": kit.median_ratio(times["guide"], times["bare"]), "target": 1.05}
 
 
 @register_recipe("bench-image-guiders", BenchImageConfig, check=check_bench_image)
@@ -157,10 +196,11 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
     scorer = image_scorer(cfg.scorer)
     score_fn = scorer.score_images
     prompts = list(cfg.prompts) or scorer.prompts(cfg.num_prompts, 0)
-    with benchkit.torch_threads(cfg.threads), torch.inference_mode():
+    with kit.torch_threads(cfg.threads), torch.inference_mode():
         pipe = sampler.pipeline(torch.device("cpu"))
         rows: dict[str, dict[str, Any]] = {}
-        for sweep in cfg.methods:
+        extra, left_out = unlisted(cfg)
+        for sweep in [*cfg.methods, *extra]:
             label = row_label(sweep)
             for value in sweep.scales:
                 row = measure_row(pipe, sampler.family, guider_config(sweep, value), prompts, cfg, score_fn,
@@ -171,11 +211,13 @@ def run_bench_image(cfg: BenchImageConfig, run: RunContext) -> dict:
                         f"chroma {row['chroma']:.3f} clipped {row['clipped']:.3f} nfe {row['nfe']:.0f}")
         cost = overhead(pipe, sampler.family, prompts, cfg)
     run.log(f"adapter overhead: guide/bare = {cost['ratio']:.3f} (target <= 1.05)")
-    env = benchkit.environment(torch.device("cpu"), torch.float32)
+    env = kit.environment(torch.device("cpu"), torch.float32)
     table = report(rows, cost, env, cfg, len(prompts))
+    if left_out:
+        table += f"Not listed, not run (give unlisted_scales to run them): {', '.join(left_out)}\n"
     run.write_text("table.md", table)
     return {"rows": rows, "overhead": cost, "environment": env, "prompts": len(prompts), "seeds": cfg.seeds,
-            "steps": cfg.steps}
+            "steps": cfg.steps, "not_listed": left_out}
 
 
 def report(rows: dict, cost: dict, env: dict, cfg: BenchImageConfig, prompts: int) -> str:
@@ -188,7 +230,7 @@ def report(rows: dict, cost: dict, env: dict, cfg: BenchImageConfig, prompts: in
               f"{r['nfe']:.0f}", f"{r['images_per_s']:.1f}"] for r in rows.values()]
     return "\n".join([
         f"# Guiders on the small image model ({prompts} prompts x {len(cfg.seeds)} seeds, {cfg.steps} steps)",
-        "", benchkit.markdown_table(header, table), "",
+        "", kit.markdown_table(header, table), "",
         f"Adapter overhead at equal NFE (CFG {cfg.overhead.scale:g}): "
         f"guide/bare = {cost['ratio']:.3f} (median {cost['guide']['median_ms']:.0f} ms vs "
         f"{cost['bare']['median_ms']:.0f} ms, {cfg.overhead.repeats} interleaved rounds; target <= 1.05)",

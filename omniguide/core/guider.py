@@ -29,6 +29,13 @@ sampling or distillation starts (:func:`check_requirements`):
   re-anchored or re-noised sample. Logits have none (``step.noise is None``): there every prediction
   is its own value in every parameterization (see :mod:`.prediction`) and ``t = 1 - step``.
 
+What a method needs whatever its settings is declared on its class, ``needs = {need: why}``: the
+driver requirements above that always hold (CFG++ re-anchors), and what it needs of the model or of
+its user (:mod:`omniguide.core.needs`): a module kind to perturb, a second model, a scorer or a
+classifier, video history, several conditions. ``requires()`` includes the declared driver
+requirements; the registry answers "which guiders need X" from the declarations, so no list of
+such guiders is typed out.
+
 Three optional hooks, all with neutral defaults, serve methods that are not a single combine:
 
 * ``follow_up(preds, step) -> {name: Branch}`` -- branches built from this step's predictions and
@@ -126,12 +133,14 @@ class Guider:
     """Base class. Subclasses are dataclasses whose fields are their configuration.
 
     Class attributes:
-      ``stateful`` -- True when ``combine`` reads or writes state between steps.
+      ``stateful`` -- True when ``combine`` reads or writes state between steps;
+      ``needs`` -- ``{need: why}`` for what every instance needs (:data:`REQUIREMENTS`, :mod:`.needs`).
     ``neutral`` (a property) is the scale at which the method returns its fallback branch.
     """
 
     name: ClassVar[str] = ""
     stateful: ClassVar[bool] = False
+    needs: ClassVar[Mapping[str, str]] = {}   # {need: why} whatever the settings (module docstring)
 
     @property
     def neutral(self) -> float:
@@ -156,7 +165,7 @@ class Guider:
         its own needs, those of the guiders it wraps, and ``step`` coordinates in its scale schedules."""
         from .scale import DynamicScale, ScaleSchedule
 
-        needs: dict[str, str] = {}
+        needs = {k: why for k, why in self.needs.items() if k in REQUIREMENTS}
         if self.stateful:
             needs[STEP_INDEX] = f"{self.name or type(self).__name__} keeps state between sampler steps"
         for f in fields(self) if is_dataclass(self) else ():

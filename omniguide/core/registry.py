@@ -20,12 +20,13 @@ any registered dynamic scale (:data:`SCALES`; ``@register_scale("name")`` adds o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..io.config import Registry, construct, register_conversion  # noqa: F401  (Registry: re-exported)
 from .errors import ConfigError
 from .guider import Guider, guider_config  # noqa: F401  (re-exported, as are the scales' names)
+from .needs import NEEDS
 from .scale import SCALES, build_scale, register_scale  # noqa: F401
 
 GUIDERS = Registry("guider")
@@ -34,6 +35,44 @@ GUIDERS = Registry("guider")
 def register_guider(name: str) -> Callable:
     """Class decorator: make a :class:`~omniguide.core.guider.Guider` dataclass buildable by name."""
     return GUIDERS.register(name)
+
+
+def guider_needs(name: str) -> dict[str, str]:
+    """``{need: why}`` that the guider registered as ``name`` declares (its class's ``needs``)."""
+    return dict(getattr(GUIDERS.get(name), "needs", {}))
+
+
+def guiders_needing(*needs: str) -> list[str]:
+    """The registered guiders whose declared needs include any of ``needs``, sorted:
+    ``guiders_needing(*MODULES)`` are the guiders that perturb a module of the model."""
+    return [name for name in GUIDERS.names() if set(guider_needs(name)) & set(needs)]
+
+
+def guiders_served(provided: Iterable[str]) -> list[str]:
+    """The registered guiders whose declared needs of the model and the user (:data:`NEEDS`) are
+    all ``provided``, sorted (the driver's requirements are checked when it starts)."""
+    provided = set(provided)
+    return [name for name in GUIDERS.names() if set(guider_needs(name)) & set(NEEDS) <= provided]
+
+
+def need_fields(cls: type, need: str) -> list[str]:
+    """The fields of guider class ``cls`` that take what ``need`` names (a scorer, a second model):
+    those declared with ``field(metadata={"need": need})``."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("need") == need]
+
+
+def with_needs(spec: Mapping[str, Any], supplies: Mapping[str, Any]) -> dict[str, Any]:
+    """A guider config ``{name: ...}`` with what a place supplies (``{need: object or config}``) set
+    in the fields that take it, where the config leaves them empty; wrapped guiders too."""
+    out = dict(spec)
+    cls = GUIDERS.get(out["name"])
+    for need, value in supplies.items():
+        for name in need_fields(cls, need) if dataclasses.is_dataclass(cls) else ():
+            if out.get(name) is None:
+                out[name] = value
+    if isinstance(out.get("guider"), Mapping):
+        out["guider"] = with_needs(out["guider"], supplies)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,11 +105,10 @@ def _report(err: BaseException, debug: bool, code: int, where: str = "") -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from . import runners
-    from .config import import_plugins, load_entry_point_plugins, load_recipe
+    from .config import import_plugins, load_recipe
     from .console import quiet_libraries
 
     runners.load_all()
-    load_entry_point_plugins()
     import_plugins(args.plugin, path="--plugin")
     if args.command == "list":
         return _list(args.kind, args.plugin)
@@ -190,14 +189,14 @@ def _restore_torch_threads(threads: int | None) -> None:
 
 
 def _list(kind: str | None, plugins: Sequence[str] = ()) -> int:
-    from .config import entry_point_plugins
     from .registry import RENAMED_LISTINGS, committed_names
     from .runners import FAILED
 
     for module, why in FAILED.items():
         print(f"warning: runner module '{module}' could not be imported: {why}", file=sys.stderr)
-    # without plugins the committed index of built-in names is the listing: no torch import
-    index = {} if plugins or entry_point_plugins() else committed_names()
+    # without --plugin the committed indexes (built-in names, each entry-point plugin's) are the
+    # listing: no torch import
+    index = {} if plugins else committed_names()
     if kind:
         kind = RENAMED_LISTINGS.get(kind, kind)
         key = next((k for k in (kind, kind + "s") if k in index), None)

@@ -31,7 +31,7 @@ from ..core.errors import ConfigError, did_you_mean
 from ..core.schedulers import is_flow_scheduler
 from ..io.config import build_dataclass, find_file, option, strict_kwargs
 from ..zoo.gaussian_mixture import UNCOND, GaussianMixture, MixtureSpec, denoiser_for, label_branches
-from .builders import (  # noqa: F401  (re-exported: recipes, benches and plugins build guiders through these)
+from .builders import (  # noqa: F401  (re-exported: recipes and plugins build guiders through these)
     SCHEDULE_EXAMPLE,
     _named,
     check_guider_values,
@@ -221,18 +221,30 @@ def all_components() -> dict[str, Registry]:
     return {k: COMPONENTS[k] if k in COMPONENTS else LISTINGS[k]() for k in dict.fromkeys(kinds)}
 
 
-def builtin_names() -> dict[str, list[str]]:
-    """Every registry's names by kind, as the live registries hold them (imports torch)."""
+def builtin_names(plugins: bool = False) -> dict[str, list[str]]:
+    """Every registry's names by kind, as the live registries hold them (imports torch): the
+    built-in components, and with ``plugins`` the installed entry-point plugins' too."""
     from . import runners
 
-    runners.load_all()
+    runners.load_all(plugins=plugins)
     return {kind: list(registry.names()) for kind, registry in all_components().items()}
 
 
 def write_builtin_index() -> None:
-    """Rewrite :data:`BUILTIN_INDEX` from the live registries (built-in components only: run it in
-    a fresh interpreter with no plugins loaded)."""
-    BUILTIN_INDEX.write_text(json.dumps(builtin_names(), indent=1) + "\n")
+    """Rewrite :data:`BUILTIN_INDEX` from the live registries, then the index of every entry-point
+    plugin that ships one (the names loading it adds). Run it in a fresh interpreter."""
+    from .registry import plugin_index_file
+    from .runners import entry_point_plugins
+
+    names = builtin_names()
+    BUILTIN_INDEX.write_text(json.dumps(names, indent=1) + "\n")
+    for entry_point in entry_point_plugins():
+        if (file := plugin_index_file(entry_point)) is not None:
+            entry_point.load()
+            live = {kind: registry.names() for kind, registry in all_components().items()}
+            added = {kind: [n for n in live[kind] if n not in names.get(kind, [])] for kind in live}
+            file.write_text(json.dumps({k: v for k, v in added.items() if v}, indent=1) + "\n")
+            names = live
 
 
 def component_kind(kind: str) -> Registry:

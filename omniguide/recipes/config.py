@@ -37,6 +37,7 @@ from ..io.config import first_line as _first_line
 from ..io.config import join as _join
 from .registry import Recipe, get_recipe
 from .run import RunSection
+from .runners import entry_point_plugins, load_entry_point_plugins  # noqa: F401  (their home before)
 
 FRAMEWORK_KEYS = ("kind", "extends", "run", "plugins")
 
@@ -286,22 +287,6 @@ def _import_file(file: Path) -> None:
     except BaseException:
         del sys.modules[name]
         raise
-
-
-def entry_point_plugins() -> list:
-    """The installed ``omniguide.plugins`` entry points."""
-    from importlib.metadata import entry_points
-
-    return list(entry_points(group="omniguide.plugins"))
-
-
-def load_entry_point_plugins() -> None:
-    """Import every module registered under the ``omniguide.plugins`` entry-point group."""
-    for ep in entry_point_plugins():
-        try:
-            ep.load()
-        except Exception as err:
-            raise errors.ConfigError(f"entry point '{ep.name}'", f"cannot load plugin: {_first_line(err)}") from None
 
 
 # -- the typed config --------------------------------------------------------------------------

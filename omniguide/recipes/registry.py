@@ -176,15 +176,40 @@ def get_recipe(kind: Any, path: str = "kind") -> Recipe:
     return RECIPES.get(kind, path)
 
 
-# The built-in components' names, committed, so that ``omniguide list`` answers without importing
-# torch (1.2 s of a 1.7 s listing). tests/test_cli_startup.py checks it against the live registries;
-# regenerate with ``python -c "from omniguide.recipes.components import write_builtin_index as w; w()"``.
+# The components' names, committed, so that ``omniguide list`` answers without importing torch
+# (1.2 s of a 1.7 s listing): the built-in ones here, each entry-point plugin's own in the
+# ``components.json`` of its package (a plugin that ships none is imported to be listed).
+# tests/test_cli_startup.py checks them against the live registries; regenerate them with
+# ``python -c "from omniguide.recipes.components import write_builtin_index as w; w()"``.
 BUILTIN_INDEX = Path(__file__).with_name("builtin_components.json")
+PLUGIN_INDEX = "components.json"
+
+
+def plugin_index_file(entry_point: Any) -> Path | None:
+    """The name index an entry-point plugin ships: ``components.json`` in its package (None if none)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(entry_point.module)
+    except ImportError:
+        return None
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    file = Path(folders[0]) / PLUGIN_INDEX if folders else None
+    return file if file is not None and file.is_file() else None
 
 
 def committed_names() -> dict[str, list[str]]:
-    """The committed index of built-in names (``{}`` if the file is missing)."""
-    return json.loads(BUILTIN_INDEX.read_text()) if BUILTIN_INDEX.is_file() else {}
+    """The committed indexes merged: the built-in names and each entry-point plugin's (``{}`` if
+    a file is missing or a plugin ships no index; the listing then imports the registries)."""
+    from .runners import entry_point_plugins
+
+    names = json.loads(BUILTIN_INDEX.read_text()) if BUILTIN_INDEX.is_file() else {}
+    for entry_point in entry_point_plugins():
+        if not names or (file := plugin_index_file(entry_point)) is None:
+            return {}
+        for kind, added in json.loads(file.read_text()).items():
+            names[kind] = sorted({*names.get(kind, []), *added})
+    return names
 
 
 def register_model(name: str) -> Callable:

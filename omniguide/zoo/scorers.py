@@ -18,11 +18,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..core.needs import CLASSIFIER, NEGATIVE, SCORER, SECOND_MODEL
 from ..core.scorers import register_scorer
 from .gaussian_mixture import GaussianMixture, MixtureSpec
 
 # guider fields that hold scorer plugins
 PLUGIN_FIELDS = ("scorer", "evaluator", "classifier")
+# what the testbed gives the guiders that need it: a second model (the 'weak' and 'prior' branches
+# of label_branches), a negative (its 'negative' branch) and the analytic scorer and classifier of
+# :func:`testbed_supplies`
+TESTBED_PROVIDES = (SECOND_MODEL, NEGATIVE, SCORER, CLASSIFIER)
+
+
+def testbed_supplies(label: int) -> dict[str, dict]:
+    """``{need: plugin config}`` for the guiders that need a scorer or a classifier of the testbed
+    (``label``: the class the samples are asked to be); :func:`bind_testbed` fills in the ring."""
+    return {SCORER: {"name": "mixture-class", "label": label}, CLASSIFIER: {"name": "mixture-classifier"}}
 
 
 def bind_testbed(guider_cfg: dict, spec: MixtureSpec) -> dict:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..branch import Branch
 from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..needs import SECOND_MODEL
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
@@ -32,8 +34,10 @@ class AutoGuidance(Guider):
     """``D_weak + w (D - D_weak)`` with ``D_weak`` a weaker model on the conditional inputs
     (Karras et al. 2024, arXiv:2406.02507). EDM2's presets use ``w`` around 2 to 2.5."""
 
+    needs: ClassVar[Mapping[str, str]] = {SECOND_MODEL: "guides away from a weaker model"}
+
     scale: Scale = 2.0
-    weak_model: Callable | None = field(default=None, repr=False)
+    weak_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL})
     branch: str = "weak"
 
     def branch_defaults(self) -> dict:

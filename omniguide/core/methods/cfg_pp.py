@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import ConfigError
 from ..guider import NOISE_LEVEL, REANCHOR, GuidanceStep, Guider, passthrough
@@ -30,6 +31,11 @@ from ..scale import Scale, is_neutral, resolve
 class CFGPlusPlus(Guider):
     """CFG++: denoise with ``u + l (c - u)``, re-noise with ``u`` (Chung et al. 2024). ``scale`` is l."""
 
+    needs: ClassVar[Mapping[str, str]] = {
+        REANCHOR: "CFG++ denoises with the guided x0 but re-noises with the unconditional eps",
+        NOISE_LEVEL: "CFG++ re-noises with the unconditional eps at the step's level",
+    }
+
     scale: Scale = 0.6
 
     def __post_init__(self):
@@ -40,9 +46,6 @@ class CFGPlusPlus(Guider):
     def neutral(self) -> float:
         return 0.0  # lambda = 0: unconditional sampling
 
-    def requires(self) -> dict[str, str]:
-        why = "CFG++ denoises with the guided x0 but re-noises with the unconditional eps"
-        return {**super().requires(), REANCHOR: why, NOISE_LEVEL: why}
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         if is_neutral(resolve(self.scale, step), 0.0):

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
 from ..guider import FOLLOW_UP, GuidanceStep, Guider, guided, passthrough
+from ..needs import CLASSIFIER
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -46,9 +47,14 @@ class GFCG(Guider):
     """Gradient-free classifier guidance: ``base + lam (c - D(x, r))`` with the reference label ``r`` and
     weight ``lam`` chosen by a classifier in inference mode (arXiv:2411.15393); see the module docstring."""
 
+    needs: ClassVar[Mapping[str, str]] = {
+        CLASSIFIER: "its classifier picks the reference label",
+        FOLLOW_UP: "gfcg evaluates the reference label chosen from the first round",
+    }
+
     scale: Scale = 1.0
     gfcg_scale: Scale = 2.0
-    classifier: Any = None
+    classifier: Any = field(default=None, metadata={"need": CLASSIFIER})
     target: Any = 0
     input: str = "labels"
     pool: Any = None
@@ -74,9 +80,6 @@ class GFCG(Guider):
         if callable(self.classifier) and not isinstance(self.classifier, (str, Mapping)):
             out["classifier"] = getattr(self.classifier, "config", lambda: type(self.classifier).__name__)()
         return out
-
-    def requires(self) -> dict[str, str]:
-        return {**super().requires(), FOLLOW_UP: "gfcg evaluates the reference label chosen from the first round"}
 
     def cfg_on(self, step: GuidanceStep) -> bool:
         return not is_neutral(resolve(self.scale, step), 1.0)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..branch import Branch
 from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..needs import CROSS_ATTENTION
 from ..perturbations import NormalizedAttention, as_selectors
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -78,6 +79,8 @@ class AttentionNegative(Guider):
 @dataclass
 class NAG(AttentionNegative):
     """Normalized attention guidance in one forward pass (arXiv:2505.21179); see the module docstring."""
+
+    needs: ClassVar[Mapping[str, str]] = {CROSS_ATTENTION: "normalises the attention outputs of the negative"}
 
     nag_scale: float = 2.0
     tau: float = 2.5

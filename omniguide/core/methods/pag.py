@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..branch import Branch, Perturbation
 from ..errors import ConfigError
 from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough
+from ..needs import SELF_ATTENTION
 from ..noise import COORDINATES
 from ..perturbations import IdentityAttention, as_selectors
 from ..prediction import Guided, Prediction
@@ -120,6 +121,8 @@ class PAG(PerturbedGuidance):
     Ahn et al. 2024, arXiv:2403.17377. Default layers: the UNet mid block's self-attention (paper,
     ComfyUI, diffusers' PAG pipelines), or a transformer's middle block. ``s = 3`` as in diffusers'
     PAG pipelines."""
+
+    needs: ClassVar[Mapping[str, str]] = {SELF_ATTENTION: "perturbs self-attention maps (identity attention)"}
 
     def make_perturbation(self) -> Perturbation:
         return IdentityAttention(self.layers)

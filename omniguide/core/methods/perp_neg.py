@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..axes import Axes, as_axes, dot
 from ..errors import ConfigError
 from ..guider import GuidanceStep, Guider, passthrough
+from ..needs import NEGATIVE
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -47,6 +48,8 @@ def perpendicular(v, onto, axes: Axes):
 class PerpNeg(Guider):
     """``u + w (d - sum_i w_i perp(n_i - u, d))`` with ``d = c - u`` (arXiv:2304.04968); see the module
     docstring. ``negatives`` maps negative branch names to weights; ``uncond`` names the empty-prompt branch."""
+
+    needs: ClassVar[Mapping[str, str]] = {NEGATIVE: "guides away from negative branches (default: 'negative')"}
 
     scale: Scale = 7.5
     negatives: Mapping[str, Any] = field(default_factory=lambda: {"negative": 1.0})

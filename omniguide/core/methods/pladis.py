@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..branch import Branch
 from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..needs import CROSS_ATTENTION
 from ..perturbations import SparseAttention, as_selectors
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -29,6 +30,8 @@ from .common import cfg
 @dataclass
 class PLADIS(Guider):
     """Sparse-attention extrapolation (``lambda sparse + (1 - lambda) softmax``) in one pass, optional CFG."""
+
+    needs: ClassVar[Mapping[str, str]] = {CROSS_ATTENTION: "makes cross-attention maps sparse"}
 
     scale: Scale = 1.0
     pladis_scale: float = 2.0

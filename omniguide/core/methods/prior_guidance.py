@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..branch import Branch
 from ..guider import GuidanceStep, guided, passthrough
+from ..needs import SECOND_MODEL
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
@@ -33,8 +35,10 @@ class PriorGuidance(CFGFamily):
     """``u_base + w (c - u_base)`` with ``u_base`` another (base) model's unconditional prediction
     (arXiv:2503.20240); see the module docstring."""
 
+    needs: ClassVar[Mapping[str, str]] = {SECOND_MODEL: "its unconditional branch runs on a base model"}
+
     scale: Scale = 7.5
-    base_model: Callable | None = field(default=None, repr=False)
+    base_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL})
     branch: str = "prior"
     form: str = "u+w(c-u)"
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..branch import Perturbation
 from ..errors import ConfigError
 from ..guider import GuidanceStep, guided, passthrough
+from ..needs import BLOCKS
 from ..perturbations import DroppedBlocks
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -38,6 +40,8 @@ S2_FORMS = ("difference", "subtract")
 class S2Guidance(PerturbedGuidance):
     """CFG plus ``omega (c - p)`` against a random sub-network ``p`` of the conditional model (blocks
     dropped afresh at each step; arXiv:2508.12880); see the module docstring for the forms."""
+
+    needs: ClassVar[Mapping[str, str]] = {BLOCKS: "drops random blocks"}
 
     perturbed_scale: Scale = 0.25
     drop_ratio: float = 0.1

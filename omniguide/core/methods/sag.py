@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from torch import Tensor
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
 from ..guider import FOLLOW_UP, NOISE_LEVEL, GuidanceStep, Guider, guided, passthrough
+from ..needs import SELF_ATTENTION
 from ..perturbations import AttentionRecorder, as_selectors, token_grid
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -67,6 +68,12 @@ class SAG(Guider):
     """Self-attention guidance: ``u + w (c - u) + s (u - u(x'))`` with ``x'`` the sample whose attended
     regions are blurred (arXiv:2210.00939); see the module docstring."""
 
+    needs: ClassVar[Mapping[str, str]] = {
+        SELF_ATTENTION: "blurs where self-attention looks",
+        FOLLOW_UP: "sag evaluates the blurred sample after the first round",
+        NOISE_LEVEL: "sag re-noises the blurred x0 to the step's level",
+    }
+
     scale: Scale = 7.5
     sag_scale: Scale = 0.75
     blur_sigma: float = 1.0
@@ -82,10 +89,6 @@ class SAG(Guider):
             raise ConfigError("blur_sigma", f"must be > 0, got {self.blur_sigma}")
         self.layers = as_selectors(self.layers)
         self.recorder = AttentionRecorder(self.layers)
-
-    def requires(self) -> dict[str, str]:
-        return {**super().requires(), FOLLOW_UP: "sag evaluates the blurred sample after the first round",
-                NOISE_LEVEL: "sag re-noises the blurred x0 to the step's level"}
 
     def cfg_on(self, step: GuidanceStep) -> bool:
         return not is_neutral(resolve(self.scale, step), 1.0)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError
 from ..guider import GuidanceStep, guided, passthrough
+from ..needs import SCORER
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
@@ -36,10 +37,12 @@ from .common import CFGFamily, cfg, check_form
 class ScaleSearch(CFGFamily):
     """Greedy per-step CFG scale chosen by an evaluator among candidates (see the module docstring)."""
 
+    needs: ClassVar[Mapping[str, str]] = {SCORER: "its evaluator ranks the candidate scales"}
+
     scale: Scale = 8.0
     candidates: int = 5
     scales: tuple[float, ...] | None = None
-    evaluator: Any = None
+    evaluator: Any = field(default=None, metadata={"need": SCORER})
     form: str = "u+w(c-u)"
     _chosen: list = field(default_factory=list, init=False, repr=False, compare=False)
 

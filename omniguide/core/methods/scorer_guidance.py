@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import ConfigError
 from ..guider import GRADIENT, NOISE_LEVEL, RECURRENCE, GuidanceStep, Guider
+from ..needs import SCORER
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -42,8 +43,10 @@ MODES = ("forward", "x0")
 class ScorerGuidance(Guider):
     """Follow the gradient of ``scorer(x0)`` (see the module docstring)."""
 
+    needs: ClassVar[Mapping[str, str]] = {SCORER: "follows the scorer's gradient"}
+
     scale: Scale = 1.0
-    scorer: Any = None
+    scorer: Any = field(default=None, metadata={"need": SCORER})
     mode: str = "forward"
     recurrence_steps: int = 1
     guider: Guider = field(default_factory=lambda: CFG(scale=1.0))

@@ -17,10 +17,13 @@ the finite/infinite blur branches swapped and assumes a square token grid) are l
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..branch import Perturbation
 from ..errors import ConfigError
+from ..needs import SELF_ATTENTION
 from ..perturbations import BlurredQueries
 from ..registry import register_guider
 from .pag import PerturbedGuidance
@@ -33,6 +36,8 @@ class SEG(PerturbedGuidance):
     = the conditional branch with self-attention queries blurred by a Gaussian of ``blur_sigma``
     tokens (``inf``: the mean query). Hong 2024, arXiv:2408.00760. Default layers: the UNet mid
     block (SEG-SDXL's default) or a transformer's middle block; ``s = 3`` as in SEG-SDXL."""
+
+    needs: ClassVar[Mapping[str, str]] = {SELF_ATTENTION: "blurs self-attention queries"}
 
     blur_sigma: float = math.inf
     grid: tuple[int, ...] | None = None

@@ -14,9 +14,12 @@ it runs at every CFG scale. Use ``perturbed_interval=(0.01, 0.2)`` for SD3.5's s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..branch import Perturbation
+from ..needs import BLOCKS
 from ..perturbations import SkipBlocks
 from ..registry import register_guider
 from ..scale import Scale
@@ -29,6 +32,8 @@ class SkipLayer(PerturbedGuidance):
     """Skip-layer guidance: ``u + w (c - u) + s (c - p)`` (``c + s (c - p)`` without CFG), ``p`` = the
     conditional branch with selected blocks returning their input. SD3.5 / STG (arXiv:2411.18664).
     Default layers: SD3.5's blocks 7-9 of 24 scaled to the model's depth; a UNet's mid block."""
+
+    needs: ClassVar[Mapping[str, str]] = {BLOCKS: "skips transformer blocks"}
 
     perturbed_scale: Scale = 2.8
 

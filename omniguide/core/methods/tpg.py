@@ -15,9 +15,12 @@ first quarter), a transformer's first half of main blocks otherwise. ``seed`` se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..branch import Perturbation
+from ..needs import BLOCKS
 from ..perturbations import ShuffledTokens
 from ..registry import register_guider
 from ..scale import Scale
@@ -29,6 +32,8 @@ from .pag import PerturbedGuidance
 class TPG(PerturbedGuidance):
     """``u + w (c - u) + s (c - p)`` (``c + s (c - p)`` without CFG), ``p`` = the conditional branch with
     the input tokens of selected transformer blocks shuffled (arXiv:2506.10036)."""
+
+    needs: ClassVar[Mapping[str, str]] = {BLOCKS: "shuffles the tokens entering blocks"}
 
     perturbed_scale: Scale = 3.0
     seed: int = 0

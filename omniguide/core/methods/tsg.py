@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..branch import Branch
 from ..errors import ConfigError
 from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..needs import TIMESTEP_EMBEDDING
 from ..perturbations import TimestepNoiseSchedule, as_selectors
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -35,6 +36,8 @@ from .common import cfg
 @dataclass
 class TSG(Guider):
     """``D(t_emb') + w (D(t_emb) - D(t_emb'))`` with a noisy time-step embedding (arXiv:2407.02687)."""
+
+    needs: ClassVar[Mapping[str, str]] = {TIMESTEP_EMBEDDING: "perturbs the timestep embedding"}
 
     scale: Scale = 4.0
     noise: float = 3.0

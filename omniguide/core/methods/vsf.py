@@ -18,8 +18,11 @@ here its padding keys are masked (``guide()`` passes the tokenizer's mask), so o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
+from ..needs import CROSS_ATTENTION
 from ..perturbations import FlippedValues
 from ..registry import register_guider
 from .nag import AttentionNegative
@@ -29,6 +32,8 @@ from .nag import AttentionNegative
 @dataclass
 class VSF(AttentionNegative):
     """Value sign flip in one forward pass; see the module docstring."""
+
+    needs: ClassVar[Mapping[str, str]] = {CROSS_ATTENTION: "flips the attention values of the negative tokens"}
 
     vsf_scale: float = 3.5
     offset: float = 0.1

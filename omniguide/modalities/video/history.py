@@ -46,13 +46,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ...core.branch import Branch
 from ...core.errors import ConfigError, GuidanceError
 from ...core.guider import GuidanceStep, Guider, guided, passthrough
+from ...core.needs import HISTORY
 from ...core.prediction import Guided, Prediction
 from ...core.registry import register_guider
 from ...core.scale import Scale, ScaleSchedule, is_neutral, resolve
@@ -247,6 +248,8 @@ class HistoryGuidance(Guider):
     conditions; the guider's branches inherit a branch named ``conditions`` (the model's external
     conditions). Unbound (a model without history, e.g. a diffusers pipeline) the table is over
     zero history frames and uses the caller's ``cond`` / ``uncond``."""
+
+    needs: ClassVar[Mapping[str, str]] = {HISTORY: "guides with history frames at their own noise levels"}
 
     scheme: str = "vanilla"
     scale: Scale = 2.0

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -38,6 +38,7 @@ from ...core.errors import ConfigError
 from ...core.guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough
 from ...core.methods.common import check_space
 from ...core.methods.terms import Term, as_term
+from ...core.needs import CONDITIONS
 from ...core.noise import COORDINATES, coordinate_range
 from ...core.prediction import Guided, Prediction
 from ...core.registry import build_scale, register_guider
@@ -109,6 +110,8 @@ class Nested(Guider):
     """``b_0 + sum_k s_k (b_k - b_{k-1})`` over ``chain`` (see the module docstring); ``scales``
     has one entry per link (a number, schedule, piecewise scale or ``{scale:, step: [lo, hi]}``)."""
 
+    needs: ClassVar[Mapping[str, str]] = {CONDITIONS: "nests the terms of several conditions"}
+
     chain: list = field(default_factory=lambda: ["uncond", "text", "cond"])
     scales: list = field(default_factory=lambda: [4.5, 2.5])
 
@@ -164,6 +167,8 @@ class MultiModal(Guider):
     a term mapping ``{scale:, shape:, coordinate:, sigma|t|step: [lo, hi]}`` in LTX-2's own
     convention (neutral 1, 0, 1); ``stg_mode`` / ``stg_layers``: the perturbed branch (``perturbed``);
     ``isolated``: the branch name with the other modality isolated (defined by the caller)."""
+
+    needs: ClassVar[Mapping[str, str]] = {CONDITIONS: "weighs the terms of several conditions"}
 
     guidance_scale: Any = 3.0
     stg_scale: Any = 1.0

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -39,6 +39,7 @@ from ...core.branch import Branch, Perturbation
 from ...core.errors import ConfigError, GuidanceError
 from ...core.guider import GuidanceStep, guided, passthrough
 from ...core.methods.pag import PerturbedGuidance, perturbed_guidance
+from ...core.needs import BLOCKS
 from ...core.perturbations import IdentityAttention, LayerPerturbation, SkipBlocks, check_fired
 from ...core.perturbations.selection import select_self_attention
 from ...core.prediction import Guided, Prediction
@@ -150,6 +151,8 @@ class STG(PerturbedGuidance):
     ``rescaling_scale``: ``r`` (LTX-Video: applied when ``!= 1``); ``layers``: perturbed blocks
     (``None``: the middle block); ``layer_bins`` / ``layer_at`` / ``layer_coordinate``: blocks per
     noise-level bin (a :class:`~omniguide.core.scale.Piecewise` rule)."""
+
+    needs: ClassVar[Mapping[str, str]] = {BLOCKS: "skips attention or residuals in transformer blocks"}
 
     scale: Scale = 3.0
     perturbed_scale: Scale = 1.0

@@ -67,14 +67,30 @@ def _guider_cfg(sweep: GuiderSweep, value: float) -> dict:
     return OmegaConf.to_container(cfg)
 
 
-def _row_label(sweep: GuiderSweep) -> str:
-    if sweep.label:
-        return sweep.label
+def _names(sweep: GuiderSweep) -> list[str]:
     names, g = [], sweep.guider
     while isinstance(g, Mapping) and "name" in g:
         names.append(g["name"])
         g = g.get("guider")
-    return "(".join(names) + ")" * (len(names) - 1)
+    return names
+
+
+def _row_label(sweep: GuiderSweep) -> str:
+    names = _names(sweep)
+    return sweep.label or "(".join(names) + ")" * (len(names) - 1)
+
+
+def rows(cfg: QuickstartConfig) -> list[GuiderSweep]:
+    """The configured rows, then a default row for every registered guider that no row names and
+    whose needs the testbed meets (:data:`~omniguide.zoo.scorers.TESTBED_PROVIDES`): a new guider
+    shows up without an edit here."""
+    from ...core.registry import guiders_served, with_needs
+    from ...zoo.scorers import TESTBED_PROVIDES, testbed_supplies
+
+    shown = {name for sweep in cfg.guiders for name in _names(sweep)}
+    supplies = testbed_supplies(cfg.sampler.label)
+    return [*cfg.guiders, *(GuiderSweep(guider=with_needs({"name": name}, supplies))
+                            for name in guiders_served(TESTBED_PROVIDES) if name not in shown)]
 
 
 def check_quickstart(cfg: QuickstartConfig) -> None:
@@ -95,7 +111,7 @@ def check_quickstart(cfg: QuickstartConfig) -> None:
     build_scheduler(cfg.sampler.scheduler, "sampler.scheduler")
     if not cfg.guiders:
         raise errors.ConfigError("guiders", "empty; list at least one {guider: {name: ...}, scales: [...]}")
-    for i, sweep in enumerate(cfg.guiders):
+    for i, sweep in enumerate(rows(cfg)):
         if not sweep.scales:
             raise errors.ConfigError(f"guiders.{i}.scales", "empty")
         for value in sweep.scales:
@@ -125,7 +141,7 @@ def run_quickstart(cfg: QuickstartConfig, run: RunContext) -> dict:
     metrics: dict[str, dict[str, Any]] = {"reference": {"exact": all_metrics(
         mixture.sample(n, label, torch.Generator().manual_seed(cfg.seed + 2)), mixture, label, reference)}}
     panels = []
-    for i, sweep in enumerate(cfg.guiders):
+    for i, sweep in enumerate(rows(cfg)):
         row = _row_label(sweep)
         metrics[row] = {}
         for value in sweep.scales:

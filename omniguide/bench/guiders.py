@@ -14,14 +14,15 @@ Then it checks, and prints, what the papers claim where it applies in low dimens
   ``min_saving`` of CFG's evaluations while their swd stays within ``swd_tolerance`` of CFG's
   at the same scale. Every setting is reported, not only the best.
 
-Methods needing an attention model (PAG, SEG, skip-layer) are reported as not applicable.
+Methods whose declared needs the mixture does not meet (a module to perturb, video history, several
+conditions: :func:`omniguide.core.registry.guiders_served`) are reported as not applicable.
 Autoguidance's weak model is the exact mixture with every component std multiplied by
 ``weak_std_factor`` (the 2-D toy idea of EDM2's autoguidance paper), run as
 ``Branch("weak", base="cond", model=weak)``.
 
-Writes ``metrics.json``, ``table.md`` and ``plot.png``. This module samples and measures; judging the
-results (matched quality, the claims) and writing the table and plot live in
-:mod:`omniguide.recipes.bench_guiders_report`.
+This module samples and measures; judging the results (matched quality, the claims), writing
+``metrics.json``, ``table.md`` and ``plot.png`` and the recipe kind itself live in
+:mod:`omniguide.bench.guiders_report`, which imports this one (never the other way round).
 """
 
 from __future__ import annotations
@@ -33,30 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from .. import errors
-from ..benchkit import first_line, load_guider_modules
-from ..registry import register_recipe
-from ..run import RunContext
-from ..schema import MixtureSection
+from ..recipes import errors
+from ..recipes.run import RunContext
+from ..recipes.schema import MixtureSection
+from .kit import first_line, load_guider_modules
 
 if TYPE_CHECKING:   # torch, the core and the zoo are imported inside the functions (cheap schema import)
     from torch import Tensor
 
-    from ...zoo import GaussianMixture
-
-PERTURBED = {
-    "pag": "needs an attention model (perturbs self-attention maps); the mixture has none",
-    "seg": "needs an attention model (blurs self-attention queries); the mixture has none",
-    "skip-layer": "needs a layered model (skips transformer blocks); the mixture has none",
-    "sag": "needs an attention model (blurs where self-attention looks); the mixture has none",
-    "tpg": "needs a transformer (shuffles block input tokens); the mixture has none",
-    "s2-guidance": "needs a layered model (drops random blocks); the mixture has none",
-    "tsg": "needs a time-step embedding to perturb; the mixture has none",
-    "nag": "needs cross- or joint attention (acts on attention outputs); the mixture has none",
-    "vsf": "needs cross- or joint attention (flips attention values); the mixture has none",
-    "pladis": "needs cross- or joint attention (sparse attention maps); the mixture has none",
-}
-
+    from ..zoo import GaussianMixture
 
 
 @dataclass
@@ -106,9 +92,9 @@ class BenchGuidersConfig:
 
 def check_bench_guiders(cfg: BenchGuidersConfig) -> None:
     """Every setting and every configured guider of the sweep, built without sampling."""
-    from ...core.schedulers import build_scheduler
-    from ...zoo.scorers import bind_testbed
-    from ..components import make_guider
+    from ..core.schedulers import build_scheduler
+    from ..recipes.components import make_guider
+    from ..zoo.scorers import bind_testbed
 
     load_guider_modules()
     if not cfg.testbeds:
@@ -166,22 +152,28 @@ def row_label(sweep: MethodSweep) -> str:
 def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], dict[str, str]]:
     """The rows to run (configured ones, then one default row per registered guider nobody listed),
     the not-applicable guiders and the ones that cannot be built with defaults."""
-    from ...core.registry import GUIDERS
-    from ..components import make_guider
+    from ..core.needs import NEEDS
+    from ..core.registry import GUIDERS, guider_needs, guiders_served, with_needs
+    from ..recipes.components import make_guider
+    from ..zoo.scorers import TESTBED_PROVIDES, bind_testbed, testbed_supplies
 
     rows = list(cfg.methods)
     covered = {n for m in rows for n in guider_names(m.guider)}
+    served = set(guiders_served(TESTBED_PROVIDES))
     not_applicable, not_run = {}, {}
     for name in GUIDERS.names():
         if name in covered:
             continue
-        if name in PERTURBED:
-            not_applicable[name] = PERTURBED[name]
+        if name not in served:
+            unmet = {k: why for k, why in guider_needs(name).items() if k in NEEDS and k not in TESTBED_PROVIDES}
+            not_applicable[name] = "; ".join(f"needs {NEEDS[k]} ({why})" for k, why in unmet.items()) + \
+                "; the mixture has none"
             continue
-        sweep = MethodSweep(guider={"name": name}, scales=list(cfg.auto_scales))
+        sweep = MethodSweep(guider=with_needs({"name": name}, testbed_supplies(cfg.sampler.label)),
+                            scales=list(cfg.auto_scales))
         try:
             for value in sweep.scales:
-                make_guider(guider_config(sweep, value), name)
+                make_guider(bind_testbed(guider_config(sweep, value), cfg.testbeds[0]), name)
         except Exception as err:
             not_run[name] = f"not in the config and not buildable with defaults: {first_line(err)}"
             continue
@@ -191,7 +183,7 @@ def plan(cfg: BenchGuidersConfig) -> tuple[list[MethodSweep], dict[str, str], di
 
 def weak_mixture(mixture: GaussianMixture, factor: float) -> GaussianMixture:
     """The same mixture with wider components: a 'bad version' of the exact model."""
-    from ...zoo import GaussianMixture
+    from ..zoo import GaussianMixture
 
     stds = mixture.stds * factor
     return GaussianMixture(mixture.means.clone(), stds, mixture.weights.clone(), mixture.labels.clone())
@@ -209,10 +201,10 @@ def run_one(
     """Samples of one guider, and its NFE and forward passes per sampler batch."""
     import torch
 
-    from ...core.sampler import sample
-    from ...core.schedulers import build_scheduler
-    from ...zoo import denoiser_for, label_branches
-    from ..components import make_guider
+    from ..core.sampler import sample
+    from ..core.schedulers import build_scheduler
+    from ..recipes.components import make_guider
+    from ..zoo import denoiser_for, label_branches
 
     chunk = cfg.sampler.chunk or len(noise)
     xs, nfe, passes, batches = [], 0, 0, 0
@@ -230,58 +222,14 @@ def run_one(
     return torch.cat(xs), nfe / batches, passes / batches
 
 
-@register_recipe("bench-guiders", BenchGuidersConfig, check=check_bench_guiders)
-def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
-    """Benchmark: every guider on the mixture testbed over a scale sweep; table, plot and claims."""
-    # imported here, not at the top: the report module imports this one (its config types, row_label)
-    from ..bench_guiders_report import check_claims, matched_quality, plot, report
-
-    check_bench_guiders(cfg)
-    failed_imports = load_guider_modules()
-    rows, not_applicable, not_run = plan(cfg)
-    start = time.perf_counter()
-    results: dict[str, Any] = {}
-    for tb in cfg.testbeds:
-        results[tb.name] = run_testbed(tb, rows, cfg, run)
-        results[tb.name].update(not_applicable=not_applicable, not_run=not_run)
-    baseline = cfg.baseline
-    matched = {name: matched_quality(res["methods"], rows, baseline, cfg) for name, res in results.items()}
-    claims = check_claims(results, matched, rows, baseline, cfg)
-    metrics = {
-        "setup": {
-            "sampler": dict(cfg.sampler.__dict__),
-            "axes": cfg.axes,
-            "seed": cfg.seed,
-            "weak_std_factor": cfg.weak_std_factor,
-            "swd_tolerance": cfg.swd_tolerance,
-            "min_saving": cfg.min_saving,
-            "high_scales": cfg.high_scales,
-            "baseline": baseline,
-            "testbeds": {tb.name: dict(tb.__dict__) for tb in cfg.testbeds},
-        },
-        "testbeds": results,
-        "matched_quality": matched,
-        "claims": claims,
-        "failed_imports": failed_imports,
-        "seconds": time.perf_counter() - start,
-    }
-    run.write_text("table.md", report(metrics, rows))
-    with run.atomic("plot.png") as tmp:
-        plot(tmp, metrics, rows, baseline)
-    for claim in claims:
-        run.log(f"{'HOLDS ' if claim['holds'] else 'FAILS '} [{claim['testbed']}] {claim['claim']}: {claim['detail']}")
-    run.log(f"bench-guiders done in {metrics['seconds']:.0f} s")
-    return metrics
-
-
 def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, run: RunContext) -> dict:
     """Every row at every scale on one testbed: metrics per setting, and each one's distance to the
     baseline's samples at the same scale."""
     import torch
 
-    from ...core.errors import OmniguideError
-    from ...zoo.metrics import all_metrics, sliced_wasserstein
-    from ...zoo.scorers import bind_testbed
+    from ..core.errors import OmniguideError
+    from ..zoo.metrics import all_metrics, sliced_wasserstein
+    from ..zoo.scorers import bind_testbed
 
     mixture = tb.mixture()
     weak = weak_mixture(mixture, cfg.weak_std_factor)

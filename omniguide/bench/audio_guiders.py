@@ -31,11 +31,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .. import errors
-from ..benchkit import environment, interleaved, markdown_table, median_ratio, summary, torch_threads
-from ..registry import register_recipe
-from ..run import RunContext
-from ..schema import option
+from ..recipes import errors
+from ..recipes.registry import register_recipe
+from ..recipes.run import RunContext
+from ..recipes.schema import option
+from .kit import environment, interleaved, markdown_table, median_ratio, summary, torch_threads
 
 
 @dataclass
@@ -95,8 +95,8 @@ def configs_of(method: AudioMethod, where: str) -> list[dict]:
 
 
 def load_pipeline(cfg: BenchAudioGuidersConfig):
-    from ...zoo.toy_audio import ToyAudioPipeline
-    from ..sample_models import check_pipeline_folder
+    from ..recipes.sample_models import check_pipeline_folder
+    from ..zoo.toy_audio import ToyAudioPipeline
 
     folder = check_pipeline_folder(cfg.path, "path")
     pipe = ToyAudioPipeline.from_pretrained(str(folder))
@@ -105,7 +105,7 @@ def load_pipeline(cfg: BenchAudioGuidersConfig):
 
 
 def check_bench_audio(cfg: BenchAudioGuidersConfig) -> None:
-    from ..components import make_guider
+    from ..recipes.components import make_guider
 
     if not cfg.prompts:
         raise errors.ConfigError("prompts", "give at least one prompt")
@@ -126,8 +126,8 @@ def measure(pipe, guider_cfg: dict, cfg: BenchAudioGuidersConfig, scorer) -> dic
     """One setting over every prompt: scorer metrics averaged over prompts, NFE, audio per second."""
     import torch
 
-    from ...modalities.base import guide
-    from ..components import make_guider
+    from ..modalities.base import guide
+    from ..recipes.components import make_guider
 
     rows, nfe, seconds, audio_seconds = [], [], 0.0, 0.0
     for p, prompt in enumerate(cfg.prompts):
@@ -170,8 +170,8 @@ def overhead(pipe, cfg: BenchAudioGuidersConfig) -> dict:
     """Bare pipeline CFG vs the adapter's CFG at the same NFE, interleaved."""
     import torch
 
-    from ...core.methods import CFG
-    from ...modalities.base import guide
+    from ..core.methods import CFG
+    from ..modalities.base import guide
 
     prompts, s = cfg.prompts[: cfg.overhead.prompts], cfg.overhead.scale
     kwargs = dict(num_inference_steps=cfg.steps, num_waveforms_per_prompt=cfg.samples, output_type="latent")
@@ -197,7 +197,7 @@ def run_bench_audio_guiders(cfg: BenchAudioGuidersConfig, run: RunContext) -> di
     """Benchmark: guiders x scales on the small text-to-audio model (accuracy, diversity, clipping, NFE)."""
     import torch
 
-    from ...zoo.toy_audio_data import ToyAudioScorer
+    from ..zoo.toy_audio_data import ToyAudioScorer
 
     check_bench_audio(cfg)
     scorer = ToyAudioScorer()

@@ -1,6 +1,4 @@
-"""Shared pieces of the benchmark recipes (``omniguide.recipes.runners.bench_*``).
-
-Kept outside :mod:`omniguide.recipes.runners`, whose modules are all imported as recipe kinds.
+"""Shared pieces of the benchmark recipes (the ``bench-*`` kinds of :mod:`omniguide.bench`).
 
 * **configs and checks**: the small UNet (:class:`UNetConfig`), the timing rounds
   (:class:`TimingConfig`), the fields every UNet benchmark has (:class:`UNetBenchConfig`), and the
@@ -29,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import errors
+from ..recipes import errors
 
 if TYPE_CHECKING:
     import torch

@@ -1,8 +1,5 @@
-"""Judging and presenting the results of the ``bench-guiders`` recipe
-(:mod:`omniguide.recipes.runners.bench_guiders`).
-
-Kept outside :mod:`omniguide.recipes.runners`, whose modules are all imported as recipe kinds. Everything
-here reads the runner's results (per testbed, method and scale) and samples nothing:
+"""The ``bench-guiders`` recipe kind: the sweep of :mod:`omniguide.bench.guiders` (which samples and
+measures), then judging and presenting its results (per testbed, method and scale):
 
 * **verdicts**: matched quality of the pass-saving families against the baseline
   (:func:`matched_quality`) and the papers' claims (:func:`check_claims`), both kept in ``metrics.json``;
@@ -11,10 +8,13 @@ here reads the runner's results (per testbed, method and scale) and samples noth
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from .benchkit import markdown_table, yes_no
-from .runners.bench_guiders import BenchGuidersConfig, MethodSweep, row_label
+from ..recipes.registry import register_recipe
+from ..recipes.run import RunContext
+from .guiders import BenchGuidersConfig, MethodSweep, check_bench_guiders, plan, row_label, run_testbed
+from .kit import load_guider_modules, markdown_table, yes_no
 
 
 def matched_quality(methods: dict, rows: list[MethodSweep], baseline: str, cfg: BenchGuidersConfig) -> dict:
@@ -216,3 +216,44 @@ def plot(path, m: dict, rows: list[MethodSweep], baseline: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+@register_recipe("bench-guiders", BenchGuidersConfig, check=check_bench_guiders)
+def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
+    """Benchmark: every guider on the mixture testbed over a scale sweep; table, plot and claims."""
+    check_bench_guiders(cfg)
+    failed_imports = load_guider_modules()
+    rows, not_applicable, not_run = plan(cfg)
+    start = time.perf_counter()
+    results: dict[str, Any] = {}
+    for tb in cfg.testbeds:
+        results[tb.name] = run_testbed(tb, rows, cfg, run)
+        results[tb.name].update(not_applicable=not_applicable, not_run=not_run)
+    baseline = cfg.baseline
+    matched = {name: matched_quality(res["methods"], rows, baseline, cfg) for name, res in results.items()}
+    claims = check_claims(results, matched, rows, baseline, cfg)
+    metrics = {
+        "setup": {
+            "sampler": dict(cfg.sampler.__dict__),
+            "axes": cfg.axes,
+            "seed": cfg.seed,
+            "weak_std_factor": cfg.weak_std_factor,
+            "swd_tolerance": cfg.swd_tolerance,
+            "min_saving": cfg.min_saving,
+            "high_scales": cfg.high_scales,
+            "baseline": baseline,
+            "testbeds": {tb.name: dict(tb.__dict__) for tb in cfg.testbeds},
+        },
+        "testbeds": results,
+        "matched_quality": matched,
+        "claims": claims,
+        "failed_imports": failed_imports,
+        "seconds": time.perf_counter() - start,
+    }
+    run.write_text("table.md", report(metrics, rows))
+    with run.atomic("plot.png") as tmp:
+        plot(tmp, metrics, rows, baseline)
+    for claim in claims:
+        run.log(f"{'HOLDS ' if claim['holds'] else 'FAILS '} [{claim['testbed']}] {claim['claim']}: {claim['detail']}")
+    run.log(f"bench-guiders done in {metrics['seconds']:.0f} s")
+    return metrics

@@ -23,22 +23,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import benchkit, errors
-from ..registry import register_recipe
-from ..run import RunContext
+from ..recipes import errors
+from ..recipes.registry import register_recipe
+from ..recipes.run import RunContext
+from . import kit
 
 if TYPE_CHECKING:   # torch and the core are imported inside the functions (cheap schema import)
     from torch import Tensor
 
-    from ...core.guider import GuidanceStep, Guider
-    from ...core.prediction import Prediction
+    from ..core.guider import GuidanceStep, Guider
+    from ..core.prediction import Prediction
 
 BRANCH_CALLS = ("batched", "sequential", "single")  # the executor calls compared side by side
 
 
 @dataclass
-class BenchCoreConfig(benchkit.UNetBenchConfig):
-    """The UNet benchmark fields (:class:`~omniguide.recipes.benchkit.UNetBenchConfig`), then these."""
+class BenchCoreConfig(kit.UNetBenchConfig):
+    """The UNet benchmark fields (:class:`~omniguide.recipes.kit.UNetBenchConfig`), then these."""
 
     axes: str = "BCHW"
     # every registered guider is measured with its defaults; these override per name (wrappers need
@@ -53,7 +54,9 @@ class BenchCoreConfig(benchkit.UNetBenchConfig):
 
 
 def check_bench_core(cfg: BenchCoreConfig) -> None:
-    benchkit.check_unet_bench(cfg)
+    from ..core.registry import with_needs
+
+    kit.check_unet_bench(cfg)
     for key in ("batch", "steps"):
         if getattr(cfg, key) < 1:
             raise errors.ConfigError(key, f"must be >= 1, got {getattr(cfg, key)}")
@@ -65,11 +68,11 @@ def check_bench_core(cfg: BenchCoreConfig) -> None:
         raise errors.ConfigError("timing", "repeats >= 1, warmup >= 0 and inner >= 1 are required")
     if cfg.threads < 0:
         raise errors.ConfigError("threads", f"must be >= 0, got {cfg.threads}")
-    benchkit.load_guider_modules()
+    kit.load_guider_modules()
     for name, spec in cfg.guiders.items():
         if not isinstance(spec, Mapping):
             raise errors.ConfigError(f"guiders.{name}", "expected a mapping of guider fields (the key is the name)")
-        make_guider({"name": name, **spec}, name, "guiders")
+        make_guider(with_needs({"name": name, **spec}, step_supplies()), name, "guiders")
     for label, spec in cfg.extra.items():
         make_guider(extra_spec(spec), label, "extra")
 
@@ -80,24 +83,34 @@ def extra_spec(spec: Any) -> dict[str, Any]:
 
 
 def guider_specs(cfg: BenchCoreConfig) -> tuple[dict[str, Any], dict[str, str]]:
-    """``{label: guider config}`` for every registered guider (plus extras), and ``{label: why not}``."""
-    from ...core.registry import GUIDERS
+    """``{label: guider config}`` for every registered guider (plus extras), and ``{label: why not}``.
+    A guider that needs a scorer or a classifier gets the step's stand-ins (:func:`step_supplies`)."""
+    from ..core.registry import GUIDERS, with_needs
 
     specs, skipped = {}, {}
     for name in GUIDERS.names():
         if name in cfg.skip:
             skipped[name] = "skipped by the config"
         else:
-            specs[name] = {"name": name, **dict(cfg.guiders.get(name, {}))}
+            specs[name] = with_needs({"name": name, **dict(cfg.guiders.get(name, {}))}, step_supplies())
     for label, spec in cfg.extra.items():
         specs[label] = extra_spec(spec)
     return specs, skipped
 
 
+def step_supplies() -> dict[str, Callable]:
+    """What the measured step gives the guiders that need a scorer or a classifier: cheap stand-ins
+    on the latent ``x0 [B, C, H, W]``, enough to time their math -- the score ``-mean(x0^2)`` per
+    sample, and one class logit per channel (its mean)."""
+    from ..core.needs import CLASSIFIER, SCORER
+
+    return {SCORER: lambda x0: -x0.flatten(1).pow(2).mean(1), CLASSIFIER: lambda x0: x0.flatten(2).mean(2)}
+
+
 def make_guider(spec: Mapping[str, Any], label: str, section: str = "guiders") -> Guider:
     """Build (values checked as in every recipe); a wrapper that needs an inner guider gets CFG when
     the config gave none."""
-    from ..components import make_guider as build
+    from ..recipes.components import make_guider as build
 
     try:
         return build(dict(spec), f"{section}.{label}")
@@ -124,30 +137,44 @@ def synthetic_preds(names: tuple[str, ...], real: Mapping[str, Prediction], seed
     return out
 
 
-def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Prediction]) -> dict[str, Prediction]:
+def steady_state(guider: Guider, step: GuidanceStep, real: Mapping[str, Prediction],
+                 run: Callable[[tuple[str, ...], Mapping], dict[str, Prediction]] | None = None,
+                 ) -> dict[str, Prediction]:
     """Run ``guider`` one step before ``step`` (so momentum, caches and agreement masks exist), then
-    return the predictions it asks for at ``step``: the path a sampler takes there."""
+    return the predictions it asks for at ``step`` with its follow-up branches: the path a sampler
+    takes there. A guider with follow-ups (SAG reads the attention it recorded) gets its first round
+    from ``run(names, its branch table)``, the real UNet; one that needs autograd (scorer guidance)
+    runs outside inference mode, on ordinary tensors."""
     import torch
 
+    from ..core.guider import FOLLOW_UP
+
+    needs, grad = guider.requires(), autograd(guider)
+
+    def one_round(at: GuidanceStep) -> dict[str, Prediction]:
+        names = tuple(guider.branches(at))
+        first = run(names, guider.branch_defaults()) if FOLLOW_UP in needs and run else synthetic_preds(names, real)
+        preds = {**first, **synthetic_preds(tuple(guider.follow_up(first, at)), real)}
+        if grad:
+            preds = {name: p.with_value(p.value.clone()) for name, p in preds.items()}
+        guider.combine(preds, at)  # fail here, not in the timing loop
+        return preds
+
     guider.reset()
-    if step.index:
-        before = dataclasses.replace(step, index=step.index - 1)
-        with torch.inference_mode():
-            guider.combine(synthetic_preds(tuple(guider.branches(before)), real), before)
-    preds = synthetic_preds(tuple(guider.branches(step)), real)
-    with torch.inference_mode():
-        guider.combine(preds, step)  # fail here, not in the timing loop
-    return preds
+    with torch.inference_mode(not grad):
+        if step.index:
+            one_round(dataclasses.replace(step, index=step.index - 1))
+        return one_round(step)
 
 
-def step_calls(s: benchkit.UNetStep) -> tuple[dict[str, Callable], dict[str, Prediction]]:
+def step_calls(s: kit.UNetStep) -> tuple[dict[str, Callable], dict[str, Prediction]]:
     """The UNet calls timed side by side (the guided step, batched / sequential / single branch
     evaluation) and the real cond / uncond predictions at the step."""
     import torch
 
-    from ...core.branch import BranchExecutor
-    from ...core.registry import build_guider
-    from ...core.sampler import evaluate_guider
+    from ..core.branch import BranchExecutor
+    from ..core.registry import build_guider
+    from ..core.sampler import evaluate_guider
 
     point, step = s.point, s.step
     batched = BranchExecutor(s.unet, s.branches, s.view.parameterization, batch=True)
@@ -176,11 +203,19 @@ def step_calls(s: benchkit.UNetStep) -> tuple[dict[str, Callable], dict[str, Pre
     return fns, real
 
 
+def real_round(s: kit.UNetStep, names: tuple[str, ...], table: Mapping) -> dict[str, Prediction]:
+    """The UNet's predictions of ``names`` at the step, with a guider's own branches in the table."""
+    from ..core.branch import BranchExecutor
+
+    executor = BranchExecutor(s.unet, {**table, **s.branches}, s.view.parameterization, batch=True)
+    return executor(names, s.point.model_input, s.point.timestep, s.step)
+
+
 @register_recipe("bench-core", BenchCoreConfig, check=check_bench_core)
 def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
     """Benchmark: guidance math as a share of a guided UNet step; batched vs sequential branches."""
     check_bench_core(cfg)
-    with benchkit.unet_bench(cfg, cfg.axes) as (failed_imports, s):
+    with kit.unet_bench(cfg, cfg.axes) as (failed_imports, s):
         fns, real = step_calls(s)
         inner: dict[str, int] = {}
         specs, skipped = guider_specs(cfg)
@@ -188,9 +223,9 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
         for label, spec in specs.items():
             try:
                 guider = make_guider(spec, label)
-                preds = steady_state(guider, s.step, real)
+                preds = steady_state(guider, s.step, real, lambda names, table: real_round(s, names, table))
             except Exception as err:
-                skipped[label] = benchkit.describe_error(err)
+                skipped[label] = kit.describe_error(err)
                 continue
             fns[f"combine:{label}"] = _combine_fn(guider, preds, s.step)
             inner[f"combine:{label}"] = cfg.timing.inner
@@ -198,40 +233,55 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
             info[label] = {"group": group, "branches": sorted(preds), "config": guider.config()}
         run.log(
             f"bench-core on {s.device.type} ({s.dtype}), batch {cfg.batch}, {len(info)} guiders, "
-            + benchkit.rounds_text(cfg.timing)
+            + kit.rounds_text(cfg.timing)
         )
-        times = benchkit.interleaved(fns, s.device, cfg.timing.warmup, cfg.timing.repeats, inner)
+        times = kit.interleaved(fns, s.device, cfg.timing.warmup, cfg.timing.repeats, inner)
         metrics = _metrics(cfg, s, times, info, skipped, failed_imports)
         run.write_text("report.md", _report(metrics))
         _print_summary(metrics, run)
     return metrics
 
 
+def autograd(guider: Guider) -> bool:
+    """Whether ``guider`` differentiates (through the model, or a scorer it needs) and so runs
+    outside inference mode."""
+    from ..core.guider import GRADIENT
+    from ..core.needs import SCORER
+
+    return GRADIENT in guider.requires() or SCORER in guider.needs
+
+
 def _combine_fn(guider: Guider, preds: Mapping[str, Prediction], step: GuidanceStep) -> Callable[[], Any]:
+    import torch
+
     def call():
         return guider.combine(preds, step)
 
-    return call
+    def call_with_autograd():   # outside the timing's inference mode
+        with torch.inference_mode(False):
+            return guider.combine(preds, step)
+
+    return call_with_autograd if autograd(guider) else call
 
 
-def _metrics(cfg: BenchCoreConfig, s: benchkit.UNetStep, times, info, skipped, failed_imports) -> dict[str, Any]:
+def _metrics(cfg: BenchCoreConfig, s: kit.UNetStep, times, info, skipped, failed_imports) -> dict[str, Any]:
     combine = {}
     for label, meta in info.items():
-        share = benchkit.median_ratio(times[f"combine:{label}"], times["step"])
+        share = kit.median_ratio(times[f"combine:{label}"], times["step"])
         combine[label] = {
             **meta,
-            **benchkit.summary(times[f"combine:{label}"]),
+            **kit.summary(times[f"combine:{label}"]),
             "share_of_step": share,
             "meets_target": share < cfg.share_target,
         }
     target = cfg.gpu_batched_target if s.device.type == "cuda" else cfg.cpu_batched_target
-    ratio = benchkit.median_ratio(times["batched"], times["sequential"])
+    ratio = kit.median_ratio(times["batched"], times["sequential"])
     shares = {g: [v["share_of_step"] for v in combine.values() if v["group"] == g] for g in ("elementwise", "spectral")}
     model = {**cfg.model.__dict__, "parameters": sum(p.numel() for p in s.unet.parameters())}
     return {
-        "environment": benchkit.environment(s.device, s.dtype),
-        "setup": {**benchkit.unet_setup(cfg, s.index, model), "inner": cfg.timing.inner},
-        "step": benchkit.summary(times["step"]),
+        "environment": kit.environment(s.device, s.dtype),
+        "setup": {**kit.unet_setup(cfg, s.index, model), "inner": cfg.timing.inner},
+        "step": kit.summary(times["step"]),
         "combine": combine,
         "combine_summary": {
             "share_target": cfg.share_target,
@@ -240,10 +290,10 @@ def _metrics(cfg: BenchCoreConfig, s: benchkit.UNetStep, times, info, skipped, f
             "elementwise_meet_target": all(x < cfg.share_target for x in shares["elementwise"]),
         },
         "branches": {
-            **{name: benchkit.summary(times[name]) for name in BRANCH_CALLS},
+            **{name: kit.summary(times[name]) for name in BRANCH_CALLS},
             "batched_over_sequential": ratio,
-            "batched_over_single": benchkit.median_ratio(times["batched"], times["single"]),
-            "sequential_over_single": benchkit.median_ratio(times["sequential"], times["single"]),
+            "batched_over_single": kit.median_ratio(times["batched"], times["single"]),
+            "sequential_over_single": kit.median_ratio(times["sequential"], times["single"]),
             "target": target,
             "meets_target": ratio <= target,
         },
@@ -262,14 +312,14 @@ def _report(m: dict[str, Any]) -> str:
     lines = [
         "# bench-core: the cost of guidance on a small diffusers UNet",
         "",
-        f"{benchkit.environment_text(env, setup['model'])}, batch {setup['batch']} per branch, "
+        f"{kit.environment_text(env, setup['model'])}, batch {setup['batch']} per branch, "
         f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}. Medians of {setup['repeats']} "
         f"interleaved rounds after {setup['warmup']} warm-up; combine timed over {setup['inner']} "
         "calls per round.",
         "",
         "## Batched two-branch evaluation",
         "",
-        benchkit.markdown_table(
+        kit.markdown_table(
             ["call", "median ms", "p25 ms", "p75 ms"],
             [[name, br[name]["median_ms"], br[name]["p25_ms"], br[name]["p75_ms"]] for name in BRANCH_CALLS],
         ),
@@ -285,7 +335,7 @@ def _report(m: dict[str, Any]) -> str:
         f"p75 {m['step']['p75_ms']:.3f}).",
         "",
     ]
-    target, yes = m["combine_summary"]["share_target"], benchkit.yes_no
+    target, yes = m["combine_summary"]["share_target"], kit.yes_no
     header = ["guider", "branches", "combine median µs", "% of step", f"< {100 * target:g}%"]
     for group, title in (
         ("elementwise", "Element-wise and reduction methods"),
@@ -297,7 +347,7 @@ def _report(m: dict[str, Any]) -> str:
             if v["group"] == group
         ]
         if rows:
-            lines += [f"### {title}", "", benchkit.markdown_table(header, rows), ""]
+            lines += [f"### {title}", "", kit.markdown_table(header, rows), ""]
     lines += _listing("Not measured", m["skipped"])
     lines += _listing("Method modules that failed to import", m["failed_imports"])
     return "\n".join(lines)

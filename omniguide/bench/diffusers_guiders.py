@@ -28,15 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import benchkit, errors
-from ..registry import register_recipe
-from ..run import RunContext
+from ..recipes import errors
+from ..recipes.registry import register_recipe
+from ..recipes.run import RunContext
+from . import kit
 
 if TYPE_CHECKING:   # torch, diffusers and the core are imported inside the functions (cheap schema import)
     from torch import Tensor
 
-    from ...core.branch import BranchExecutor
-    from ...core.guider import GuidanceStep, Guider
+    from ..core.branch import BranchExecutor
+    from ..core.guider import GuidanceStep, Guider
 
 METHODS = ("cfg", "apg", "tcfg", "cfg-zero-star", "fdg", "pag", "skip-layer", "seg")
 NOTES = {
@@ -57,8 +58,8 @@ PERTURBED = {
 
 
 @dataclass
-class BenchDiffusersConfig(benchkit.UNetBenchConfig):
-    """The UNet benchmark fields (:class:`~omniguide.recipes.benchkit.UNetBenchConfig`), then these."""
+class BenchDiffusersConfig(kit.UNetBenchConfig):
+    """The UNet benchmark fields (:class:`~omniguide.recipes.kit.UNetBenchConfig`), then these."""
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     scale: float = 5.0  # CFG scale w (u + w (c - u)) on both sides
@@ -71,7 +72,7 @@ class BenchDiffusersConfig(benchkit.UNetBenchConfig):
 
 
 def check_bench_diffusers(cfg: BenchDiffusersConfig) -> None:
-    benchkit.check_unet_bench(cfg)
+    kit.check_unet_bench(cfg)
     for i, name in enumerate(cfg.methods):
         if name not in METHODS:
             raise errors.ConfigError(
@@ -175,14 +176,14 @@ def ours_step(guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind
     return call
 
 
-def both_sides(name: str, cfg: BenchDiffusersConfig, s: benchkit.UNetStep, entry: dict[str, Any]) -> dict:
+def both_sides(name: str, cfg: BenchDiffusersConfig, s: kit.UNetStep, entry: dict[str, Any]) -> dict:
     """``{'omniguide:name': step, 'diffusers:name': step}``, each run once; ``entry`` gets why not
     (``status``) or the difference of their outputs and their forward passes."""
     import torch
 
-    from ...core.branch import BranchExecutor
-    from ...core.registry import GUIDERS
-    from ..components import make_guider
+    from ..core.branch import BranchExecutor
+    from ..core.registry import GUIDERS
+    from ..recipes.components import make_guider
 
     if name not in GUIDERS:
         entry["status"] = "missing"
@@ -191,7 +192,7 @@ def both_sides(name: str, cfg: BenchDiffusersConfig, s: benchkit.UNetStep, entry
         with quiet_diffusers():
             theirs = diffusers_guider(name, cfg)
     except Exception as err:  # e.g. FDG without kornia
-        entry["status"] = f"diffusers guider unavailable: {benchkit.describe_error(err)}"
+        entry["status"] = f"diffusers guider unavailable: {kit.describe_error(err)}"
         return {}
     ours = make_guider(ours_config(name, cfg), f"methods.{name}")
     ours.reset()
@@ -204,7 +205,7 @@ def both_sides(name: str, cfg: BenchDiffusersConfig, s: benchkit.UNetStep, entry
             executor.reset_counts()
             mine()
     except Exception as err:
-        entry["status"] = f"failed: {benchkit.describe_error(err)}"
+        entry["status"] = f"failed: {kit.describe_error(err)}"
         return {}
     entry.update(
         status="ok",
@@ -222,31 +223,31 @@ def both_sides(name: str, cfg: BenchDiffusersConfig, s: benchkit.UNetStep, entry
 def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
     """Benchmark: omniguide vs diffusers guiders, step time on the same small UNet (ratio per method)."""
     check_bench_diffusers(cfg)
-    with benchkit.unet_bench(cfg, "BCHW") as (failed_imports, s):
+    with kit.unet_bench(cfg, "BCHW") as (failed_imports, s):
         fns: dict[str, Callable[[], Tensor]] = {}
         status: dict[str, dict[str, Any]] = {}
         for name in cfg.methods:
             status[name] = {"note": NOTES.get(name, "")}
             fns.update(both_sides(name, cfg, s, status[name]))
         ok = sum(e["status"] == "ok" for e in status.values())
-        run.log(f"bench-diffusers on {s.device.type}: {ok} methods, {benchkit.rounds_text(cfg.timing)}")
-        benchkit.sync(s.device)
-        times = benchkit.interleaved(fns, s.device, cfg.timing.warmup, cfg.timing.repeats)
+        run.log(f"bench-diffusers on {s.device.type}: {ok} methods, {kit.rounds_text(cfg.timing)}")
+        kit.sync(s.device)
+        times = kit.interleaved(fns, s.device, cfg.timing.warmup, cfg.timing.repeats)
         for name, entry in status.items():
             if entry["status"] != "ok":
                 continue
             ours_t, theirs_t = times[f"omniguide:{name}"], times[f"diffusers:{name}"]
-            ratio = benchkit.median_ratio(ours_t, theirs_t)
+            ratio = kit.median_ratio(ours_t, theirs_t)
             entry.update(
-                omniguide=benchkit.summary(ours_t) | {"config": entry["omniguide"]},
-                diffusers=benchkit.summary(theirs_t),
+                omniguide=kit.summary(ours_t) | {"config": entry["omniguide"]},
+                diffusers=kit.summary(theirs_t),
                 ratio=ratio,
                 meets_target=ratio <= cfg.target,
             )
         ratios = [e["ratio"] for e in status.values() if e["status"] == "ok"]
         metrics = {
-            "environment": benchkit.environment(s.device, s.dtype),
-            "setup": benchkit.unet_setup(
+            "environment": kit.environment(s.device, s.dtype),
+            "setup": kit.unet_setup(
                 cfg, s.index, dict(cfg.model.__dict__), scale=cfg.scale, perturbed_scale=cfg.perturbed_scale
             ),
             "methods": status,
@@ -296,12 +297,12 @@ def _report(m: dict[str, Any]) -> str:
         [
             "# bench-diffusers: omniguide vs diffusers guiders on one small UNet",
             "",
-            f"{benchkit.environment_text(m['environment'], setup['model'])}, batch {setup['batch']}, "
+            f"{kit.environment_text(m['environment'], setup['model'])}, batch {setup['batch']}, "
             f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}, w = {setup['scale']}, "
             f"s = {setup['perturbed_scale']}. One guided step without the scheduler step; medians of "
             f"{setup['repeats']} interleaved rounds after {setup['warmup']} warm-up.",
             "",
-            benchkit.markdown_table(header, rows),
+            kit.markdown_table(header, rows),
             "",
             f"Target: ratio <= {m['target']} for every method; largest ratio {m['max_ratio']:.3f}.",
             "",
