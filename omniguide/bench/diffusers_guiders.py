@@ -168,7 +168,7 @@ def diffusers_step(
 
 
 def ours_step(guider: Guider, executor: BranchExecutor, step: GuidanceStep, kind: str) -> Callable[[], Tensor]:
-    from ...core.sampler import evaluate_guider
+    from ..core.sampler import evaluate_guider
 
     def call() -> Tensor:
         return evaluate_guider(guider, executor, step.x, step.timestep, step)[1].to(kind)
