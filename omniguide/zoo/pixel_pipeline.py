@@ -108,9 +108,7 @@ class PixelDiffusionPipeline(DiffusionPipeline):
             prompt_embeds = self._encode_text(text, device, self.tokenizer.model_max_length, clip_skip)
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
         prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
-        bs_embed, seq_len, _ = prompt_embeds.shape
-        prompt_embeds = prompt_embeds.repeat(1, num_images_per_prompt, 1).view(bs_embed * num_images_per_prompt,
-                                                                                seq_len, -1)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             if negative_prompt is None:
                 uncond_tokens = [""] * batch_size
