@@ -229,16 +229,12 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
             entry.update(omniguide=kit.summary(ours_t) | {"config": entry["omniguide"]},
                          diffusers=kit.summary(theirs_t), ratio=ratio, meets_target=ratio <= cfg.target)
         ratios = [e["ratio"] for e in status.values() if e["status"] == "ok"]
-        metrics = {
-            "environment": kit.environment(s.device, s.dtype),
-            "setup": kit.unet_setup(cfg, s.index, dict(cfg.model.__dict__), scale=cfg.scale,
-                                    perturbed_scale=cfg.perturbed_scale),
-            "methods": status,
-            "target": cfg.target,
-            "max_ratio": max(ratios, default=float("nan")),
-            "all_meet_target": bool(ratios) and all(r <= cfg.target for r in ratios),
-            "failed_imports": failed_imports,
-        }
+        metrics = {"environment": kit.environment(s.device, s.dtype),
+                   "setup": kit.unet_setup(cfg, s.index, dict(cfg.model.__dict__), scale=cfg.scale,
+                                           perturbed_scale=cfg.perturbed_scale),
+                   "methods": status, "target": cfg.target, "max_ratio": max(ratios, default=float("nan")),
+                   "all_meet_target": bool(ratios) and all(r <= cfg.target for r in ratios),
+                   "failed_imports": failed_imports}
         run.write_text("report.md", _report(metrics))
         _print_summary(status, run)
     return metrics
