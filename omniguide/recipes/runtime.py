@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import errors
 from .run import RunContext, atomic_path
-from .schema import TrainerConfig, check_trainer_values
+from .schema import TrainerConfig, check_trainer_values, find_file
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 OWN_KEYS = ("logger", "process_group_backend", "timeout_s", "threads", "extra")  # ours, not Trainer arguments
@@ -202,8 +202,6 @@ def fit_checkpointed(cfg: Any, run: RunContext, module: Any, callbacks: list, ba
     ``never``, or a file), then ``checkpoints/final.ckpt``. Returns the trainer, the checkpoint
     resumed from and the seconds ``fit`` took; ``batch`` words the uneven-batch error."""
     from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from .schema import find_file
 
     folder = run.path("checkpoints")
     checkpoints = ModelCheckpoint(dirpath=folder, filename="step-{step:06d}", auto_insert_metric_name=False,
