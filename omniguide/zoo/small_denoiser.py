@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .gaussian_mixture import UNCOND, MixtureSpec
-from .trainer import StepTrainer, TrainSettings, trainable
+from .trainer import StepTrainer, TrainSettings, trainable_builder
 
 
 @dataclass
@@ -143,4 +143,4 @@ class DenoiserModule(StepTrainer):
         return torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
 
 
-build_trainable = trainable(DenoiserModule, SmallDenoiserConfig, MixtureSpec)   # data: the mixture ring
+build_trainable = trainable_builder(DenoiserModule, SmallDenoiserConfig, MixtureSpec)   # data: the mixture ring

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import toy_audio_data as data
 from .history_levels import history_levels
 from .toy_audio import SpectrogramCodec, ToyAudioDenoiser, ToyTextEncoder, build_pipeline
-from .trainer import StepTrainer, TrainSettings, trainable
+from .trainer import StepTrainer, TrainSettings, trainable_builder
 
 
 @dataclass
@@ -164,4 +164,4 @@ class ToyAudioModule(StepTrainer):
         os.replace(tmp, final)
 
 
-build_trainable = trainable(ToyAudioModule, ToyAudioModelConfig, ToyAudioData, ToyAudioSettings)
+build_trainable = trainable_builder(ToyAudioModule, ToyAudioModelConfig, ToyAudioData, ToyAudioSettings)

@@ -105,7 +105,7 @@ class StepTrainer(lightning.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def trainable(module: type, arch: type, data: type, settings: type = TrainSettings) -> Callable:
+def trainable_builder(module: type, arch: type, data: type, settings: type = TrainSettings) -> Callable:
     """The ``train`` recipe's ``build_trainable(model, recipe, path)`` for ``module(arch, data, settings)``:
     the ``model:`` section as ``arch`` keys, ``recipe.data`` as ``data`` keys, and the recipe's
     optimisation keys as ``settings``."""

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..core.errors import ConfigError
 from .history_levels import history_levels
 from .sprites import AXES, COLOURS, SPEEDS, SpriteWorld, random_state, render, trajectory
-from .trainer import StepTrainer, TrainSettings, trainable
+from .trainer import StepTrainer, TrainSettings, trainable_builder
 
 
 @dataclass
@@ -331,4 +331,4 @@ class VideoDenoiserModule(StepTrainer):
         return self.adamw_warmup_cosine(self.model.parameters(), self.settings.warmup, self.settings.decay_from)
 
 
-build_trainable = trainable(VideoDenoiserModule, VideoDenoiserConfig, SpriteData, VideoTrainSettings)
+build_trainable = trainable_builder(VideoDenoiserModule, VideoDenoiserConfig, SpriteData, VideoTrainSettings)

@@ -22,7 +22,7 @@ from torch import Tensor
 from ...core.errors import ConfigError
 from ...distillation.score.scene import ViewPrompts
 from ..pixel_pipeline import PixelDiffusionPipeline, build_tokenizer
-from ..trainer import StepTrainer, TrainSettings, trainable
+from ..trainer import StepTrainer, TrainSettings, trainable_builder
 from .data import ViewsSpec, render_views, vocabulary
 
 PREDICTIONS = {"eps": "epsilon", "v": "v_prediction", "flow": "flow"}
@@ -156,4 +156,4 @@ def export_checkpoint(ckpt: str, folder: str) -> None:
     module.save_outputs(folder)
 
 
-build_trainable = trainable(PriorModule, PriorArchitecture, ViewsSpec)
+build_trainable = trainable_builder(PriorModule, PriorArchitecture, ViewsSpec)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..trainer import StepTrainer, TrainSettings, trainable
+from ..trainer import StepTrainer, TrainSettings, trainable_builder
 from .components import ShapesModel, build_scheduler, build_text_encoder, build_tokenizer, build_unet
 from .data import ShapesData
 from .pipeline import ShapesPipeline
@@ -105,4 +105,4 @@ class ShapesModule(StepTrainer):
         return final
 
 
-build_trainable = trainable(ShapesModule, ShapesModel, ShapesData)
+build_trainable = trainable_builder(ShapesModule, ShapesModel, ShapesData)
