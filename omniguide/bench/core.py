@@ -61,9 +61,8 @@ def check_bench_core(cfg: BenchCoreConfig) -> None:
         if getattr(cfg, key) < 1:
             raise errors.ConfigError(key, f"must be >= 1, got {getattr(cfg, key)}")
     if not -1 <= cfg.step_index < cfg.steps:
-        raise errors.ConfigError(
-            "step_index", f"must be in [0, {cfg.steps - 1}] (or -1 for the middle), got {cfg.step_index}"
-        )
+        raise errors.ConfigError("step_index",
+                                 f"must be in [0, {cfg.steps - 1}] (or -1 for the middle), got {cfg.step_index}")
     if cfg.timing.repeats < 1 or cfg.timing.warmup < 0 or cfg.timing.inner < 1:
         raise errors.ConfigError("timing", "repeats >= 1, warmup >= 0 and inner >= 1 are required")
     if cfg.threads < 0:
@@ -194,12 +193,9 @@ def step_calls(s: kit.UNetStep) -> tuple[dict[str, Callable], dict[str, Predicti
             s.scheduler._step_index = s.index  # stateful schedulers: step the same index again
         return s.view.step(result, point, s.x)
 
-    fns: dict[str, Callable] = {
-        "step": guided_step,
-        "batched": both,
-        "sequential": forward(sequential, ("cond", "uncond")),
-        "single": forward(batched, ("cond",)),
-    }
+    fns: dict[str, Callable] = {"step": guided_step, "batched": both,
+                                "sequential": forward(sequential, ("cond", "uncond")),
+                                "single": forward(batched, ("cond",))}
     return fns, real
 
 
@@ -231,10 +227,8 @@ def run_bench_core(cfg: BenchCoreConfig, run: RunContext) -> dict:
             inner[f"combine:{label}"] = cfg.timing.inner
             group = "spectral" if spec.get("name") in cfg.spectral or label in cfg.spectral else "elementwise"
             info[label] = {"group": group, "branches": sorted(preds), "config": guider.config()}
-        run.log(
-            f"bench-core on {s.device.type} ({s.dtype}), batch {cfg.batch}, {len(info)} guiders, "
-            + kit.rounds_text(cfg.timing)
-        )
+        run.log(f"bench-core on {s.device.type} ({s.dtype}), batch {cfg.batch}, {len(info)} guiders, "
+                + kit.rounds_text(cfg.timing))
         times = kit.interleaved(fns, s.device, cfg.timing.warmup, cfg.timing.repeats, inner)
         metrics = _metrics(cfg, s, times, info, skipped, failed_imports)
         run.write_text("report.md", _report(metrics))
@@ -268,12 +262,8 @@ def _metrics(cfg: BenchCoreConfig, s: kit.UNetStep, times, info, skipped, failed
     combine = {}
     for label, meta in info.items():
         share = kit.median_ratio(times[f"combine:{label}"], times["step"])
-        combine[label] = {
-            **meta,
-            **kit.summary(times[f"combine:{label}"]),
-            "share_of_step": share,
-            "meets_target": share < cfg.share_target,
-        }
+        combine[label] = {**meta, **kit.summary(times[f"combine:{label}"]), "share_of_step": share,
+                          "meets_target": share < cfg.share_target}
     target = cfg.gpu_batched_target if s.device.type == "cuda" else cfg.cpu_batched_target
     ratio = kit.median_ratio(times["batched"], times["sequential"])
     shares = {g: [v["share_of_step"] for v in combine.values() if v["group"] == g] for g in ("elementwise", "spectral")}
@@ -283,20 +273,14 @@ def _metrics(cfg: BenchCoreConfig, s: kit.UNetStep, times, info, skipped, failed
         "setup": {**kit.unet_setup(cfg, s.index, model), "inner": cfg.timing.inner},
         "step": kit.summary(times["step"]),
         "combine": combine,
-        "combine_summary": {
-            "share_target": cfg.share_target,
-            "elementwise_max_share": max(shares["elementwise"], default=float("nan")),
-            "spectral_max_share": max(shares["spectral"], default=float("nan")),
-            "elementwise_meet_target": all(x < cfg.share_target for x in shares["elementwise"]),
-        },
-        "branches": {
-            **{name: kit.summary(times[name]) for name in BRANCH_CALLS},
-            "batched_over_sequential": ratio,
-            "batched_over_single": kit.median_ratio(times["batched"], times["single"]),
-            "sequential_over_single": kit.median_ratio(times["sequential"], times["single"]),
-            "target": target,
-            "meets_target": ratio <= target,
-        },
+        "combine_summary": {"share_target": cfg.share_target,
+                            "elementwise_max_share": max(shares["elementwise"], default=float("nan")),
+                            "spectral_max_share": max(shares["spectral"], default=float("nan")),
+                            "elementwise_meet_target": all(x < cfg.share_target for x in shares["elementwise"])},
+        "branches": {**{name: kit.summary(times[name]) for name in BRANCH_CALLS}, "batched_over_sequential": ratio,
+                     "batched_over_single": kit.median_ratio(times["batched"], times["single"]),
+                     "sequential_over_single": kit.median_ratio(times["sequential"], times["single"]),
+                     "target": target, "meets_target": ratio <= target},
         "skipped": skipped,
         "failed_imports": failed_imports,
     }
@@ -310,42 +294,29 @@ def _listing(title: str, why: Mapping[str, str]) -> list[str]:
 def _report(m: dict[str, Any]) -> str:
     env, setup, br = m["environment"], m["setup"], m["branches"]
     lines = [
-        "# bench-core: the cost of guidance on a small diffusers UNet",
-        "",
+        "# bench-core: the cost of guidance on a small diffusers UNet", "",
         f"{kit.environment_text(env, setup['model'])}, batch {setup['batch']} per branch, "
         f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}. Medians of {setup['repeats']} "
         f"interleaved rounds after {setup['warmup']} warm-up; combine timed over {setup['inner']} "
-        "calls per round.",
-        "",
-        "## Batched two-branch evaluation",
-        "",
-        kit.markdown_table(
-            ["call", "median ms", "p25 ms", "p75 ms"],
-            [[name, br[name]["median_ms"], br[name]["p25_ms"], br[name]["p75_ms"]] for name in BRANCH_CALLS],
-        ),
-        "",
+        "calls per round.", "",
+        "## Batched two-branch evaluation", "",
+        kit.markdown_table(["call", "median ms", "p25 ms", "p75 ms"],
+                           [[name, br[name]["median_ms"], br[name]["p25_ms"], br[name]["p75_ms"]]
+                            for name in BRANCH_CALLS]), "",
         f"batched / sequential = **{br['batched_over_sequential']:.3f}** (target <= {br['target']}: "
         f"{'met' if br['meets_target'] else 'NOT met'}); batched / single = {br['batched_over_single']:.3f}; "
-        f"sequential / single = {br['sequential_over_single']:.3f}.",
-        "",
-        "## Guidance math as a share of a guided step",
-        "",
+        f"sequential / single = {br['sequential_over_single']:.3f}.", "",
+        "## Guidance math as a share of a guided step", "",
         f"Guided step (batched cond+uncond forward + CFG combine + scheduler step): "
         f"**{m['step']['median_ms']:.3f} ms** median (p25 {m['step']['p25_ms']:.3f}, "
-        f"p75 {m['step']['p75_ms']:.3f}).",
-        "",
+        f"p75 {m['step']['p75_ms']:.3f}).", "",
     ]
     target, yes = m["combine_summary"]["share_target"], kit.yes_no
     header = ["guider", "branches", "combine median µs", "% of step", f"< {100 * target:g}%"]
-    for group, title in (
-        ("elementwise", "Element-wise and reduction methods"),
-        ("spectral", "FFT / pyramid / SVD methods (reported separately)"),
-    ):
-        rows = [
-            [label, ", ".join(v["branches"]), v["median_ms"] * 1e3, 100 * v["share_of_step"], yes(v["meets_target"])]
-            for label, v in sorted(m["combine"].items())
-            if v["group"] == group
-        ]
+    for group, title in (("elementwise", "Element-wise and reduction methods"),
+                         ("spectral", "FFT / pyramid / SVD methods (reported separately)")):
+        rows = [[label, ", ".join(v["branches"]), v["median_ms"] * 1e3, 100 * v["share_of_step"],
+                 yes(v["meets_target"])] for label, v in sorted(m["combine"].items()) if v["group"] == group]
         if rows:
             lines += [f"### {title}", "", kit.markdown_table(header, rows), ""]
     lines += _listing("Not measured", m["skipped"])
@@ -355,15 +326,10 @@ def _report(m: dict[str, Any]) -> str:
 
 def _print_summary(m: dict[str, Any], run: RunContext) -> None:
     br = m["branches"]
-    run.log(
-        f"guided step {m['step']['median_ms']:.3f} ms; "
-        f"batched/sequential {br['batched_over_sequential']:.3f} "
-        f"(target <= {br['target']}), batched/single {br['batched_over_single']:.3f}"
-    )
+    run.log(f"guided step {m['step']['median_ms']:.3f} ms; batched/sequential {br['batched_over_sequential']:.3f} "
+            f"(target <= {br['target']}), batched/single {br['batched_over_single']:.3f}")
     for label, v in sorted(m["combine"].items(), key=lambda kv: (kv[1]["group"], kv[0])):
-        run.log(
-            f"  {v['group']:<11} {label:<16} combine {v['median_ms'] * 1e3:8.1f} µs = "
-            f"{100 * v['share_of_step']:.3f}% of a step"
-        )
+        run.log(f"  {v['group']:<11} {label:<16} combine {v['median_ms'] * 1e3:8.1f} µs = "
+                f"{100 * v['share_of_step']:.3f}% of a step")
     for label, why in sorted(m["skipped"].items()):
         run.log(f"  not measured: {label}: {why}")

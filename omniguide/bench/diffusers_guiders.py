@@ -75,9 +75,8 @@ def check_bench_diffusers(cfg: BenchDiffusersConfig) -> None:
     kit.check_unet_bench(cfg)
     for i, name in enumerate(cfg.methods):
         if name not in METHODS:
-            raise errors.ConfigError(
-                f"methods.{i}", f"'{name}' has no diffusers counterpart here; valid: {', '.join(METHODS)}"
-            )
+            raise errors.ConfigError(f"methods.{i}", f"'{name}' has no diffusers counterpart here; "
+                                     f"valid: {', '.join(METHODS)}")
     if cfg.batch < 1 or cfg.steps < 1:
         raise errors.ConfigError("batch" if cfg.batch < 1 else "steps", "must be >= 1")
     if not -1 <= cfg.step_index < cfg.steps:
@@ -110,13 +109,8 @@ def diffusers_guider(name: str, cfg: BenchDiffusersConfig):
     if name == "cfg":
         return g.ClassifierFreeGuidance(guidance_scale=w)
     if name == "apg":
-        return g.AdaptiveProjectedGuidance(
-            guidance_scale=w - 1,
-            eta=0.0,
-            adaptive_projected_guidance_rescale=15.0,
-            adaptive_projected_guidance_momentum=-0.5,
-            use_original_formulation=True,
-        )
+        return g.AdaptiveProjectedGuidance(guidance_scale=w - 1, eta=0.0, adaptive_projected_guidance_rescale=15.0,
+                                           adaptive_projected_guidance_momentum=-0.5, use_original_formulation=True)
     if name == "tcfg":
         return g.TangentialClassifierFreeGuidance(guidance_scale=w)
     if name == "cfg-zero-star":
@@ -152,9 +146,8 @@ def quiet_diffusers():
         logging.set_verbosity(level)
 
 
-def diffusers_step(
-    guider, unet, sample: Tensor, timestep, cond: Tensor, uncond: Tensor, index: int, steps: int
-) -> Callable[[], Tensor]:
+def diffusers_step(guider, unet, sample: Tensor, timestep, cond: Tensor, uncond: Tensor, index: int,
+                   steps: int) -> Callable[[], Tensor]:
     def call() -> Tensor:
         guider.set_state(step=index, num_inference_steps=steps, timestep=timestep)
         batches = guider.prepare_inputs({"encoder_hidden_states": (cond, uncond)})
@@ -207,14 +200,9 @@ def both_sides(name: str, cfg: BenchDiffusersConfig, s: kit.UNetStep, entry: dic
     except Exception as err:
         entry["status"] = f"failed: {kit.describe_error(err)}"
         return {}
-    entry.update(
-        status="ok",
-        max_abs_diff=float((a.float() - b.float()).abs().max()),
-        output_scale=float(b.float().abs().max()),
-        omniguide_forward_passes=executor.forward_passes,
-        diffusers_forward_passes=theirs.num_conditions,
-        omniguide=ours.config(),
-    )
+    entry.update(status="ok", max_abs_diff=float((a.float() - b.float()).abs().max()),
+                 output_scale=float(b.float().abs().max()), omniguide_forward_passes=executor.forward_passes,
+                 diffusers_forward_passes=theirs.num_conditions, omniguide=ours.config())
     return {f"omniguide:{name}": mine, f"diffusers:{name}": other}
 
 
@@ -238,24 +226,15 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
                 continue
             ours_t, theirs_t = times[f"omniguide:{name}"], times[f"diffusers:{name}"]
             ratio = kit.median_ratio(ours_t, theirs_t)
-            entry.update(
-                omniguide=kit.summary(ours_t) | {"config": entry["omniguide"]},
-                diffusers=kit.summary(theirs_t),
-                ratio=ratio,
-                meets_target=ratio <= cfg.target,
-            )
+            entry.update(omniguide=kit.summary(ours_t) | {"config": entry["omniguide"]},
+                         diffusers=kit.summary(theirs_t), ratio=ratio, meets_target=ratio <= cfg.target)
         ratios = [e["ratio"] for e in status.values() if e["status"] == "ok"]
-        metrics = {
-            "environment": kit.environment(s.device, s.dtype),
-            "setup": kit.unet_setup(
-                cfg, s.index, dict(cfg.model.__dict__), scale=cfg.scale, perturbed_scale=cfg.perturbed_scale
-            ),
-            "methods": status,
-            "target": cfg.target,
-            "max_ratio": max(ratios, default=float("nan")),
-            "all_meet_target": bool(ratios) and all(r <= cfg.target for r in ratios),
-            "failed_imports": failed_imports,
-        }
+        metrics = {"environment": kit.environment(s.device, s.dtype),
+                   "setup": kit.unet_setup(cfg, s.index, dict(cfg.model.__dict__), scale=cfg.scale,
+                                           perturbed_scale=cfg.perturbed_scale),
+                   "methods": status, "target": cfg.target, "max_ratio": max(ratios, default=float("nan")),
+                   "all_meet_target": bool(ratios) and all(r <= cfg.target for r in ratios),
+                   "failed_imports": failed_imports}
         run.write_text("report.md", _report(metrics))
         _print_summary(status, run)
     return metrics
@@ -264,11 +243,9 @@ def run_bench_diffusers(cfg: BenchDiffusersConfig, run: RunContext) -> dict:
 def _print_summary(status: dict[str, dict[str, Any]], run: RunContext) -> None:
     for name, e in status.items():
         if e["status"] == "ok":
-            run.log(
-                f"  {name:<14} omniguide {e['omniguide']['median_ms']:8.2f} ms  diffusers "
-                f"{e['diffusers']['median_ms']:8.2f} ms  ratio {e['ratio']:.3f}  "
-                f"passes {e['omniguide_forward_passes']} vs {e['diffusers_forward_passes']}"
-            )
+            run.log(f"  {name:<14} omniguide {e['omniguide']['median_ms']:8.2f} ms  diffusers "
+                    f"{e['diffusers']['median_ms']:8.2f} ms  ratio {e['ratio']:.3f}  "
+                    f"passes {e['omniguide_forward_passes']} vs {e['diffusers_forward_passes']}")
         else:
             run.log(f"  {name:<14} {e['status']}")
 
@@ -280,34 +257,19 @@ def _report(m: dict[str, Any]) -> str:
         if e["status"] != "ok":
             rows.append([name, "-", "-", e["status"], "-", "-"])
             continue
-        rows.append(
-            [
-                name,
-                e["omniguide"]["median_ms"],
-                e["diffusers"]["median_ms"],
-                f"**{e['ratio']:.3f}**",
-                f"{e['omniguide_forward_passes']} / {e['diffusers_forward_passes']}",
-                f"{e['max_abs_diff']:.2g} (of {e['output_scale']:.2g})",
-            ]
-        )
+        rows.append([name, e["omniguide"]["median_ms"], e["diffusers"]["median_ms"], f"**{e['ratio']:.3f}**",
+                     f"{e['omniguide_forward_passes']} / {e['diffusers_forward_passes']}",
+                     f"{e['max_abs_diff']:.2g} (of {e['output_scale']:.2g})"])
     header = ["method", "omniguide ms", "diffusers ms", "ratio"]
     header += ["forward passes (ours / theirs)", "max |difference| of outputs"]
     notes = [f"- {name}: {e['note']}" for name, e in m["methods"].items() if e.get("note")]
-    return "\n".join(
-        [
-            "# bench-diffusers: omniguide vs diffusers guiders on one small UNet",
-            "",
-            f"{kit.environment_text(m['environment'], setup['model'])}, batch {setup['batch']}, "
-            f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}, w = {setup['scale']}, "
-            f"s = {setup['perturbed_scale']}. One guided step without the scheduler step; medians of "
-            f"{setup['repeats']} interleaved rounds after {setup['warmup']} warm-up.",
-            "",
-            kit.markdown_table(header, rows),
-            "",
-            f"Target: ratio <= {m['target']} for every method; largest ratio {m['max_ratio']:.3f}.",
-            "",
-            "Notes:",
-            *notes,
-            "",
-        ]
-    )
+    return "\n".join([
+        "# bench-diffusers: omniguide vs diffusers guiders on one small UNet", "",
+        f"{kit.environment_text(m['environment'], setup['model'])}, batch {setup['batch']}, "
+        f"{setup['scheduler']} step {setup['step_index']} of {setup['steps']}, w = {setup['scale']}, "
+        f"s = {setup['perturbed_scale']}. One guided step without the scheduler step; medians of "
+        f"{setup['repeats']} interleaved rounds after {setup['warmup']} warm-up.", "",
+        kit.markdown_table(header, rows), "",
+        f"Target: ratio <= {m['target']} for every method; largest ratio {m['max_ratio']:.3f}.", "",
+        "Notes:", *notes, "",
+    ])

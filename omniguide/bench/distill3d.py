@@ -23,6 +23,7 @@ from ..recipes.registry import register_recipe
 from ..recipes.run import RunContext
 from ..recipes.runners.distill import DistillConfig, build, run_distill
 from ..recipes.schema import build_dataclass
+from .kit import markdown_table
 
 COLUMNS = ("iou", "color_error", "view_consistency", "silhouette_iou", "seconds_per_iteration", "render_share",
            "prior_share", "update_share", "overhead_share")
@@ -84,12 +85,9 @@ def check_bench(cfg: BenchDistillConfig) -> None:
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:
-    head = "| variant | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS) + "\n"
-    body = ""
-    for label, row in rows.items():
-        cells = [f"{row[c]:.3f}" if isinstance(row.get(c), (int, float)) else "-" for c in COLUMNS]
-        body += f"| {label} | " + " | ".join(cells) + " |\n"
-    return head + body
+    cells = [[label, *(f"{row[c]:.3f}" if isinstance(row.get(c), (int, float)) else "-" for c in COLUMNS)]
+             for label, row in rows.items()]
+    return markdown_table(["variant", *COLUMNS], cells) + "\n"
 
 
 @register_recipe("bench-distill3d", BenchDistillConfig, check=check_bench)

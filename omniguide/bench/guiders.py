@@ -189,15 +189,8 @@ def weak_mixture(mixture: GaussianMixture, factor: float) -> GaussianMixture:
     return GaussianMixture(mixture.means.clone(), stds, mixture.weights.clone(), mixture.labels.clone())
 
 
-def run_one(
-    guider_cfg: dict,
-    path: str,
-    mixture: GaussianMixture,
-    weak: GaussianMixture,
-    noise: Tensor,
-    cfg: BenchGuidersConfig,
-    steps: int | None = None,
-) -> tuple[Tensor, float, float]:
+def run_one(guider_cfg: dict, path: str, mixture: GaussianMixture, weak: GaussianMixture, noise: Tensor,
+            cfg: BenchGuidersConfig, steps: int | None = None) -> tuple[Tensor, float, float]:
     """Samples of one guider, and its NFE and forward passes per sampler batch."""
     import torch
 
@@ -265,7 +258,6 @@ def run_testbed(tb: Testbed, rows: list[MethodSweep], cfg: BenchGuidersConfig, r
     base = cfg.baseline
     for (label_i, value), x in samples.items():
         if (base, value) in samples:
-            out["methods"][label_i]["scales"][f"{value:g}"]["swd_to_baseline"] = sliced_wasserstein(
-                x, samples[(base, value)]
-            )
+            row = out["methods"][label_i]["scales"][f"{value:g}"]
+            row["swd_to_baseline"] = sliced_wasserstein(x, samples[(base, value)])
     return out

@@ -36,22 +36,16 @@ def matched_quality(methods: dict, rows: list[MethodSweep], baseline: str, cfg: 
             saving = 1.0 - m["nfe"] / b["nfe"]
             matched = m["swd"] <= b["swd"] + cfg.swd_tolerance
             per_scale = fam.setdefault(key, {"settings": {}, "best_saving": None, "best_setting": None})
-            per_scale["settings"][label] = {
-                "saving": saving,
-                "swd": m["swd"],
-                "baseline_swd": b["swd"],
-                "swd_change": m["swd"] - b["swd"],
-                "matched": matched,
-                "swd_to_baseline": m.get("swd_to_baseline"),
-            }
+            per_scale["settings"][label] = {"saving": saving, "swd": m["swd"], "baseline_swd": b["swd"],
+                                            "swd_change": m["swd"] - b["swd"], "matched": matched,
+                                            "swd_to_baseline": m.get("swd_to_baseline")}
             if matched and (per_scale["best_saving"] is None or saving > per_scale["best_saving"]):
                 per_scale["best_saving"], per_scale["best_setting"] = saving, label
     return families
 
 
-def check_claims(
-    results: dict, matched: dict, rows: list[MethodSweep], baseline: str, cfg: BenchGuidersConfig
-) -> list[dict]:
+def check_claims(results: dict, matched: dict, rows: list[MethodSweep], baseline: str,
+                 cfg: BenchGuidersConfig) -> list[dict]:
     claims = []
     for tb, res in results.items():
         methods = res["methods"]
@@ -61,35 +55,24 @@ def check_claims(
         for name in cfg.overshoot_methods:
             if name not in methods:
                 continue
-            pairs = [
-                (k, methods[name]["scales"][k]["overshoot"], base[k]["overshoot"])
-                for k in methods[name]["scales"]
-                if k in base and float(k) >= cfg.high_scales
-            ]
+            pairs = [(k, methods[name]["scales"][k]["overshoot"], base[k]["overshoot"])
+                     for k in methods[name]["scales"] if k in base and float(k) >= cfg.high_scales]
             if not pairs:
                 continue
-            claims.append(
-                {
-                    "testbed": tb,
-                    "claim": f"{name} cuts overshoot compared with {baseline} at scale >= {cfg.high_scales:g}",
-                    "holds": all(a < b for _, a, b in pairs),
-                    "detail": ", ".join(f"w={k}: {a:+.2f} vs {b:+.2f}" for k, a, b in pairs),
-                }
-            )
+            claims.append({"testbed": tb,
+                           "claim": f"{name} cuts overshoot compared with {baseline} at scale >= {cfg.high_scales:g}",
+                           "holds": all(a < b for _, a, b in pairs),
+                           "detail": ", ".join(f"w={k}: {a:+.2f} vs {b:+.2f}" for k, a, b in pairs)})
         for family, per_scale in matched.get(tb, {}).items():
             guided = {k: v for k, v in per_scale.items() if float(k) > 1}
             if not guided:
                 continue
             savings = [v["best_saving"] for v in guided.values()]
-            claims.append(
-                {
-                    "testbed": tb,
-                    "holds": all(x is not None and x >= cfg.min_saving - 1e-9 for x in savings),
-                    "detail": ", ".join(f"w={k}: {_best_setting(v)}" for k, v in guided.items()),
-                    "claim": f"{family} saves >= {100 * cfg.min_saving:.0f}% of evaluations at swd within "
-                    f"{cfg.swd_tolerance} of {baseline}",
-                }
-            )
+            claims.append({"testbed": tb,
+                           "holds": all(x is not None and x >= cfg.min_saving - 1e-9 for x in savings),
+                           "detail": ", ".join(f"w={k}: {_best_setting(v)}" for k, v in guided.items()),
+                           "claim": f"{family} saves >= {100 * cfg.min_saving:.0f}% of evaluations at swd within "
+                                    f"{cfg.swd_tolerance} of {baseline}"})
     return claims
 
 
@@ -106,26 +89,20 @@ def report(m: dict, rows: list[MethodSweep]) -> str:
     s = setup["sampler"]
     batching = "one batch" if not s["chunk"] else f"batches of {s['chunk']}"
     lines = [
-        "# bench-guiders: every guider on the Gaussian-mixture testbed",
-        "",
+        "# bench-guiders: every guider on the Gaussian-mixture testbed", "",
         f"{s['scheduler']}, {s['steps']} steps, {s['samples']} samples asked for class {s['label']} "
         f"({batching}). swd: sliced Wasserstein distance "
         "to exact samples of the true conditional (lower is better); precision and coverage in [0, 1]; "
         "overshoot: mean distance past the class mode in component stds (0 for the truth); NFE: model "
         "evaluations per sample (CFG = 2 x steps). Autoguidance's weak model: the mixture with component "
-        f"stds x {setup['weak_std_factor']}.",
-        "",
+        f"stds x {setup['weak_std_factor']}.", "",
     ]
     for tb, res in m["testbeds"].items():
         ref = res["reference"]
         info = setup["testbeds"][tb]
-        lines += [
-            f"## Testbed {tb} ({info['dim']}-D, {info['classes']} classes x {info['per_class']} components)",
-            "",
-            f"Exact samples vs the reference (the noise floor): swd {ref['swd']:.3f}, precision "
-            f"{ref['precision']:.3f}, coverage {ref['coverage']:.2f}, overshoot {ref['overshoot']:+.3f}.",
-            "",
-        ]
+        lines += [f"## Testbed {tb} ({info['dim']}-D, {info['classes']} classes x {info['per_class']} components)",
+                  "", f"Exact samples vs the reference (the noise floor): swd {ref['swd']:.3f}, precision "
+                  f"{ref['precision']:.3f}, coverage {ref['coverage']:.2f}, overshoot {ref['overshoot']:+.3f}.", ""]
         table = []
         for label, entry in res["methods"].items():
             if "error" in entry:
@@ -157,12 +134,8 @@ def matched_table(families: dict, setup: dict) -> list[str]:
                 rows.append([family, key, label, saved, s["swd"], s["baseline_swd"], yes_no(s["matched"]), to_base])
     base = setup["baseline"]
     header = ["family", "scale", "setting", "NFE saved", "swd", f"{base} swd", "matched", f"swd to {base} samples"]
-    return [
-        f"Matched quality (swd within {setup['swd_tolerance']} of {base} at the same scale):",
-        "",
-        markdown_table(header, rows),
-        "",
-    ]
+    return [f"Matched quality (swd within {setup['swd_tolerance']} of {base} at the same scale):", "",
+            markdown_table(header, rows), ""]
 
 
 def _clip_to_baseline(ax_swd, ax_over, base: dict | None) -> None:
@@ -233,17 +206,10 @@ def run_bench_guiders(cfg: BenchGuidersConfig, run: RunContext) -> dict:
     matched = {name: matched_quality(res["methods"], rows, baseline, cfg) for name, res in results.items()}
     claims = check_claims(results, matched, rows, baseline, cfg)
     metrics = {
-        "setup": {
-            "sampler": dict(cfg.sampler.__dict__),
-            "axes": cfg.axes,
-            "seed": cfg.seed,
-            "weak_std_factor": cfg.weak_std_factor,
-            "swd_tolerance": cfg.swd_tolerance,
-            "min_saving": cfg.min_saving,
-            "high_scales": cfg.high_scales,
-            "baseline": baseline,
-            "testbeds": {tb.name: dict(tb.__dict__) for tb in cfg.testbeds},
-        },
+        "setup": {"sampler": dict(cfg.sampler.__dict__), "axes": cfg.axes, "seed": cfg.seed,
+                  "weak_std_factor": cfg.weak_std_factor, "swd_tolerance": cfg.swd_tolerance,
+                  "min_saving": cfg.min_saving, "high_scales": cfg.high_scales, "baseline": baseline,
+                  "testbeds": {tb.name: dict(tb.__dict__) for tb in cfg.testbeds}},
         "testbeds": results,
         "matched_quality": matched,
         "claims": claims,

@@ -106,10 +106,8 @@ def check_unet(cfg: UNetConfig, path: str = "model") -> None:
         raise errors.ConfigError(f"{path}.block_out_channels", "empty; give one width per level, e.g. [32, 64]")
     for i, width in enumerate(cfg.block_out_channels):
         if width <= 0 or width % cfg.norm_num_groups:
-            raise errors.ConfigError(
-                f"{path}.block_out_channels.{i}",
-                f"{width} must be a positive multiple of norm_num_groups={cfg.norm_num_groups}",
-            )
+            raise errors.ConfigError(f"{path}.block_out_channels.{i}",
+                                     f"{width} must be a positive multiple of norm_num_groups={cfg.norm_num_groups}")
     if cfg.sample_size % (2 ** (len(cfg.block_out_channels) - 1)):
         raise errors.ConfigError(f"{path}.sample_size",
                                  f"{cfg.sample_size} is not divisible by the UNet's downsampling")
@@ -162,17 +160,12 @@ def build_unet(cfg: UNetConfig, device: torch.device, dtype: torch.dtype):
     levels = len(cfg.block_out_channels)
     torch.manual_seed(cfg.seed)
     unet = UNet2DConditionModel(
-        sample_size=cfg.sample_size,
-        in_channels=cfg.channels,
-        out_channels=cfg.channels,
-        block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block,
+        sample_size=cfg.sample_size, in_channels=cfg.channels, out_channels=cfg.channels,
+        block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-        cross_attention_dim=cfg.cross_attention_dim,
-        attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=cfg.norm_num_groups,
-    )
+        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=cfg.norm_num_groups)
     return unet.eval().to(device=device, dtype=dtype)
 
 
@@ -256,13 +249,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(
-    fns: Mapping[str, Callable[[], Any]],
-    device: torch.device,
-    warmup: int,
-    repeats: int,
-    inner: Mapping[str, int] | None = None,
-) -> dict[str, list[float]]:
+def interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int, repeats: int,
+                inner: Mapping[str, int] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each function, timed round-robin (order rotated every round) after
     ``warmup`` untimed rounds. ``inner[name]`` calls are timed together and averaged."""
     import torch
@@ -312,15 +300,9 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     import diffusers
     import torch
 
-    env = {
-        "device": device.type,
-        "dtype": str(dtype).replace("torch.", ""),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-    }
+    env = {"device": device.type, "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
+           "diffusers": diffusers.__version__, "threads": torch.get_num_threads(),
+           "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     if hasattr(os, "getloadavg"):  # other work on the machine makes CPU timings noisy: say how busy it was
@@ -330,16 +312,8 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
 
 def unet_setup(cfg: UNetBenchConfig, index: int, model: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The ``setup`` section of a UNet benchmark's metrics; ``extra`` goes before the timing fields."""
-    return {
-        "model": model,
-        "batch": cfg.batch,
-        "scheduler": cfg.scheduler,
-        "steps": cfg.steps,
-        "step_index": index,
-        **extra,
-        "warmup": cfg.timing.warmup,
-        "repeats": cfg.timing.repeats,
-    }
+    return {"model": model, "batch": cfg.batch, "scheduler": cfg.scheduler, "steps": cfg.steps, "step_index": index,
+            **extra, "warmup": cfg.timing.warmup, "repeats": cfg.timing.repeats}
 
 
 def environment_text(env: Mapping[str, Any], model: Mapping[str, Any]) -> str:
@@ -347,11 +321,9 @@ def environment_text(env: Mapping[str, Any], model: Mapping[str, Any]) -> str:
     when ``model`` has one) and sample shape."""
     where = env.get("gpu", env["cpu"]) + (f", {env['threads']} threads" if env["device"] == "cpu" else "")
     params = f" ({model['parameters']:,} parameters)" if "parameters" in model else ""
-    return (
-        f"{env['device']} ({where}), {env['dtype']}, torch {env['torch']}, diffusers {env['diffusers']}. "
-        f"UNet2DConditionModel {model['block_out_channels']}{params}, sample "
-        f"{model['channels']}x{model['sample_size']}x{model['sample_size']}"
-    )
+    return (f"{env['device']} ({where}), {env['dtype']}, torch {env['torch']}, diffusers {env['diffusers']}. "
+            f"UNet2DConditionModel {model['block_out_channels']}{params}, sample "
+            f"{model['channels']}x{model['sample_size']}x{model['sample_size']}")
 
 
 def yes_no(flag: bool) -> str:

@@ -48,12 +48,8 @@ CALLBACKS = Registry("callback")      # name -> factory(**kwargs) -> lightning.C
 
 # The registries ``omniguide list`` shows. Guiders live in the core (torch), so they are listed
 # through a loader; so may other kinds whose names live in heavier modules (``register_listing``).
-COMPONENTS: dict[str, Registry] = {
-    "recipes": RECIPES,
-    "models": MODELS,
-    "schedulers": SCHEDULERS,
-    "callbacks": CALLBACKS,
-}
+COMPONENTS: dict[str, Registry] = {"recipes": RECIPES, "models": MODELS, "schedulers": SCHEDULERS,
+                                   "callbacks": CALLBACKS}
 LISTINGS: dict[str, Callable[[], Registry]] = {}
 
 

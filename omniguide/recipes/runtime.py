@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import errors
 from .run import RunContext, atomic_path
-from .schema import TrainerConfig, check_trainer_values
+from .schema import TrainerConfig, check_trainer_values, find_file
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 OWN_KEYS = ("logger", "process_group_backend", "timeout_s", "threads", "extra")  # ours, not Trainer arguments
@@ -194,6 +194,36 @@ class AtomicCheckpointIO:
                     torch.save(checkpoint, tmp)
 
         return _Atomic()
+
+
+def fit_checkpointed(cfg: Any, run: RunContext, module: Any, callbacks: list, batch: str = "is") -> tuple:
+    """``Trainer.fit`` for a recipe with ``trainer``, ``batch_size``, ``checkpoint_every`` and ``resume``:
+    ``checkpoints/step-N.ckpt`` every N steps, resumed from ``resume`` (``auto``: the newest,
+    ``never``, or a file), then ``checkpoints/final.ckpt``. Returns the trainer, the checkpoint
+    resumed from and the seconds ``fit`` took; ``batch`` words the uneven-batch error."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    folder = run.path("checkpoints")
+    checkpoints = ModelCheckpoint(dirpath=folder, filename="step-{step:06d}", auto_insert_metric_name=False,
+                                  every_n_train_steps=cfg.checkpoint_every, save_top_k=-1)
+    trainer = build_trainer(cfg.trainer, run, callbacks=[checkpoints, *callbacks])
+    run.rank = trainer.global_rank
+    if cfg.batch_size % trainer.world_size:
+        raise errors.ConfigError("batch_size",
+                                 f"{cfg.batch_size} {batch} not divisible by the {trainer.world_size} processes")
+    ckpt = None
+    if cfg.resume == "auto":
+        newest = newest_checkpoint(folder)
+        ckpt = str(newest) if newest is not None else None
+    elif cfg.resume != "never":
+        ckpt = str(find_file(cfg.resume, "resume"))
+    if ckpt and run.is_main:
+        run.log(f"resuming from {ckpt}")
+    start = time.perf_counter()
+    trainer.fit(module, ckpt_path=ckpt)
+    seconds = time.perf_counter() - start
+    trainer.save_checkpoint(folder / "final.ckpt")
+    return trainer, ckpt, seconds
 
 
 _STEP = re.compile(r"step-(\d+)\.ckpt$")

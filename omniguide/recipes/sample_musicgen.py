@@ -25,8 +25,7 @@ from ..core.errors import ConfigError
 from ..core.registry import build_guider
 from ..io.config import option
 from .registry import register_model
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from .sample_models import DTYPES
 
 
 @register_model("musicgen")

@@ -65,9 +65,7 @@ def coverage(x: Tensor, mixture: GaussianMixture, label: int, min_share: float =
     k, dist = _nearest(x, mixture, comps)
     inside = dist <= chi_radius(mixture.dim)
     w = mixture.weights[comps] / mixture.weights[comps].sum()
-    covered = [
-        float(((k == c) & inside).double().mean()) >= min_share * float(wc) for c, wc in zip(comps, w)
-    ]
+    covered = [float(((k == c) & inside).double().mean()) >= min_share * float(wc) for c, wc in zip(comps, w)]
     return sum(covered) / len(covered)
 
 
@@ -82,9 +80,5 @@ def overshoot(x: Tensor, mixture: GaussianMixture, label: int) -> float:
 
 def all_metrics(x: Tensor, mixture: GaussianMixture, label: int, reference: Tensor) -> dict[str, float]:
     """The four metrics for samples ``x`` asked to be of class ``label``; ``reference`` are exact samples."""
-    return {
-        "swd": sliced_wasserstein(x, reference),
-        "precision": precision(x, mixture, label),
-        "coverage": coverage(x, mixture, label),
-        "overshoot": overshoot(x, mixture, label),
-    }
+    return {"swd": sliced_wasserstein(x, reference), "precision": precision(x, mixture, label),
+            "coverage": coverage(x, mixture, label), "overshoot": overshoot(x, mixture, label)}

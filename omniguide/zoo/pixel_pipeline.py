@@ -102,20 +102,13 @@ class PixelDiffusionPipeline(DiffusionPipeline):
         times; the negative is None without CFG and the encoded ``""`` when no negative is given.
         ``lora_scale`` is accepted for SD compatibility and ignored (this pipeline loads no LoRA)."""
         device = device or self._execution_device
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
+        batch_size = _batch_size(prompt, prompt_embeds)
         if prompt_embeds is None:
             text = [prompt] if isinstance(prompt, str) else prompt
             prompt_embeds = self._encode_text(text, device, self.tokenizer.model_max_length, clip_skip)
         dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
         prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
-        bs_embed, seq_len, _ = prompt_embeds.shape
-        prompt_embeds = prompt_embeds.repeat(1, num_images_per_prompt, 1).view(bs_embed * num_images_per_prompt,
-                                                                                seq_len, -1)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             if negative_prompt is None:
                 uncond_tokens = [""] * batch_size
@@ -201,12 +194,7 @@ class PixelDiffusionPipeline(DiffusionPipeline):
                           callback_on_step_end_tensor_inputs)
         self._guidance_scale, self._guidance_rescale, self._clip_skip = guidance_scale, guidance_rescale, clip_skip
         self._interrupt = False
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
+        batch_size = _batch_size(prompt, prompt_embeds)
         device = self._execution_device
 
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -251,6 +239,11 @@ class PixelDiffusionPipeline(DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+
+def _batch_size(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> int:
+    """SD's batch size: one prompt, a list of them, or the given embeddings' rows."""
+    return 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, list) else prompt_embeds.shape[0]
 
 
 def _learn_merges(words: list[str], ties: str = "smallest") -> list[tuple[str, str]]:

@@ -15,13 +15,12 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .gaussian_mixture import UNCOND, MixtureSpec
-from .trainer import StepTrainer, TrainSettings
+from .trainer import StepTrainer, TrainSettings, trainable_builder
 
 
 @dataclass
@@ -144,13 +143,4 @@ class DenoiserModule(StepTrainer):
         return torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
 
 
-def build_trainable(model: dict, recipe: Any, path: str = "model") -> DenoiserModule:
-    """The ``train`` recipe's module for ``model: {name: small-denoiser, ...}`` on ``recipe.data``
-    (Gaussian-mixture ring arguments)."""
-    from ..io.config import build_dataclass
-
-    return DenoiserModule(
-        build_dataclass(SmallDenoiserConfig, model, path),
-        build_dataclass(MixtureSpec, recipe.data, "data", skip=()),
-        TrainSettings.from_recipe(recipe),
-    )
+build_trainable = trainable_builder(DenoiserModule, SmallDenoiserConfig, MixtureSpec)   # data: the mixture ring

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import toy_audio_data as data
 from .history_levels import history_levels
 from .toy_audio import SpectrogramCodec, ToyAudioDenoiser, ToyTextEncoder, build_pipeline
-from .trainer import StepTrainer, TrainSettings
+from .trainer import StepTrainer, TrainSettings, trainable_builder
 
 
 @dataclass
@@ -164,10 +164,4 @@ class ToyAudioModule(StepTrainer):
         os.replace(tmp, final)
 
 
-def build_trainable(model: dict, recipe: Any, path: str = "model") -> ToyAudioModule:
-    """The ``train`` recipe's module for ``model: {name: toy-audio, ...}`` and ``data: {...}``."""
-    from ..io.config import build_dataclass
-
-    return ToyAudioModule(build_dataclass(ToyAudioModelConfig, model, path),
-                          build_dataclass(ToyAudioData, recipe.data, "data", skip=()),
-                          ToyAudioSettings.from_recipe(recipe))
+build_trainable = trainable_builder(ToyAudioModule, ToyAudioModelConfig, ToyAudioData, ToyAudioSettings)

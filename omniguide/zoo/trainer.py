@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import ConfigError
+from ..io.config import build_dataclass
 
 
 @dataclass
@@ -102,3 +103,13 @@ class StepTrainer(lightning.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def trainable_builder(module: type, arch: type, data: type, settings: type = TrainSettings) -> Callable:
+    """The ``train`` recipe's ``build_trainable(model, recipe, path)`` for ``module(arch, data, settings)``:
+    the ``model:`` section as ``arch`` keys, ``recipe.data`` as ``data`` keys, and the recipe's
+    optimisation keys as ``settings``."""
+    def build_trainable(model: dict, recipe: Any, path: str = "model") -> StepTrainer:
+        return module(build_dataclass(arch, model, path), build_dataclass(data, recipe.data, "data", skip=()),
+                      settings.from_recipe(recipe))
+    return build_trainable

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..core.errors import ConfigError
 from .history_levels import history_levels
 from .sprites import AXES, COLOURS, SPEEDS, SpriteWorld, random_state, render, trajectory
-from .trainer import StepTrainer, TrainSettings
+from .trainer import StepTrainer, TrainSettings, trainable_builder
 
 
 @dataclass
@@ -331,12 +331,4 @@ class VideoDenoiserModule(StepTrainer):
         return self.adamw_warmup_cosine(self.model.parameters(), self.settings.warmup, self.settings.decay_from)
 
 
-def build_trainable(model: dict, recipe: Any, path: str = "model") -> VideoDenoiserModule:
-    """The ``train`` recipe's module for ``model: {name: video-denoiser, ...}`` on ``recipe.data``."""
-    from ..io.config import build_dataclass
-
-    return VideoDenoiserModule(
-        build_dataclass(VideoDenoiserConfig, model, path),
-        build_dataclass(SpriteData, recipe.data, "data", skip=()),
-        VideoTrainSettings.from_recipe(recipe),
-    )
+build_trainable = trainable_builder(VideoDenoiserModule, VideoDenoiserConfig, SpriteData, VideoTrainSettings)

@@ -11,14 +11,7 @@ from __future__ import annotations
 
 from ..base import Family, register_family
 from .sd import check
-
-
-def encode(original, arguments: dict, negatives: dict):
-    embeds, negative, pooled, negative_pooled = original(
-        **{**arguments, **negatives, "do_classifier_free_guidance": True})
-    return ((embeds, None, pooled, None), {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
-            {"prompt_embeds": negative, "pooled_prompt_embeds": negative_pooled})
-
+from .sd3 import encode  # the same four-tuple contract as SD3's encode_prompt
 
 SDXL = register_family(Family(
     name="sdxl",

@@ -11,11 +11,7 @@ give a latent frame count divisible by ``patch_size_t``).
 from __future__ import annotations
 
 from ..base import Family, register_family
-
-
-def encode(original, arguments: dict, negatives: dict):
-    positive, negative = original(**{**arguments, **negatives, "do_classifier_free_guidance": True})
-    return (positive, None), {"prompt_embeds": positive}, {"prompt_embeds": negative}
+from ..image.sd import encode  # (positive, negative) embeddings, as SD's encode_prompt
 
 
 def frames(config_of) -> tuple[int, int]:

@@ -12,13 +12,7 @@ pipeline's rescale; frame and region maps need the tokens unpacked (not provided
 from __future__ import annotations
 
 from ..base import Family, register_family
-
-
-def encode(original, arguments: dict, negatives: dict):
-    embeds, mask, negative, negative_mask = original(
-        **{**arguments, **negatives, "do_classifier_free_guidance": True})
-    return ((embeds, mask, None, None), {"prompt_embeds": embeds, "prompt_attention_mask": mask},
-            {"prompt_embeds": negative, "prompt_attention_mask": negative_mask})
+from ..image.pixart import encode  # the same (embeds, mask, negative, negative mask) as PixArt's
 
 
 def frames(config_of) -> tuple[int, int]:

@@ -39,7 +39,7 @@ from ...core.guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided
 from ...core.methods.common import check_space
 from ...core.methods.terms import Term, as_term
 from ...core.needs import CONDITIONS
-from ...core.noise import COORDINATES, coordinate_range
+from ...core.noise import COORDINATES
 from ...core.prediction import Guided, Prediction
 from ...core.registry import build_scale, register_guider
 from ...core.scale import DynamicScale, Scale, ScaleSchedule, is_neutral, resolve
@@ -57,14 +57,7 @@ class NestedTerm:
     step: tuple[float, float] | None = None
 
     def __post_init__(self):
-        windows = [c for c in COORDINATES if getattr(self, c) is not None]
-        if len(windows) > 1:
-            raise ConfigError("", f"give at most one window of sigma=, t=, step= (got {windows})")
-        for c in windows:
-            low, high = (float(v) for v in getattr(self, c))
-            lo_ok, hi_ok = coordinate_range(c)
-            if not lo_ok <= low <= high <= hi_ok:
-                raise ConfigError(c, f"window [{low}, {high}] is outside [{lo_ok}, {hi_ok}] or reversed")
+        Term(sigma=self.sigma, t=self.t, step=self.step)  # validates the window as a core term does
 
     @property
     def reads_step(self) -> bool:

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from ...core.axes import std
+from ...core.axes import as_axes, std
 from ...core.branch import Branch, Perturbation
 from ...core.errors import ConfigError, GuidanceError
 from ...core.guider import GuidanceStep, guided, passthrough
@@ -125,15 +125,10 @@ class DropResidual(LayerPerturbation):
 
 def stg_perturbation(mode: str, layers: Any) -> Perturbation:
     """The perturbation of an STG ``mode`` on ``layers`` (selectors; ``None``: the middle block)."""
-    if mode == "attention_values":
-        return IdentityAttention(layers)
-    if mode == "attention_skip":
-        return SkipAttention(layers)
-    if mode == "residual":
-        return DropResidual(layers)
-    if mode == "transformer_block":
-        return SkipBlocks(layers)
-    raise ConfigError("mode", f"unknown STG mode '{mode}'; valid: {', '.join(MODES)}")
+    kinds = dict(zip(MODES, (IdentityAttention, SkipAttention, DropResidual, SkipBlocks)))
+    if mode not in kinds:
+        raise ConfigError("mode", f"unknown STG mode '{mode}'; valid: {', '.join(MODES)}")
+    return kinds[mode](layers)
 
 
 def rescaled(out: Tensor, cond: Tensor, r: float | Tensor, axes) -> Tensor:
@@ -174,8 +169,6 @@ class STG(PerturbedGuidance):
             self.bins = Piecewise(tuple(range(len(self.layer_bins))), tuple(self.layer_at), self.layer_coordinate)
             self.bin_perturbations = [stg_perturbation(self.mode, tuple(layers)) if layers else None
                                       for layers in self.layer_bins]
-        from ...core.axes import as_axes
-
         self.axes = as_axes(self.axes)
 
     def make_perturbation(self) -> Perturbation:

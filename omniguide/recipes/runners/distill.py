@@ -19,7 +19,6 @@ seconds per iteration and the time shares of render, prior and update).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,34 +255,13 @@ def export_and_measure(cfg: DistillConfig, system, built: Built, run: RunContext
 @register_recipe("distill", DistillConfig, check=check_distill)
 def run_distill(cfg: DistillConfig, run: RunContext) -> dict | None:
     """Distil a 3D scene from a prior with a score-distillation objective; writes turntable, mesh, metrics."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from ..components import make_callbacks
-    from ..runtime import build_trainer, check_trainer, newest_checkpoint
+    from ..runtime import check_trainer, fit_checkpointed
 
     check_trainer(cfg.trainer)
     built = build(cfg)
     system = make_system(cfg, built)
-    folder = run.path("checkpoints")
-    checkpoints = ModelCheckpoint(dirpath=folder, filename="step-{step:06d}", auto_insert_metric_name=False,
-                                  every_n_train_steps=cfg.checkpoint_every, save_top_k=-1)
-    trainer = build_trainer(cfg.trainer, run, callbacks=[checkpoints, *make_callbacks(cfg.callbacks)])
-    run.rank = trainer.global_rank
-    if cfg.batch_size % trainer.world_size:
-        raise errors.ConfigError("batch_size",
-                          f"{cfg.batch_size} views are not divisible by the {trainer.world_size} processes")
-    ckpt = None
-    if cfg.resume == "auto":
-        newest = newest_checkpoint(folder)
-        ckpt = str(newest) if newest is not None else None
-    elif cfg.resume != "never":
-        ckpt = str(find_file(cfg.resume, "resume"))
-    if ckpt and run.is_main:
-        run.log(f"resuming from {ckpt}")
-    start = time.perf_counter()
-    trainer.fit(system, ckpt_path=ckpt)
-    seconds = time.perf_counter() - start
-    trainer.save_checkpoint(folder / "final.ckpt")
+    trainer, ckpt, seconds = fit_checkpointed(cfg, run, system, make_callbacks(cfg.callbacks), "views are")
     if not trainer.is_global_zero:
         return None
     metrics: dict[str, Any] = {"prompt": cfg.prompt, "objective": built.objective.name, "guider": built.guider.name,

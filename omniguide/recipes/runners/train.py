@@ -18,10 +18,8 @@ The zoo, torch and Lightning are imported inside the functions: importing this m
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ... import errors
@@ -93,41 +91,14 @@ def check_train(cfg: TrainConfig) -> None:
                                  f"{processes * cfg.trainer.num_nodes} processes")
 
 
-def resume_from(cfg: TrainConfig, folder: Path) -> str | None:
-    """The checkpoint to continue from (None: start fresh)."""
-    from ..runtime import newest_checkpoint
-
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        newest = newest_checkpoint(folder)
-        return str(newest) if newest is not None else None
-    return str(find_file(cfg.resume, "resume"))
-
-
 @register_recipe("train", TrainConfig, check=check_train)
 def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     """Train a zoo model; checkpoints/step-N.ckpt every N steps, model.safetensors at the end."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from ..components import make_callbacks
-    from ..runtime import build_trainer
+    from ..runtime import fit_checkpointed
 
     module = build_module(cfg)
-    folder = run.path("checkpoints")
-    checkpoints = ModelCheckpoint(dirpath=folder, filename="step-{step:06d}", auto_insert_metric_name=False,
-                                  every_n_train_steps=cfg.checkpoint_every, save_top_k=-1)
-    trainer = build_trainer(cfg.trainer, run, callbacks=[checkpoints, *make_callbacks(cfg.callbacks)])
-    run.rank = trainer.global_rank
-    if cfg.batch_size % trainer.world_size:
-        raise errors.ConfigError("batch_size",
-                                 f"{cfg.batch_size} is not divisible by the {trainer.world_size} processes")
-    ckpt = resume_from(cfg, folder)
-    if ckpt and run.is_main:
-        run.log(f"resuming from {ckpt}")
-    start = time.perf_counter()
-    trainer.fit(module, ckpt_path=ckpt)
-    trainer.save_checkpoint(folder / "final.ckpt")
+    trainer, ckpt, seconds = fit_checkpointed(cfg, run, module, make_callbacks(cfg.callbacks))
     if not trainer.is_global_zero:
         return None
     save: Callable | None = getattr(module.model, "save", None)
@@ -139,4 +110,4 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
         save_outputs(run.dir)
     loss = trainer.callback_metrics.get("train/loss")
     return {"steps": trainer.global_step, "final_loss": float(loss) if loss is not None else None,
-            "resumed_from": ckpt, "world_size": trainer.world_size, "seconds": time.perf_counter() - start}
+            "resumed_from": ckpt, "world_size": trainer.world_size, "seconds": seconds}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,7 +22,7 @@ from torch import Tensor
 from ...core.errors import ConfigError
 from ...distillation.score.scene import ViewPrompts
 from ..pixel_pipeline import PixelDiffusionPipeline, build_tokenizer
-from ..trainer import StepTrainer, TrainSettings
+from ..trainer import StepTrainer, TrainSettings, trainable_builder
 from .data import ViewsSpec, render_views, vocabulary
 
 PREDICTIONS = {"eps": "epsilon", "v": "v_prediction", "flow": "flow"}
@@ -74,9 +73,6 @@ def build_pipeline(arch: PriorArchitecture, spec: ViewsSpec) -> PixelDiffusionPi
     if arch.text_hidden != arch.cross_attention_dim:
         raise ConfigError("model.text_hidden", f"must equal cross_attention_dim ({arch.cross_attention_dim})")
     return PixelDiffusionPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-
-
-PriorSettings = TrainSettings   # the name before the zoo's trainers shared one settings class
 
 
 class PriorModule(StepTrainer):
@@ -160,10 +156,4 @@ def export_checkpoint(ckpt: str, folder: str) -> None:
     module.save_outputs(folder)
 
 
-def build_trainable(model: dict, recipe: Any, path: str = "model") -> PriorModule:
-    """The ``train`` recipe's module for ``model: {name: primitives-prior, ...}`` on ``recipe.data``."""
-    from ...io.config import build_dataclass
-
-    arch = build_dataclass(PriorArchitecture, model, path)
-    spec = build_dataclass(ViewsSpec, recipe.data, "data", skip=())
-    return PriorModule(arch, spec, TrainSettings.from_recipe(recipe))
+build_trainable = trainable_builder(PriorModule, PriorArchitecture, ViewsSpec)

@@ -24,14 +24,8 @@ BACKGROUND = (0.1, 0.1, 0.1)  # RGB in [0, 1]: a fixed dark grey
 # Named colours in [0, 1], kept inside [0.05, 0.95] so the ground truth has no clipped pixels
 # (|x| > 0.98 in [-1, 1]): over-saturation from strong guidance then shows up as clipping.
 COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.9, 0.1, 0.1),
-    "green": (0.1, 0.8, 0.15),
-    "blue": (0.15, 0.25, 0.95),
-    "yellow": (0.95, 0.9, 0.1),
-    "magenta": (0.9, 0.15, 0.9),
-    "cyan": (0.1, 0.85, 0.9),
-    "white": (0.95, 0.95, 0.95),
-    "orange": (0.95, 0.5, 0.05),
+    "red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.15), "blue": (0.15, 0.25, 0.95), "yellow": (0.95, 0.9, 0.1),
+    "magenta": (0.9, 0.15, 0.9), "cyan": (0.1, 0.85, 0.9), "white": (0.95, 0.95, 0.95), "orange": (0.95, 0.5, 0.05),
 }
 SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond")
 # Half-extent multiplier per shape, so that the shapes cover comparable areas.

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..trainer import StepTrainer, TrainSettings
+from ..trainer import StepTrainer, TrainSettings, trainable_builder
 from .components import ShapesModel, build_scheduler, build_text_encoder, build_tokenizer, build_unet
 from .data import ShapesData
 from .pipeline import ShapesPipeline
@@ -105,13 +105,4 @@ class ShapesModule(StepTrainer):
         return final
 
 
-def build_trainable(model: dict, recipe: Any, path: str = "model") -> ShapesModule:
-    """The ``train`` recipe's module for ``model: {name: shapes, ...}`` (:class:`ShapesModel` keys)
-    on ``recipe.data`` (:class:`ShapesData` keys)."""
-    from ...io.config import build_dataclass
-
-    return ShapesModule(
-        build_dataclass(ShapesModel, model, path),
-        build_dataclass(ShapesData, recipe.data, "data", skip=()),
-        TrainSettings.from_recipe(recipe),
-    )
+build_trainable = trainable_builder(ShapesModule, ShapesModel, ShapesData)
