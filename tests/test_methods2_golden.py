@@ -191,8 +191,7 @@ def test_icg_draws_an_independent_condition_every_step():
     guider = ICG(2.0, pool={"labels": pool_labels, "embeds": pool_embeds}, seed=7)
     x = torch.zeros(6, 2, dtype=torch.float64)
     table = {"cond": {"labels": torch.zeros(6, dtype=torch.long), "embeds": torch.zeros(6, 3, dtype=torch.float64)}}
-    executor = BranchExecutor(model, table, "eps", batch=False)
-    executor.with_defaults(guider.branch_defaults())
+    executor = BranchExecutor(model, table, "eps", batch=False, defaults=guider.branch_defaults())
     noise = NoiseLevel.vp(torch.tensor(0.5))
     draws = []
     for i in range(3):

@@ -198,11 +198,6 @@ class BranchExecutor:
     def forward_passes(self) -> int:
         return sum(self.passes_per_step)
 
-    def with_defaults(self, defaults: Mapping[str, Branch]) -> None:
-        """Add branches a guider defines itself, unless the user defined them (as ``defaults=``)."""
-        for name, branch in defaults.items():
-            self.branches.setdefault(name, branch)
-
     # -- resolution -------------------------------------------------------------------------
     def chain(self, name: str, step: GuidanceStep, table: Mapping[str, Branch] | None = None) -> list[Branch]:
         """The branch and its bases in ``table`` (default: the standing one), the named branch first."""

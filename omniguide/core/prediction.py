@@ -133,10 +133,6 @@ class Guided:
         x0, eps = to_x0_eps(value, kind, x, noise)
         return Guided(x0, eps, x, noise, True)
 
-    @staticmethod
-    def from_prediction(pred: Prediction) -> Guided:
-        return Guided.from_value(pred.value, pred.kind, pred.x, pred.noise)
-
     def to(self, kind: str) -> Tensor:
         """The guided prediction in parameterization ``kind``; for an inconsistent pair this is the
         prediction that, at the re-anchored sample :attr:`anchor`, reproduces both ``x0`` and ``eps``."""

@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..axes import Axes, as_axes, norm
+from ..axes import Axes, norm
 from ..errors import ConfigError, GuidanceError
 from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import CFGFamily, cfg, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg, guided_in, in_space
 
 NORMS = ("channel", "sample")
 
@@ -52,11 +52,9 @@ class CFGNorm(CFGFamily):
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
-        check_form(self.form)
+        super().__post_init__()
         if self.norm not in NORMS:
             raise ConfigError("norm", f"unknown '{self.norm}'; valid: {', '.join(NORMS)}")
-        self.space = check_space(self.space)
-        self.axes = as_axes(self.axes)
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         if is_neutral(resolve(self.scale, step), self.neutral) and self.clamp and float(self.strength) == 1.0:

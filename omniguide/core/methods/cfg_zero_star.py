@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..axes import Axes, as_axes, dot
+from ..axes import Axes, dot
 from ..errors import ConfigError
 from ..guider import GuidanceStep, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg, cfg_branches, guided_in, in_space
 
 
 def optimized_scale(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
@@ -56,11 +56,9 @@ class CFGZeroStar(CFGFamily):
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
+        super().__post_init__()
         if int(self.zero_init_steps) < 0:
             raise ConfigError("zero_init_steps", f"must be >= 0, got {self.zero_init_steps}")
-        self.axes = as_axes(self.axes)
 
     def zeroed(self, step: GuidanceStep) -> bool:
         return step.index is not None and step.index < int(self.zero_init_steps)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..axes import Axes, dot, norm
+from ..axes import Axes, as_axes, dot, norm
 from ..errors import ConfigError, GuidanceError
 from ..guider import GuidanceStep, Guider, guided
 from ..prediction import DIFFUSERS_PREDICTION_TYPES, PARAMETERIZATIONS, Guided, Prediction
@@ -83,8 +83,16 @@ def clip_norm(d: Tensor, threshold: float, axes: Axes) -> Tensor:
 
 class CFGFamily(Guider):
     """What every method of the form ``base + w * update(c, u)`` shares: the neutral scale of its
-    named ``form`` (1 for ``u+w(c-u)``, 0 for ``c+w(c-u)``) and the two-branch plan (one pass at the
-    neutral scale). Subclasses are dataclasses with ``scale`` and ``form`` fields."""
+    named ``form`` (1 for ``u+w(c-u)``, 0 for ``c+w(c-u)``), the two-branch plan (one pass at the
+    neutral scale) and the checks of ``form`` and, where declared, ``space`` and ``axes``. Subclasses
+    are dataclasses with ``scale`` and ``form`` fields; one with checks of its own calls ``super()``."""
+
+    def __post_init__(self):
+        check_form(self.form)
+        if hasattr(self, "space"):
+            self.space = check_space(self.space)
+        if hasattr(self, "axes"):
+            self.axes = as_axes(self.axes)
 
     @property
     def neutral(self) -> float:

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..axes import Axes, as_axes
+from ..axes import Axes
 from ..errors import ConfigError, GuidanceError
 from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import CFGFamily, check_form, check_space, guided_in, in_space, project
+from .common import CFGFamily, guided_in, in_space, project
 
 TRANSFORMS = ("pyramid", "fft")
 _BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
@@ -128,15 +128,13 @@ class FDG(CFGFamily):
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
+        super().__post_init__()
         if self.transform not in TRANSFORMS:
             raise ConfigError("transform", f"unknown '{self.transform}'; valid: {', '.join(TRANSFORMS)}")
         if int(self.levels) < 2 or (self.transform == "fft" and self.levels != 2):
             raise ConfigError("levels", f"needs >= 2 bands (2 with transform='fft'), got {self.levels}")
         if isinstance(self.scale_high, tuple) and len(self.scale_high) != self.levels - 1:
             raise ConfigError("scale_high", f"give one scale or {self.levels - 1} (one per upper band)")
-        self.axes = as_axes(self.axes)
 
     def band_scales(self, step: GuidanceStep) -> list:
         high = self.scale_high

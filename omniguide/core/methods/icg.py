@@ -38,7 +38,7 @@ from ..guider import GuidanceStep, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches, check_form
+from .common import CFGFamily, cfg, cfg_branches
 
 
 def get_path(inputs: Mapping[str, Any], path: str) -> Any:
@@ -113,7 +113,7 @@ class ICG(CFGFamily):
     generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False)
 
     def __post_init__(self):
-        check_form(self.form)
+        super().__post_init__()
         pool = {k: torch.as_tensor(v) for k, v in (self.pool or {}).items()}
         if pool and len({len(v) for v in pool.values()}) != 1:
             raise ConfigError("pool", "every pooled input needs the same number of rows (one row = one condition)")

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..axes import Axes, as_axes, norm
+from ..axes import Axes, norm
 from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg, guided_in, in_space
 
 
 @register_guider("magnitude-aware")
@@ -36,11 +36,6 @@ class MagnitudeAware(CFGFamily):
     form: str = "u+w(c-u)"
     space: str | None = None
     axes: Axes | str | tuple | None = None
-
-    def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
-        self.axes = as_axes(self.axes)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

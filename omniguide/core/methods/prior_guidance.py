@@ -26,7 +26,7 @@ from ..needs import SECOND_MODEL
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches, check_form
+from .common import CFGFamily, cfg, cfg_branches
 
 
 @register_guider("prior-guidance")
@@ -41,9 +41,6 @@ class PriorGuidance(CFGFamily):
     base_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL})
     branch: str = "prior"
     form: str = "u+w(c-u)"
-
-    def __post_init__(self):
-        check_form(self.form)
 
     def branch_defaults(self) -> dict:
         if self.base_model is None:

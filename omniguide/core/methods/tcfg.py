@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..axes import Axes, as_axes, dot
+from ..axes import Axes, dot
 from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg, guided_in, in_space
 
 
 def tangential_damp(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
@@ -54,11 +54,6 @@ class TCFG(CFGFamily):
     form: str = "u+w(c-u)"
     space: str | None = None
     axes: Axes | str | tuple | None = None
-
-    def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
-        self.axes = as_axes(self.axes)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:
