@@ -153,12 +153,15 @@ class Guider:
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         raise NotImplementedError
 
+    def wrapped(self) -> list[Guider]:
+        """The guiders among this one's fields (what a wrapper wraps); the hooks below ask them."""
+        values = (getattr(self, f.name) for f in (fields(self) if is_dataclass(self) else ()))
+        return [value for value in values if isinstance(value, Guider)]
+
     def reset(self) -> None:
         """Forget state from a previous run. Wrappers reset what they wrap."""
-        for f in fields(self) if is_dataclass(self) else ():
-            value = getattr(self, f.name)
-            if isinstance(value, Guider):
-                value.reset()
+        for guider in self.wrapped():
+            guider.reset()
 
     def requires(self) -> dict[str, str]:
         """``{requirement: why}`` for what this guider needs from its driver (see the module docstring):
@@ -184,10 +187,8 @@ class Guider:
         """Branches this method defines itself (e.g. PAG's perturbed branch), as ``{name: Branch}``.
         User-supplied branches of the same name take precedence."""
         out = {}
-        for f in fields(self) if is_dataclass(self) else ():
-            value = getattr(self, f.name)
-            if isinstance(value, Guider):
-                out.update(value.branch_defaults())
+        for guider in self.wrapped():
+            out.update(guider.branch_defaults())
         return out
 
     @property
@@ -199,25 +200,20 @@ class Guider:
         """Branches to run in this step after ``preds`` (``{name: Branch}``; none by default).
         Wrappers ask the guider they wrap."""
         out = {}
-        for f in fields(self) if is_dataclass(self) else ():
-            value = getattr(self, f.name)
-            if isinstance(value, Guider):
-                out.update(value.follow_up(preds, step))
+        for guider in self.wrapped():
+            out.update(guider.follow_up(preds, step))
         return out
 
     @property
     def recurrence(self) -> int:
         """How many times the sampler runs each step, re-noising back in between (1: once)."""
-        return max([1, *(getattr(self, f.name).recurrence for f in (fields(self) if is_dataclass(self) else ())
-                         if isinstance(getattr(self, f.name), Guider))])
+        return max([1, *(guider.recurrence for guider in self.wrapped())])
 
     def report(self) -> dict:
         """What the guider decided during the last run (e.g. a chosen scale per step); ``{}`` by default."""
         out = {}
-        for f in fields(self) if is_dataclass(self) else ():
-            value = getattr(self, f.name)
-            if isinstance(value, Guider):
-                out.update(value.report())
+        for guider in self.wrapped():
+            out.update(guider.report())
         return out
 
     def config(self) -> dict:

@@ -38,7 +38,7 @@ from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from .cfg import CFG
-from .common import check_space, in_space
+from .common import Wrapper, check_space, in_space
 
 AGREEMENTS = ("per-sample", "batch")
 
@@ -50,7 +50,7 @@ def cosine(a: Tensor, b: Tensor, axes: Axes) -> Tensor:
 
 @register_guider("adaptive")
 @dataclass
-class Adaptive(Guider):
+class Adaptive(Wrapper):
     """Run ``guider`` until cond and uncond agree (cosine >= ``threshold``), then the conditional
     prediction alone (Castillo et al. 2023, arXiv:2312.12487); see the module docstring."""
 
@@ -73,10 +73,6 @@ class Adaptive(Guider):
             raise ConfigError("agreement", f"unknown '{self.agreement}'; valid: {', '.join(AGREEMENTS)}")
         self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
-
-    @property
-    def neutral(self) -> float:
-        return self.guider.neutral
 
     def reset(self) -> None:
         self._agreed = None

@@ -81,6 +81,26 @@ def clip_norm(d: Tensor, threshold: float, axes: Axes) -> Tensor:
     return d * torch.clamp(threshold / norm(d, axes), max=1.0)
 
 
+class Wrapper(Guider):
+    """A guider around another, ``self.guider``: its neutral scale, fallback branch, state and branch
+    plan are the wrapped guider's unless the wrapper says otherwise."""
+
+    @property
+    def neutral(self) -> float:
+        return self.guider.neutral
+
+    @property
+    def fallback(self) -> str:
+        return self.guider.fallback
+
+    @property
+    def stateful(self) -> bool:
+        return self.guider.stateful
+
+    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
+        return self.guider.branches(step)
+
+
 class CFGFamily(Guider):
     """What every method of the form ``base + w * update(c, u)`` shares: the neutral scale of its
     named ``form`` (1 for ``u+w(c-u)``, 0 for ``c+w(c-u)``), the two-branch plan (one pass at the
