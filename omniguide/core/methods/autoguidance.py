@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..branch import Branch
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider
 from ..needs import SECOND_MODEL
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, resolve
-from .common import cfg, cfg_branches
+from ..scale import Scale
+from .common import cfg_against, cfg_branches
 
 
 @register_guider("autoguidance")
@@ -55,8 +55,4 @@ class AutoGuidance(Guider):
         return cfg_branches(self, step, self.branch)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if self.branch not in preds:
-            return passthrough(preds, step)
-        kind = preds["cond"].kind
-        weak = preds[self.branch].to(kind)  # a weak model may predict another parameterization
-        return guided(cfg(preds["cond"].value, weak, resolve(self.scale, step)), step, kind)
+        return cfg_against(preds, step, self.branch, self.scale)

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from ..axes import Axes, as_axes, dot, norm
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, guided
+from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import DIFFUSERS_PREDICTION_TYPES, PARAMETERIZATIONS, Guided, Prediction
-from ..scale import is_neutral, resolve
+from ..scale import Scale, is_neutral, resolve
 
 FORMS = ("u+w(c-u)", "c+w(c-u)")
 
@@ -26,6 +26,16 @@ def cfg(cond: Tensor, uncond: Tensor, scale, form: str = "u+w(c-u)") -> Tensor:
     """``u + w (c - u)`` or ``c + w (c - u)``."""
     base = uncond if form == "u+w(c-u)" else cond
     return base + scale * (cond - uncond)
+
+
+def cfg_against(preds: Mapping[str, Prediction], step: GuidanceStep, other: str, scale: Scale,
+                form: str = "u+w(c-u)") -> Guided:
+    """CFG with branch ``other`` as the unconditional prediction, in the conditional one's
+    parameterization (``other`` may come from another model); the cond alone where ``other`` did not run."""
+    if other not in preds:
+        return passthrough(preds, step)
+    kind = preds["cond"].kind
+    return guided(cfg(preds["cond"].value, preds[other].to(kind), resolve(scale, step), form), step, kind)
 
 
 def form_neutral(form: str) -> float:

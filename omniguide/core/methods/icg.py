@@ -34,11 +34,11 @@ from torch import Tensor
 
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, guided, passthrough
+from ..guider import GuidanceStep
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches
+from ..scale import Scale
+from .common import CFGFamily, cfg_against, cfg_branches
 
 
 def get_path(inputs: Mapping[str, Any], path: str) -> Any:
@@ -141,8 +141,4 @@ class ICG(CFGFamily):
         return cfg_branches(self, step, self.branch)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if self.branch not in preds:
-            return passthrough(preds, step)
-        kind = preds["cond"].kind
-        return guided(cfg(preds["cond"].value, preds[self.branch].to(kind), resolve(self.scale, step), self.form),
-                      step, kind)
+        return cfg_against(preds, step, self.branch, self.scale, self.form)

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..branch import Branch
-from ..guider import GuidanceStep, guided, passthrough
+from ..guider import GuidanceStep
 from ..needs import SECOND_MODEL
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches
+from ..scale import Scale
+from .common import CFGFamily, cfg_against, cfg_branches
 
 
 @register_guider("prior-guidance")
@@ -57,8 +57,4 @@ class PriorGuidance(CFGFamily):
         return cfg_branches(self, step, self.branch)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if self.branch not in preds:
-            return passthrough(preds, step)
-        kind = preds["cond"].kind
-        return guided(cfg(preds["cond"].value, preds[self.branch].to(kind), resolve(self.scale, step), self.form),
-                      step, kind)
+        return cfg_against(preds, step, self.branch, self.scale, self.form)
