@@ -48,7 +48,7 @@ Three optional hooks, all with neutral defaults, serve methods that are not a si
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import Field, asdict, dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -221,6 +221,12 @@ class Guider:
         return guider_config(self)
 
 
+def config_fields(obj: Any) -> list[Field]:
+    """The init fields of dataclass ``obj`` that belong in its config: all but those declared with
+    ``metadata={"config": False}`` (a model object, which a branch table names; a random generator)."""
+    return [f for f in fields(obj) if f.init and f.metadata.get("config", True)]
+
+
 def guider_config(guider: Guider) -> dict:
     """The inverse of :func:`~omniguide.core.registry.build_guider`: a plain dict of the guider's
     name and init fields (nested guiders, registered scales, axes and tensors as plain values)."""
@@ -243,7 +249,7 @@ def guider_config(guider: Guider) -> dict:
             return {k: plain(v) for k, v in value.items()}
         return value
 
-    return {"name": type(guider).name, **{f.name: plain(getattr(guider, f.name)) for f in fields(guider) if f.init}}
+    return {"name": type(guider).name, **{f.name: plain(getattr(guider, f.name)) for f in config_fields(guider)}}
 
 
 def passthrough(preds: Mapping[str, Prediction], step: GuidanceStep, name: str = "cond") -> Guided:

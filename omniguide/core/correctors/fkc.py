@@ -84,7 +84,8 @@ class FKC(Corrector):
     collapse: float = 0.05
     clamp: float | None = None
     seed: int = 0
-    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False)
+    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False,
+                                         metadata={"config": False})
 
     def __post_init__(self):
         if self.weights is None:
@@ -108,11 +109,6 @@ class FKC(Corrector):
         self._log_w: Tensor | None = None
         self._ess: list[float] = []
         self._resampled: list[int] = []
-
-    def config(self) -> dict:
-        out = super().config()
-        out.pop("generator", None)
-        return out
 
     def check(self, guider, view) -> None:
         if guider.stateful:

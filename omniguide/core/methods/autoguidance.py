@@ -37,19 +37,13 @@ class AutoGuidance(Guider):
     needs: ClassVar[Mapping[str, str]] = {SECOND_MODEL: "guides away from a weaker model"}
 
     scale: Scale = 2.0
-    weak_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL})
+    weak_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL, "config": False})
     branch: str = "weak"
 
     def branch_defaults(self) -> dict:
         if self.weak_model is None:
             return {}
         return {self.branch: Branch(name=self.branch, base="cond", model=self.weak_model)}
-
-    def config(self) -> dict:
-        """The model object is not config material; the branch table names the weak model."""
-        out = super().config()
-        out.pop("weak_model", None)
-        return out
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return cfg_branches(self, step, self.branch)

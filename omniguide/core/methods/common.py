@@ -29,13 +29,13 @@ def cfg(cond: Tensor, uncond: Tensor, scale, form: str = "u+w(c-u)") -> Tensor:
 
 
 def cfg_against(preds: Mapping[str, Prediction], step: GuidanceStep, other: str, scale: Scale,
-                form: str = "u+w(c-u)") -> Guided:
-    """CFG with branch ``other`` as the unconditional prediction, in the conditional one's
-    parameterization (``other`` may come from another model); the cond alone where ``other`` did not run."""
+                form: str = "u+w(c-u)", cond: str = "cond") -> Guided:
+    """CFG of branch ``cond`` against branch ``other`` in ``cond``'s parameterization (``other`` may come
+    from another model); ``cond`` alone where ``other`` did not run."""
     if other not in preds:
-        return passthrough(preds, step)
-    kind = preds["cond"].kind
-    return guided(cfg(preds["cond"].value, preds[other].to(kind), resolve(scale, step), form), step, kind)
+        return passthrough(preds, step, cond)
+    kind = preds[cond].kind
+    return guided(cfg(preds[cond].value, preds[other].to(kind), resolve(scale, step), form), step, kind)
 
 
 def form_neutral(form: str) -> float:

@@ -110,7 +110,8 @@ class ICG(CFGFamily):
     seed: int = 0
     branch: str = "independent"
     form: str = "u+w(c-u)"
-    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False)
+    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False,
+                                         metadata={"config": False})
 
     def __post_init__(self):
         super().__post_init__()
@@ -127,11 +128,6 @@ class ICG(CFGFamily):
 
     def reset(self) -> None:
         self.generator.manual_seed(int(self.seed))
-
-    def config(self) -> dict:
-        out = super().config()
-        out.pop("generator", None)
-        return out
 
     def branch_defaults(self) -> dict:
         draw = IndependentCondition(self._pool, self._gaussian, self.generator)

@@ -38,7 +38,7 @@ class PriorGuidance(CFGFamily):
     needs: ClassVar[Mapping[str, str]] = {SECOND_MODEL: "its unconditional branch runs on a base model"}
 
     scale: Scale = 7.5
-    base_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL})
+    base_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL, "config": False})
     branch: str = "prior"
     form: str = "u+w(c-u)"
 
@@ -46,12 +46,6 @@ class PriorGuidance(CFGFamily):
         if self.base_model is None:
             return {}
         return {self.branch: Branch(self.branch, base="uncond", model=self.base_model)}
-
-    def config(self) -> dict:
-        """The model object is not config material; the branch table names the base model."""
-        out = super().config()
-        out.pop("base_model", None)
-        return out
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return cfg_branches(self, step, self.branch)
