@@ -166,8 +166,6 @@ class Guider:
     def requires(self) -> dict[str, str]:
         """``{requirement: why}`` for what this guider needs from its driver (see the module docstring):
         its own needs, those of the guiders it wraps, and ``step`` coordinates in its scale schedules."""
-        from .scale import DynamicScale, ScaleSchedule
-
         needs = {k: why for k, why in self.needs.items() if k in REQUIREMENTS}
         if self.stateful:
             needs[STEP_INDEX] = f"{self.name or type(self).__name__} keeps state between sampler steps"
