@@ -35,6 +35,19 @@ def patched_forwards(
                 module.forward = previous
 
 
+@contextlib.contextmanager
+def forward_hooks(modules: dict[str, nn.Module], hook: Callable[[str], Callable]) -> Iterator:
+    """Register ``hook(name)`` as each module's forward hook while the block runs."""
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(hook(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def check_fired(fired: dict[str, int], who: str, what: str) -> None:
     """A selected module that never ran is an error: a perturbed branch never silently equals ``cond``."""
     idle = [name for name, count in fired.items() if count == 0]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..branch import StepPerturbation
 from ..errors import GuidanceError
-from .base import LayerPerturbation, check_fired
+from .base import LayerPerturbation, check_fired, forward_hooks
 from .selection import select
 
 EMBEDDING_NAMES = ("time_embedding", "timestep_embedder")
@@ -75,14 +75,8 @@ class TimestepNoise(LayerPerturbation):
                 return output + float(self.scale) * output.float().std().to(output.dtype) * n
             return hook
 
-        handles = []
-        try:
-            for name, embedder in targets.items():
-                handles.append(embedder.register_forward_hook(noisy(name)))
+        with forward_hooks(targets, noisy):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
         check_fired(fired, self.who, "a call of the embedding")
 
 
