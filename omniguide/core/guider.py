@@ -56,6 +56,7 @@ from torch import Tensor
 
 from .axes import Axes
 from .errors import GuidanceError
+from .needs import CLASSIFIER, SCORER
 from .noise import NoiseLevel
 from .prediction import Guided, Prediction
 from .scale import SCALES, DynamicScale, ScaleSchedule
@@ -227,7 +228,8 @@ def config_fields(obj: Any) -> list[Field]:
 
 def guider_config(guider: Guider) -> dict:
     """The inverse of :func:`~omniguide.core.registry.build_guider`: a plain dict of the guider's
-    name and init fields (nested guiders, registered scales, axes and tensors as plain values)."""
+    name and init fields (nested guiders, registered scales, axes and tensors as plain values; a scorer or
+    classifier object as its ``config()`` or its class name)."""
 
     def plain(value):
         if isinstance(value, Guider):
@@ -247,7 +249,13 @@ def guider_config(guider: Guider) -> dict:
             return {k: plain(v) for k, v in value.items()}
         return value
 
-    return {"name": type(guider).name, **{f.name: plain(getattr(guider, f.name)) for f in config_fields(guider)}}
+    def field_value(f: Field):
+        value = getattr(guider, f.name)
+        if f.metadata.get("need") in (SCORER, CLASSIFIER) and callable(value) and not isinstance(value, (str, Mapping)):
+            return getattr(value, "config", lambda: type(value).__name__)()
+        return plain(value)
+
+    return {"name": type(guider).name, **{f.name: field_value(f) for f in config_fields(guider)}}
 
 
 def passthrough(preds: Mapping[str, Prediction], step: GuidanceStep, name: str = "cond") -> Guided:

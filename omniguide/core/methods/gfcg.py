@@ -75,12 +75,6 @@ class GFCG(Guider):
         self._weights = []
         self._step = None
 
-    def config(self) -> dict:
-        out = super().config()
-        if callable(self.classifier) and not isinstance(self.classifier, (str, Mapping)):
-            out["classifier"] = getattr(self.classifier, "config", lambda: type(self.classifier).__name__)()
-        return out
-
     def cfg_on(self, step: GuidanceStep) -> bool:
         return not is_neutral(resolve(self.scale, step), 1.0)
 

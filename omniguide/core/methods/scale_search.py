@@ -59,12 +59,6 @@ class ScaleSearch(CFGFamily):
     def reset(self) -> None:
         self._chosen = []
 
-    def config(self) -> dict:
-        out = super().config()
-        if callable(self.evaluator) and not isinstance(self.evaluator, (str, Mapping)):
-            out["evaluator"] = getattr(self.evaluator, "config", lambda: type(self.evaluator).__name__)()
-        return out
-
     def candidate_scales(self, step: GuidanceStep) -> list[float]:
         if self.scales is not None:
             return [float(w) for w in self.scales]

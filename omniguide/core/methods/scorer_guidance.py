@@ -77,12 +77,6 @@ class ScorerGuidance(Guider):
         needs[NOISE_LEVEL] = "scorer guidance reads the step's alpha and sigma"
         return needs
 
-    def config(self) -> dict:
-        out = super().config()
-        if callable(self.scorer) and not isinstance(self.scorer, (str, Mapping)):
-            out["scorer"] = getattr(self.scorer, "config", lambda: type(self.scorer).__name__)()
-        return out
-
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return self.guider.branches(step)
 
