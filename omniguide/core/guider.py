@@ -226,28 +226,29 @@ def config_fields(obj: Any) -> list[Field]:
     return [f for f in fields(obj) if f.init and f.metadata.get("config", True)]
 
 
+def plain(value: Any) -> Any:
+    """A config value as plain data: nested guiders, registered scales, axes and tensors as plain values."""
+    if isinstance(value, Guider):
+        return guider_config(value)
+    if isinstance(value, ScaleSchedule):
+        return asdict(value)
+    if isinstance(value, DynamicScale) and is_dataclass(value) and getattr(type(value), "name", None) in SCALES:
+        return {"name": type(value).name, **{f.name: plain(getattr(value, f.name)) for f in fields(value) if f.init}}
+    if isinstance(value, Axes):
+        return value.config()
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def guider_config(guider: Guider) -> dict:
     """The inverse of :func:`~omniguide.core.registry.build_guider`: a plain dict of the guider's
-    name and init fields (nested guiders, registered scales, axes and tensors as plain values; a scorer or
-    classifier object as its ``config()`` or its class name)."""
-
-    def plain(value):
-        if isinstance(value, Guider):
-            return guider_config(value)
-        if isinstance(value, ScaleSchedule):
-            return asdict(value)
-        if isinstance(value, DynamicScale) and is_dataclass(value) and getattr(type(value), "name", None) in SCALES:
-            return {"name": type(value).name,
-                    **{f.name: plain(getattr(value, f.name)) for f in fields(value) if f.init}}
-        if isinstance(value, Axes):
-            return value.config()
-        if isinstance(value, Tensor):
-            return value.tolist()
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        return value
+    name and init fields (:func:`plain` values; a scorer or classifier object as its ``config()`` or its
+    class name)."""
 
     def field_value(f: Field):
         value = getattr(guider, f.name)

@@ -25,7 +25,7 @@ import torch
 
 from ...io.config import construct
 from ..errors import ConfigError
-from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough
+from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough, plain
 from ..noise import COORDINATES, coordinate_range
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -152,13 +152,5 @@ class Terms(Guider):
 
 def _plain_term(term: Term) -> dict:
     """A term as config: the scale always, other fields where they differ from the default."""
-    out = {}
-    for f in dataclasses.fields(Term):
-        value = getattr(term, f.name)
-        if isinstance(value, torch.Tensor):
-            out[f.name] = value.tolist()
-        elif isinstance(value, ScaleSchedule):
-            out[f.name] = dataclasses.asdict(value)
-        elif f.name == "scale" or value != f.default:
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
+    return {f.name: plain(getattr(term, f.name)) for f in dataclasses.fields(Term)
+            if f.name == "scale" or getattr(term, f.name) != f.default}
