@@ -27,11 +27,11 @@ from torch import Tensor
 
 from ..axes import Axes, dot
 from ..errors import ConfigError
-from ..guider import GuidanceStep, guided, passthrough
+from ..guider import GuidanceStep, guided
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches, guided_in, in_space
+from .common import CFGFamily, cfg, cfg_branches
 
 
 def optimized_scale(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
@@ -74,9 +74,8 @@ class CFGZeroStar(CFGFamily):
         if self.zeroed(step):
             kind = self.space or preds["cond"].kind
             return guided(torch.zeros_like(step.x), step, kind)
-        if "uncond" not in preds:
-            return passthrough(preds, step)
-        axes = step.require_axes("cfg-zero-star", self.axes)
-        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
-        u = optimized_scale(c, u, axes) * u
-        return guided_in(cfg(c, u, resolve(self.scale, step), self.form), step, kind, "cfg-zero-star")
+        return super().combine(preds, step)
+
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
+        u = optimized_scale(c, u, step.require_axes("cfg-zero-star", self.axes)) * u
+        return cfg(c, u, resolve(self.scale, step), self.form)

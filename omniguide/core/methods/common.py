@@ -115,7 +115,8 @@ class CFGFamily(Guider):
     """What every method of the form ``base + w * update(c, u)`` shares: the neutral scale of its
     named ``form`` (1 for ``u+w(c-u)``, 0 for ``c+w(c-u)``), the two-branch plan (one pass at the
     neutral scale) and the checks of ``form`` and, where declared, ``space`` and ``axes``. Subclasses
-    are dataclasses with ``scale`` and ``form`` fields; one with checks of its own calls ``super()``."""
+    are dataclasses with ``scale`` and ``form`` fields; one with checks of its own calls ``super()``.
+    A method whose rule is a function of ``c`` and ``u`` in its ``space`` gives it as :meth:`guide`."""
 
     def __post_init__(self):
         check_form(self.form)
@@ -130,3 +131,13 @@ class CFGFamily(Guider):
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return cfg_branches(self, step)
+
+    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
+        if "uncond" not in preds:
+            return passthrough(preds, step)
+        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
+        return guided_in(self.guide(c, u, step), step, kind, self.name)
+
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
+        """The guided prediction from the conditional ``c`` and unconditional ``u``, both in ``space``."""
+        raise NotImplementedError

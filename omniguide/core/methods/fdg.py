@@ -23,7 +23,7 @@ Bands (pure torch, any number of frequency axes -- ``T`` for audio, ``H, W`` for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,11 +32,10 @@ from torch import Tensor
 
 from ..axes import Axes
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, passthrough
-from ..prediction import Guided, Prediction
+from ..guider import GuidanceStep
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import CFGFamily, guided_in, in_space, project
+from .common import CFGFamily, project
 
 TRANSFORMS = ("pyramid", "fft")
 _BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
@@ -147,12 +146,9 @@ class FDG(CFGFamily):
             return ("cond",)
         return ("cond", "uncond")
 
-    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if "uncond" not in preds:
-            return passthrough(preds, step)
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
         axes = step.require_axes("fdg", self.axes)
         dims = axes.frequency
-        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
         size = [c.shape[d] for d in dims]
         if self.transform == "pyramid":
             c, u = (pad_for_pyramid(v, dims, self.levels) for v in (c, u))
@@ -172,4 +168,4 @@ class FDG(CFGFamily):
         out = merge_bands(bands, dims, self.transform)
         for d, n in zip(dims, size):
             out = out.narrow(d, 0, n)
-        return guided_in(out, step, kind, "fdg")
+        return out
