@@ -93,3 +93,15 @@ class LayerPerturbation:
 
     def _run(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager:
         raise NotImplementedError
+
+
+class Seeded:
+    """A perturbation that draws from its own ``generator`` (a field), seeded with its ``seed`` field
+    when made and again by ``reseed()`` (a guider's ``reset``), so runs are reproducible."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.generator.manual_seed(int(self.seed))
