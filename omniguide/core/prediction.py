@@ -135,12 +135,5 @@ class Guided:
 
     def to(self, kind: str) -> Tensor:
         """The guided prediction in parameterization ``kind``; for an inconsistent pair this is the
-        prediction that, at the re-anchored sample :attr:`anchor`, reproduces both ``x0`` and ``eps``."""
+        prediction that, at the re-anchored sample ``alpha x0 + sigma eps``, reproduces both ``x0`` and ``eps``."""
         return from_x0_eps(self.x0, self.eps, kind, self.noise)
-
-    @property
-    def anchor(self) -> Tensor:
-        """The sample consistent with the pair: ``alpha x0 + sigma eps`` (``x`` when consistent)."""
-        if self.consistent:
-            return self.x
-        return self.noise.alpha * self.x0 + self.noise.sigma * self.eps
