@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..axes import Axes, as_axes, dot, norm
-from ..errors import ConfigError, GuidanceError
+from ..errors import ConfigError, GuidanceError, check_choice
 from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -69,8 +69,7 @@ class Adaptive(Wrapper):
             raise ConfigError(
                 "guider", f"adaptive needs a guider that falls back to 'cond', not '{self.guider.fallback}'"
             )
-        if self.agreement not in AGREEMENTS:
-            raise ConfigError("agreement", f"unknown '{self.agreement}'; valid: {', '.join(AGREEMENTS)}")
+        check_choice(self.agreement, AGREEMENTS, "agreement")
         self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..axes import Axes, norm
-from ..errors import ConfigError, GuidanceError
+from ..errors import GuidanceError, check_choice
 from ..guider import GuidanceStep
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -53,8 +53,7 @@ class CFGNorm(CFGFamily):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.norm not in NORMS:
-            raise ConfigError("norm", f"unknown '{self.norm}'; valid: {', '.join(NORMS)}")
+        check_choice(self.norm, NORMS, "norm")
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         if is_neutral(resolve(self.scale, step), self.neutral) and self.clamp and float(self.strength) == 1.0:

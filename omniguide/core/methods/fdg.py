@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..axes import Axes
-from ..errors import ConfigError, GuidanceError
+from ..errors import ConfigError, GuidanceError, check_choice
 from ..guider import GuidanceStep
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
@@ -128,8 +128,7 @@ class FDG(CFGFamily):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.transform not in TRANSFORMS:
-            raise ConfigError("transform", f"unknown '{self.transform}'; valid: {', '.join(TRANSFORMS)}")
+        check_choice(self.transform, TRANSFORMS, "transform")
         if int(self.levels) < 2 or (self.transform == "fft" and self.levels != 2):
             raise ConfigError("levels", f"needs >= 2 bands (2 with transform='fft'), got {self.levels}")
         if isinstance(self.scale_high, tuple) and len(self.scale_high) != self.levels - 1:

@@ -24,7 +24,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from ..branch import Perturbation
-from ..errors import ConfigError
+from ..errors import check_choice
 from ..needs import BLOCKS
 from ..perturbations import DroppedBlocks
 from ..registry import register_guider
@@ -49,8 +49,7 @@ class S2Guidance(PerturbedGuidance):
     branch: str = "s2"
 
     def __post_init__(self):
-        if self.s2_form not in S2_FORMS:
-            raise ConfigError("s2_form", f"unknown '{self.s2_form}'; valid: {', '.join(S2_FORMS)}")
+        check_choice(self.s2_form, S2_FORMS, "s2_form")
         super().__post_init__()
 
     def make_perturbation(self) -> Perturbation:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..branch import RowsPerturbation
-from ..errors import ConfigError, GuidanceError
+from ..errors import GuidanceError, check_choice
 from .base import LayerPerturbation, check_fired, patched_forwards
 from .sdpa import (
     InterceptSDPA,
@@ -135,8 +135,7 @@ class NormalizedAttention(NegativeContext):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.norm not in NORMS:
-            raise ConfigError("norm", f"unknown '{self.norm}'; valid: {', '.join(NORMS)}")
+        check_choice(self.norm, NORMS, "norm")
 
     @contextlib.contextmanager
     def inside(self, attention, pos, neg, context, hidden):
