@@ -105,10 +105,8 @@ NoiseOf = Callable[[Any], NoiseLevel]
 
 def as_branches(table: BranchTable | None) -> dict[str, Branch]:
     """Accept ``{"cond": {"labels": y}, "uncond": Branch(...)}``; plain dicts are input overrides."""
-    out = {}
-    for name, spec in (table or {}).items():
-        out[name] = spec if isinstance(spec, Branch) else Branch(name=name, inputs=dict(spec))
-    return out
+    return {name: spec if isinstance(spec, Branch) else Branch(name=name, inputs=dict(spec))
+            for name, spec in (table or {}).items()}
 
 
 def same_value(a: Any, b: Any) -> bool:

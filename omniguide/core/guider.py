@@ -185,10 +185,7 @@ class Guider:
     def branch_defaults(self) -> dict:
         """Branches this method defines itself (e.g. PAG's perturbed branch), as ``{name: Branch}``.
         User-supplied branches of the same name take precedence."""
-        out = {}
-        for guider in self.wrapped():
-            out.update(guider.branch_defaults())
-        return out
+        return {name: branch for guider in self.wrapped() for name, branch in guider.branch_defaults().items()}
 
     @property
     def fallback(self) -> str:
@@ -198,10 +195,7 @@ class Guider:
     def follow_up(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> dict:
         """Branches to run in this step after ``preds`` (``{name: Branch}``; none by default).
         Wrappers ask the guider they wrap."""
-        out = {}
-        for guider in self.wrapped():
-            out.update(guider.follow_up(preds, step))
-        return out
+        return {name: branch for guider in self.wrapped() for name, branch in guider.follow_up(preds, step).items()}
 
     @property
     def recurrence(self) -> int:
@@ -210,10 +204,7 @@ class Guider:
 
     def report(self) -> dict:
         """What the guider decided during the last run (e.g. a chosen scale per step); ``{}`` by default."""
-        out = {}
-        for guider in self.wrapped():
-            out.update(guider.report())
-        return out
+        return {key: value for guider in self.wrapped() for key, value in guider.report().items()}
 
     def config(self) -> dict:
         """A plain dict that :func:`omniguide.core.registry.build_guider` turns back into this guider."""

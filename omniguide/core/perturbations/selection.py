@@ -46,13 +46,9 @@ def main_blocks(root: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 def block_modules(root: nn.Module) -> dict[str, nn.Module]:
     """Every transformer block: the items of any block list, at any depth (UNet blocks included)."""
-    out = {}
-    for name, module in root.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.ModuleList) and last in BLOCK_LISTS:
-            for i, block in enumerate(module):
-                out[f"{name}.{i}"] = block
-    return out
+    return {f"{name}.{i}": block for name, module in root.named_modules()
+            if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LISTS
+            for i, block in enumerate(module)}
 
 
 # -- matching selectors ----------------------------------------------------------------------------
