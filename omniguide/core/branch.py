@@ -243,10 +243,8 @@ class BranchExecutor:
         if not own_timestep:
             return step.noise   # same level; an overridden sample (e.g. a replaced region) keeps it
         if self.noise_of is None:
-            raise GuidanceError(
-                f"branch '{name}' at {step.where} overrides the timestep but has no noise level: give "
-                "Branch(noise=NoiseLevel(...)) so its prediction converts at its own level"
-            )
+            raise GuidanceError(f"branch '{name}' at {step.where} overrides the timestep but has no noise level: give "
+                                "Branch(noise=NoiseLevel(...)) so its prediction converts at its own level")
         return self.noise_of(timestep)
 
     # -- execution --------------------------------------------------------------------------

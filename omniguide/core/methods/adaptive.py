@@ -66,9 +66,8 @@ class Adaptive(Wrapper):
         if not -1.0 <= float(self.threshold) <= 1.0:
             raise ConfigError("threshold", f"a cosine similarity in [-1, 1], got {self.threshold}")
         if self.guider.fallback != "cond":
-            raise ConfigError(
-                "guider", f"adaptive needs a guider that falls back to 'cond', not '{self.guider.fallback}'"
-            )
+            raise ConfigError("guider",
+                              f"adaptive needs a guider that falls back to 'cond', not '{self.guider.fallback}'")
         check_choice(self.agreement, AGREEMENTS, "agreement")
         self.space = check_space(self.space)
         self.axes = as_axes(self.axes)

@@ -70,9 +70,8 @@ class PerturbedGuidance(Guider):
         self.layers = as_selectors(self.layers)
         coordinate, interval = self.perturbed_coordinate, self.perturbed_interval
         if coordinate not in COORDINATES:
-            raise ConfigError(
-                "perturbed_coordinate", f"unknown coordinate '{coordinate}'; valid: {', '.join(COORDINATES)}"
-            )
+            raise ConfigError("perturbed_coordinate",
+                              f"unknown coordinate '{coordinate}'; valid: {', '.join(COORDINATES)}")
         window = {} if interval is None else {coordinate: tuple(interval)}
         try:
             self.term = Term(scale=self.perturbed_scale, **window)

@@ -32,9 +32,8 @@ class Schedule(Wrapper):
     def __post_init__(self):
         scale = getattr(self.guider, "scale", None)
         if not isinstance(scale, (int, float)):
-            raise ConfigError(
-                "guider.scale", f"schedule needs a guider with a numeric 'scale', got {type(scale).__name__}"
-            )
+            raise ConfigError("guider.scale",
+                              f"schedule needs a guider with a numeric 'scale', got {type(scale).__name__}")
         schedule = ScaleSchedule(float(scale), self.shape, self.coordinate, self.guider.neutral)
         self.scheduled = dataclasses.replace(self.guider, scale=schedule)
 

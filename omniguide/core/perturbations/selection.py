@@ -90,10 +90,8 @@ def select(
         if not hits:
             names = list(candidates)
             listed = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-            raise GuidanceError(
-                f"{who}: layer selector {selector!r} matches no {what} of {type(root).__name__} "
-                f"(candidates: {listed or 'none'})"
-            )
+            raise GuidanceError(f"{who}: layer selector {selector!r} matches no {what} of {type(root).__name__} "
+                                f"(candidates: {listed or 'none'})")
         chosen.update(hits)
     return chosen
 
