@@ -89,8 +89,8 @@ def run_ours(guider, case, batch=False):
     differ by rounding only (batching cond+uncond moves fp32 outputs by ~5e-6 on these models)."""
     f, module, x, key, cond, uncond = case
     step = GuidanceStep(x, NoiseLevel.vp(torch.tensor(0.5)), T, STEP, STEPS)
-    executor = BranchExecutor(ModelCall(f, module=module), {"cond": {key: cond}, "uncond": {key: uncond}}, batch=batch)
-    executor.with_defaults(guider.branch_defaults())
+    executor = BranchExecutor(ModelCall(f, module=module), {"cond": {key: cond}, "uncond": {key: uncond}}, batch=batch,
+                              defaults=guider.branch_defaults())
     with torch.no_grad():
         preds = executor(guider.branches(step), x, T, step)
     return guider.combine(preds, step).eps, {k: v.value for k, v in preds.items()}

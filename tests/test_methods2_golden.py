@@ -21,6 +21,7 @@ from omniguide.core.methods import (
     PerpNeg,
     PriorGuidance,
     ResidualCFG,
+    S2Guidance,
 )
 from omniguide.core.registry import build_guider
 from omniguide.zoo import scorers as _registers_the_testbed_scorers  # noqa: F401
@@ -47,6 +48,20 @@ def test_momentum_over_steps_and_reset(layout):
     check(guider.combine(preds, at(step, 0)), eps_from(ref0, "x0", x, n), step)
     with pytest.raises(GuidanceError, match="momentum: needs a sampler step index"):
         guider.combine(preds, GuidanceStep(x, n, None, None, None, step.axes))
+
+
+# -- S2-Guidance's combine ------------------------------------------------------------------------------
+@pytest.mark.parametrize("s2_form", ["difference", "subtract"])
+def test_s2_guidance_forms(s2_form):
+    """S2-Guidance (arXiv:2508.12880): u + w (c - u) + omega (c - p) ("difference"), u + w (c - u) - omega p
+    ("subtract", the ComfyUI/Forge port); without uncond, c + omega (c - p) / c - omega p."""
+    step, preds, c, u = setup("BCHW")
+    p = c - 0.3 * torch.randn(c.shape, dtype=c.dtype, generator=torch.Generator().manual_seed(1))
+    guider = S2Guidance(scale=4.0, perturbed_scale=0.25, s2_form=s2_form)
+    term = 0.25 * ((c - p) if s2_form == "difference" else -p)
+    full = {**preds, "s2": Prediction(p, "eps", step.x, step.noise)}
+    check(guider.combine(full, step), u + 4.0 * (c - u) + term, step)
+    check(guider.combine({"cond": preds["cond"], "s2": full["s2"]}, step), c + term, step)
 
 
 # -- SMC-CFG --------------------------------------------------------------------------------------------
@@ -191,8 +206,7 @@ def test_icg_draws_an_independent_condition_every_step():
     guider = ICG(2.0, pool={"labels": pool_labels, "embeds": pool_embeds}, seed=7)
     x = torch.zeros(6, 2, dtype=torch.float64)
     table = {"cond": {"labels": torch.zeros(6, dtype=torch.long), "embeds": torch.zeros(6, 3, dtype=torch.float64)}}
-    executor = BranchExecutor(model, table, "eps", batch=False)
-    executor.with_defaults(guider.branch_defaults())
+    executor = BranchExecutor(model, table, "eps", batch=False, defaults=guider.branch_defaults())
     noise = NoiseLevel.vp(torch.tensor(0.5))
     draws = []
     for i in range(3):

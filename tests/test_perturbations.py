@@ -272,9 +272,9 @@ def test_executor_perturbs_only_the_named_branch(unet):
     step = GuidanceStep(x, NoiseLevel.vp(torch.tensor(0.5)), 10, 0, 4)
     guider = PAG(scale=5.0, perturbed_scale=3.0)
     executor = BranchExecutor(
-        f, {"cond": {"encoder_hidden_states": ec}, "uncond": {"encoder_hidden_states": eu}}
+        f, {"cond": {"encoder_hidden_states": ec}, "uncond": {"encoder_hidden_states": eu}},
+        defaults=guider.branch_defaults(),
     )
-    executor.with_defaults(guider.branch_defaults())
     with torch.no_grad():
         preds = executor(guider.branches(step), x, 10, step)
         clean_c, clean_u = f.fn(x, 10, ec), f.fn(x, 10, eu)
@@ -317,8 +317,8 @@ def test_selectors_and_errors(unet, dit):
     # a plain callable with no module: the perturbed branch names what to describe
     step = GuidanceStep(x8, NoiseLevel.vp(torch.tensor(0.5)), 10, 0, 4)
     plain = BranchExecutor(lambda s, t, **k: unet(s, t, **k).sample,
-                           {"cond": {"encoder_hidden_states": torch.randn(1, 5, 8)}})
-    plain.with_defaults(PAG(scale=1.0).branch_defaults())
+                           {"cond": {"encoder_hidden_states": torch.randn(1, 5, 8)}},
+                           defaults=PAG(scale=1.0).branch_defaults())
     with pytest.raises(GuidanceError, match=r"branch 'perturbed': .* ModelCall\(fn, module="):
         plain(("cond", "perturbed"), x8, 10, step)
     # an int alone is a valid selector (diffusers' `*_layers=0` crashes); negative counts from the end

@@ -326,13 +326,11 @@ def test_rows_perturbations_need_one_batched_pass(unet):
     x = torch.randn(1, 4, 8, 8)
     step = GuidanceStep(x, NoiseLevel.vp(torch.tensor(0.5)), 10, 0, 2, None)
     with torch.no_grad():
-        executor = BranchExecutor(call, table, "eps")
-        executor.with_defaults(guider.branch_defaults())
+        executor = BranchExecutor(call, table, "eps", defaults=guider.branch_defaults())
         preds = executor(guider.branches(step), x, 10, step)
         assert executor.nfe_per_step == [2] and executor.passes_per_step == [1]
         assert (preds["nag"].value - unet(x, 10, e_pos).sample).abs().max() > 1e-6
-        apart = BranchExecutor(call, table, "eps", batch=False)
-        apart.with_defaults(guider.branch_defaults())
+        apart = BranchExecutor(call, table, "eps", batch=False, defaults=guider.branch_defaults())
         with pytest.raises(GuidanceError, match="nag: branch 'nag-negative' is not in this forward pass .*one batched"):
             apart(guider.branches(step), x, 10, step)
     assert no_hooks_left(unet)
@@ -381,8 +379,7 @@ def test_guided_prediction_differs_and_model_is_restored(make):
                         0, 2, None)
     with torch.no_grad():
         plain = call(x, torch.tensor([500]), {"encoder_hidden_states": e_pos})
-        executor = BranchExecutor(call, table, "eps")
-        executor.with_defaults(guider.branch_defaults())
+        executor = BranchExecutor(call, table, "eps", defaults=guider.branch_defaults())
         preds = executor(guider.branches(step), x, torch.tensor([500]), step)
         out = guider.combine(preds, step)
         again = call(x, torch.tensor([500]), {"encoder_hidden_states": e_pos})

@@ -30,8 +30,7 @@ def one_step(mixture, guider, n=6, index=3, steps=8, seed=0, labels=0):
     model = denoiser_for(mixture, s)
     x = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 2
     lab = torch.full((n,), labels, dtype=torch.long)
-    executor = BranchExecutor(model, label_branches(lab), "eps")
-    executor.with_defaults(guider.branch_defaults())
+    executor = BranchExecutor(model, label_branches(lab), "eps", defaults=guider.branch_defaults())
     point = view.point(x, index)
     step = GuidanceStep(x, point.model_noise, point.timestep, index, steps, None)
     from omniguide.core.sampler import evaluate_guider

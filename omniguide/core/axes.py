@@ -52,10 +52,8 @@ class Axes:
     def check(self, x: Tensor, who: str = "axes") -> None:
         for d in (*self.reduce, *self.frequency):
             if not -x.ndim <= d < x.ndim or d % x.ndim == 0:
-                raise GuidanceError(
-                    f"{who}: axis {d} is invalid for a {x.ndim}-D sample {tuple(x.shape)} "
-                    f"(layout '{self.layout or '?'}'; the batch dim 0 is never reduced)"
-                )
+                raise GuidanceError(f"{who}: axis {d} is invalid for a {x.ndim}-D sample {tuple(x.shape)} "
+                                    f"(layout '{self.layout or '?'}'; the batch dim 0 is never reduced)")
 
 
 def as_axes(value: Axes | str | Sequence[int] | Mapping | None) -> Axes | None:

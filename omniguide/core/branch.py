@@ -105,10 +105,8 @@ NoiseOf = Callable[[Any], NoiseLevel]
 
 def as_branches(table: BranchTable | None) -> dict[str, Branch]:
     """Accept ``{"cond": {"labels": y}, "uncond": Branch(...)}``; plain dicts are input overrides."""
-    out = {}
-    for name, spec in (table or {}).items():
-        out[name] = spec if isinstance(spec, Branch) else Branch(name=name, inputs=dict(spec))
-    return out
+    return {name: spec if isinstance(spec, Branch) else Branch(name=name, inputs=dict(spec))
+            for name, spec in (table or {}).items()}
 
 
 def same_value(a: Any, b: Any) -> bool:
@@ -198,11 +196,6 @@ class BranchExecutor:
     def forward_passes(self) -> int:
         return sum(self.passes_per_step)
 
-    def with_defaults(self, defaults: Mapping[str, Branch]) -> None:
-        """Add branches a guider defines itself, unless the user defined them (as ``defaults=``)."""
-        for name, branch in defaults.items():
-            self.branches.setdefault(name, branch)
-
     # -- resolution -------------------------------------------------------------------------
     def chain(self, name: str, step: GuidanceStep, table: Mapping[str, Branch] | None = None) -> list[Branch]:
         """The branch and its bases in ``table`` (default: the standing one), the named branch first."""
@@ -250,10 +243,8 @@ class BranchExecutor:
         if not own_timestep:
             return step.noise   # same level; an overridden sample (e.g. a replaced region) keeps it
         if self.noise_of is None:
-            raise GuidanceError(
-                f"branch '{name}' at {step.where} overrides the timestep but has no noise level: give "
-                "Branch(noise=NoiseLevel(...)) so its prediction converts at its own level"
-            )
+            raise GuidanceError(f"branch '{name}' at {step.where} overrides the timestep but has no noise level: give "
+                                "Branch(noise=NoiseLevel(...)) so its prediction converts at its own level")
         return self.noise_of(timestep)
 
     # -- execution --------------------------------------------------------------------------

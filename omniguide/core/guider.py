@@ -48,7 +48,7 @@ Three optional hooks, all with neutral defaults, serve methods that are not a si
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import Field, asdict, dataclass, fields, is_dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -56,6 +56,7 @@ from torch import Tensor
 
 from .axes import Axes
 from .errors import GuidanceError
+from .needs import CLASSIFIER, SCORER
 from .noise import NoiseLevel
 from .prediction import Guided, Prediction
 from .scale import SCALES, DynamicScale, ScaleSchedule
@@ -153,18 +154,19 @@ class Guider:
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         raise NotImplementedError
 
+    def wrapped(self) -> list[Guider]:
+        """The guiders among this one's fields (what a wrapper wraps); the hooks below ask them."""
+        values = (getattr(self, f.name) for f in (fields(self) if is_dataclass(self) else ()))
+        return [value for value in values if isinstance(value, Guider)]
+
     def reset(self) -> None:
         """Forget state from a previous run. Wrappers reset what they wrap."""
-        for f in fields(self) if is_dataclass(self) else ():
-            value = getattr(self, f.name)
-            if isinstance(value, Guider):
-                value.reset()
+        for guider in self.wrapped():
+            guider.reset()
 
     def requires(self) -> dict[str, str]:
         """``{requirement: why}`` for what this guider needs from its driver (see the module docstring):
         its own needs, those of the guiders it wraps, and ``step`` coordinates in its scale schedules."""
-        from .scale import DynamicScale, ScaleSchedule
-
         needs = {k: why for k, why in self.needs.items() if k in REQUIREMENTS}
         if self.stateful:
             needs[STEP_INDEX] = f"{self.name or type(self).__name__} keeps state between sampler steps"
@@ -183,12 +185,7 @@ class Guider:
     def branch_defaults(self) -> dict:
         """Branches this method defines itself (e.g. PAG's perturbed branch), as ``{name: Branch}``.
         User-supplied branches of the same name take precedence."""
-        out = {}
-        for f in fields(self) if is_dataclass(self) else ():
-            value = getattr(self, f.name)
-            if isinstance(value, Guider):
-                out.update(value.branch_defaults())
-        return out
+        return {name: branch for guider in self.wrapped() for name, branch in guider.branch_defaults().items()}
 
     @property
     def fallback(self) -> str:
@@ -198,56 +195,59 @@ class Guider:
     def follow_up(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> dict:
         """Branches to run in this step after ``preds`` (``{name: Branch}``; none by default).
         Wrappers ask the guider they wrap."""
-        out = {}
-        for f in fields(self) if is_dataclass(self) else ():
-            value = getattr(self, f.name)
-            if isinstance(value, Guider):
-                out.update(value.follow_up(preds, step))
-        return out
+        return {name: branch for guider in self.wrapped() for name, branch in guider.follow_up(preds, step).items()}
 
     @property
     def recurrence(self) -> int:
         """How many times the sampler runs each step, re-noising back in between (1: once)."""
-        return max([1, *(getattr(self, f.name).recurrence for f in (fields(self) if is_dataclass(self) else ())
-                         if isinstance(getattr(self, f.name), Guider))])
+        return max([1, *(guider.recurrence for guider in self.wrapped())])
 
     def report(self) -> dict:
         """What the guider decided during the last run (e.g. a chosen scale per step); ``{}`` by default."""
-        out = {}
-        for f in fields(self) if is_dataclass(self) else ():
-            value = getattr(self, f.name)
-            if isinstance(value, Guider):
-                out.update(value.report())
-        return out
+        return {key: value for guider in self.wrapped() for key, value in guider.report().items()}
 
     def config(self) -> dict:
         """A plain dict that :func:`omniguide.core.registry.build_guider` turns back into this guider."""
         return guider_config(self)
 
 
+def config_fields(obj: Any) -> list[Field]:
+    """The init fields of dataclass ``obj`` that belong in its config: all but those declared with
+    ``metadata={"config": False}`` (a model object, which a branch table names; a random generator)."""
+    return [f for f in fields(obj) if f.init and f.metadata.get("config", True)]
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain data: nested guiders, registered scales, axes and tensors as plain values."""
+    if isinstance(value, Guider):
+        return guider_config(value)
+    if isinstance(value, ScaleSchedule):
+        return asdict(value)
+    if isinstance(value, DynamicScale) and is_dataclass(value) and getattr(type(value), "name", None) in SCALES:
+        return {"name": type(value).name, **{f.name: plain(getattr(value, f.name)) for f in fields(value) if f.init}}
+    if isinstance(value, Axes):
+        return value.config()
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def guider_config(guider: Guider) -> dict:
     """The inverse of :func:`~omniguide.core.registry.build_guider`: a plain dict of the guider's
-    name and init fields (nested guiders, registered scales, axes and tensors as plain values)."""
+    name and init fields (:func:`plain` values; a scorer or classifier object as its ``config()`` or its
+    class name)."""
 
-    def plain(value):
-        if isinstance(value, Guider):
-            return guider_config(value)
-        if isinstance(value, ScaleSchedule):
-            return asdict(value)
-        if isinstance(value, DynamicScale) and is_dataclass(value) and getattr(type(value), "name", None) in SCALES:
-            return {"name": type(value).name,
-                    **{f.name: plain(getattr(value, f.name)) for f in fields(value) if f.init}}
-        if isinstance(value, Axes):
-            return value.config()
-        if isinstance(value, Tensor):
-            return value.tolist()
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, Mapping):
-            return {k: plain(v) for k, v in value.items()}
-        return value
+    def field_value(f: Field):
+        value = getattr(guider, f.name)
+        if f.metadata.get("need") in (SCORER, CLASSIFIER) and callable(value) and not isinstance(value, (str, Mapping)):
+            return getattr(value, "config", lambda: type(value).__name__)()
+        return plain(value)
 
-    return {"name": type(guider).name, **{f.name: plain(getattr(guider, f.name)) for f in fields(guider) if f.init}}
+    return {"name": type(guider).name, **{f.name: field_value(f) for f in config_fields(guider)}}
 
 
 def passthrough(preds: Mapping[str, Prediction], step: GuidanceStep, name: str = "cond") -> Guided:

@@ -85,9 +85,8 @@ class NoiseLevel:
             return self.t
         if name == "step":
             if index is None or not num_steps:
-                raise ConfigError(
-                    "coordinate", "'step' exists only inside a sampler loop (score distillation has none)"
-                )
+                raise ConfigError("coordinate",
+                                  "'step' exists only inside a sampler loop (score distillation has none)")
             return torch.as_tensor(index / max(num_steps - 1, 1), dtype=self.sigma.dtype)
         raise ConfigError("coordinate", f"unknown coordinate '{name}'; valid: {', '.join(COORDINATES)}")
 

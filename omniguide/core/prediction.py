@@ -133,18 +133,7 @@ class Guided:
         x0, eps = to_x0_eps(value, kind, x, noise)
         return Guided(x0, eps, x, noise, True)
 
-    @staticmethod
-    def from_prediction(pred: Prediction) -> Guided:
-        return Guided.from_value(pred.value, pred.kind, pred.x, pred.noise)
-
     def to(self, kind: str) -> Tensor:
         """The guided prediction in parameterization ``kind``; for an inconsistent pair this is the
-        prediction that, at the re-anchored sample :attr:`anchor`, reproduces both ``x0`` and ``eps``."""
+        prediction that, at the re-anchored sample ``alpha x0 + sigma eps``, reproduces both ``x0`` and ``eps``."""
         return from_x0_eps(self.x0, self.eps, kind, self.noise)
-
-    @property
-    def anchor(self) -> Tensor:
-        """The sample consistent with the pair: ``alpha x0 + sigma eps`` (``x`` when consistent)."""
-        if self.consistent:
-            return self.x
-        return self.noise.alpha * self.x0 + self.noise.sigma * self.eps

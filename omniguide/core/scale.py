@@ -162,19 +162,14 @@ def check_broadcast(value: Tensor, sample: Tensor, who: str = "scale") -> None:
 
 def resolve(scale: Scale, step) -> float | Tensor:
     """The scale's value at this step: a float or a tensor broadcastable to the sample."""
-    if isinstance(scale, DynamicScale):
-        value = scale(step)
-        if isinstance(value, Tensor):
-            value = value.to(step.x.dtype).to(step.x.device)
-            if value.ndim:
-                check_broadcast(value, step.x, f"{type(scale).__name__} scale")
-        return value
-    if isinstance(scale, Tensor):
-        value = scale.to(device=step.x.device, dtype=step.x.dtype)
-        if value.ndim:
-            check_broadcast(value, step.x)
-        return value
-    return float(scale)
+    dynamic = isinstance(scale, DynamicScale)
+    value = scale(step) if dynamic else scale
+    if not isinstance(value, Tensor):
+        return value if dynamic else float(value)
+    value = value.to(device=step.x.device, dtype=step.x.dtype)
+    if value.ndim:
+        check_broadcast(value, step.x, f"{type(scale).__name__} scale" if dynamic else "scale")
+    return value
 
 
 def is_neutral(value: float | Tensor, neutral: float) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, GuidanceError
+from .errors import ConfigError, GuidanceError, did_you_mean
 from .noise import NoiseLevel, NoiseSchedule
 from .prediction import Guided, check_parameterization, from_x0_eps
 
@@ -237,8 +237,6 @@ ALIASES = {
 
 def resolve_scheduler_name(name: str, path: str = "scheduler") -> tuple[str, dict]:
     """``(short name, implied config)`` for a short name or one of ComfyUI's names (:data:`ALIASES`)."""
-    from .errors import ConfigError, did_you_mean
-
     if name in ALIASES:
         return ALIASES[name][0], dict(ALIASES[name][1])
     if name not in BY_NAME:
@@ -253,13 +251,10 @@ def build_scheduler(name: str, path: str = "scheduler", **overrides):
     Defaults suit data that is not in [-1, 1] (no sample clipping); ``overrides`` go to the config."""
     import diffusers
 
-    from .errors import ConfigError
-
     short, implied = resolve_scheduler_name(name, path)
     cls_name, defaults = BY_NAME[short]
-    defaults = {**defaults, **implied}
     try:
-        return getattr(diffusers, cls_name)(**{**defaults, **overrides})
+        return getattr(diffusers, cls_name)(**{**defaults, **implied, **overrides})
     except TypeError as err:
         raise ConfigError(path, str(err)) from None
 
@@ -268,8 +263,6 @@ def swap_scheduler(current, name: str, path: str = "scheduler", **overrides):
     """A scheduler by short name (as :func:`build_scheduler`) on ``current``'s training noise schedule
     (its betas, ``num_train_timesteps`` and ``prediction_type`` carry over); ``overrides`` win."""
     import diffusers
-
-    from .errors import ConfigError
 
     short, implied = resolve_scheduler_name(name, path)
     cls = getattr(diffusers, BY_NAME[short][0])

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from ...io.config import Registry
+from ..guider import config_fields
 
 CORRECTORS = Registry("corrector")
 
@@ -50,11 +51,10 @@ class Corrector:
 
     def config(self) -> dict:
         out = {"name": type(self).name}
-        for f in dataclasses.fields(self) if dataclasses.is_dataclass(self) else ():
-            if f.init:
-                value = getattr(self, f.name)
-                out[f.name] = dict(value) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) \
-                    else value
+        for f in config_fields(self) if dataclasses.is_dataclass(self) else ():
+            value = getattr(self, f.name)
+            out[f.name] = dict(value) if isinstance(value, Mapping) else list(value) if isinstance(value, tuple) \
+                else value
         return out
 
 

@@ -84,7 +84,8 @@ class FKC(Corrector):
     collapse: float = 0.05
     clamp: float | None = None
     seed: int = 0
-    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False)
+    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False,
+                                         metadata={"config": False})
 
     def __post_init__(self):
         if self.weights is None:
@@ -108,11 +109,6 @@ class FKC(Corrector):
         self._log_w: Tensor | None = None
         self._ess: list[float] = []
         self._resampled: list[int] = []
-
-    def config(self) -> dict:
-        out = super().config()
-        out.pop("generator", None)
-        return out
 
     def check(self, guider, view) -> None:
         if guider.stateful:
@@ -144,15 +140,18 @@ class FKC(Corrector):
         """The target's branches with a non-zero weight (a tempered target at gamma = 1 is p(x|c) alone)."""
         return {k: a for k, a in self.weights.items() if a != 0.0}
 
+    def target_eps(self, preds, where: str) -> dict[str, Tensor]:
+        """The noise predictions of the target's branches; one the guider did not ask for is an error."""
+        missing = [k for k in self.active() if k not in preds]
+        if missing:
+            raise GuidanceError(f"fkc: branch '{missing[0]}' of the target was not evaluated at {where} (the guider "
+                                f"asked for {', '.join(preds)})")
+        return {k: preds[k].eps for k in self.active()}
+
     def increment(self, preds, here, there) -> Tensor:
         """``d log w`` per sample over a step from EDM level ``here`` to ``there`` (see the module docstring)."""
-        eps = {}
+        eps = {k: v.double() for k, v in self.target_eps(preds, "this step").items()}
         weights = self.active()
-        for name in weights:
-            if name not in preds:
-                raise GuidanceError(f"fkc: branch '{name}' of the target was not evaluated at this step (the guider "
-                                    f"asked for {', '.join(preds)})")
-            eps[name] = preds[name].eps.double()
         n = next(iter(eps.values())).shape[0]
         mixed = sum(a * eps[k] for k, a in weights.items())
         sq = lambda v: (v * v).reshape(n, -1).sum(1)  # noqa: E731
@@ -161,11 +160,8 @@ class FKC(Corrector):
         return factor * gap
 
     def check_guided(self, preds, result, i: int) -> None:
-        missing = [k for k in self.active() if k not in preds]
-        if missing:
-            raise GuidanceError(f"fkc: branch '{missing[0]}' of the target was not evaluated at step {i} (the guider "
-                                f"asked for {', '.join(preds)})")
-        mixed = sum(a * preds[k].eps for k, a in self.active().items())
+        eps = self.target_eps(preds, f"step {i}")
+        mixed = sum(a * eps[k] for k, a in self.active().items())
         if not torch.allclose(result.eps, mixed.to(result.eps.dtype), rtol=1e-4, atol=1e-5):
             raise GuidanceError(f"fkc: at step {i} the guider's guided noise is not the target's sum_i a_i eps_i "
                                 f"({self.weights}); for the tempered target use CFG(scale=gamma)")

@@ -39,7 +39,8 @@ class PCG(Corrector):
     cond: str = "cond"
     uncond: str = "uncond"
     seed: int = 0
-    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False)
+    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False,
+                                         metadata={"config": False})
 
     def __post_init__(self):
         if int(self.steps) < 0:
@@ -47,11 +48,6 @@ class PCG(Corrector):
         if not float(self.step_size) > 0:
             raise ConfigError("step_size", f"must be > 0, got {self.step_size}")
         self._moves = 0
-
-    def config(self) -> dict:
-        out = super().config()
-        out.pop("generator", None)
-        return out
 
     def reset(self, x: Tensor) -> None:
         self.generator.manual_seed(int(self.seed))

@@ -33,12 +33,12 @@ import torch
 from torch import Tensor
 
 from ..axes import Axes, as_axes, dot, norm
-from ..errors import ConfigError, GuidanceError
+from ..errors import ConfigError, GuidanceError, check_choice
 from ..guider import GuidanceStep, Guider, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from .cfg import CFG
-from .common import check_space, in_space
+from .common import Wrapper, check_space, in_space
 
 AGREEMENTS = ("per-sample", "batch")
 
@@ -50,7 +50,7 @@ def cosine(a: Tensor, b: Tensor, axes: Axes) -> Tensor:
 
 @register_guider("adaptive")
 @dataclass
-class Adaptive(Guider):
+class Adaptive(Wrapper):
     """Run ``guider`` until cond and uncond agree (cosine >= ``threshold``), then the conditional
     prediction alone (Castillo et al. 2023, arXiv:2312.12487); see the module docstring."""
 
@@ -66,17 +66,11 @@ class Adaptive(Guider):
         if not -1.0 <= float(self.threshold) <= 1.0:
             raise ConfigError("threshold", f"a cosine similarity in [-1, 1], got {self.threshold}")
         if self.guider.fallback != "cond":
-            raise ConfigError(
-                "guider", f"adaptive needs a guider that falls back to 'cond', not '{self.guider.fallback}'"
-            )
-        if self.agreement not in AGREEMENTS:
-            raise ConfigError("agreement", f"unknown '{self.agreement}'; valid: {', '.join(AGREEMENTS)}")
+            raise ConfigError("guider",
+                              f"adaptive needs a guider that falls back to 'cond', not '{self.guider.fallback}'")
+        check_choice(self.agreement, AGREEMENTS, "agreement")
         self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
-
-    @property
-    def neutral(self) -> float:
-        return self.guider.neutral
 
     def reset(self) -> None:
         self._agreed = None

@@ -100,10 +100,8 @@ class APG(Guider):
         if self.momentum == 0:
             return d
         if step.index is None:
-            raise GuidanceError(
-                f"apg: momentum={self.momentum} needs a sampler step index, but this is {step.where} "
-                "(set momentum=0 for score distillation)"
-            )
+            raise GuidanceError(f"apg: momentum={self.momentum} needs a sampler step index, but this is {step.where} "
+                                "(set momentum=0 for score distillation)")
         if step.index == 0 or self._buffer is None or self._buffer.shape != d.shape:
             self._buffer = torch.zeros_like(d)
         self._buffer = d + self.momentum * self._buffer

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..branch import Branch
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider
 from ..needs import SECOND_MODEL
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, resolve
-from .common import cfg, cfg_branches
+from ..scale import Scale
+from .common import cfg_against, cfg_branches
 
 
 @register_guider("autoguidance")
@@ -37,7 +37,7 @@ class AutoGuidance(Guider):
     needs: ClassVar[Mapping[str, str]] = {SECOND_MODEL: "guides away from a weaker model"}
 
     scale: Scale = 2.0
-    weak_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL})
+    weak_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL, "config": False})
     branch: str = "weak"
 
     def branch_defaults(self) -> dict:
@@ -45,18 +45,8 @@ class AutoGuidance(Guider):
             return {}
         return {self.branch: Branch(name=self.branch, base="cond", model=self.weak_model)}
 
-    def config(self) -> dict:
-        """The model object is not config material; the branch table names the weak model."""
-        out = super().config()
-        out.pop("weak_model", None)
-        return out
-
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return cfg_branches(self, step, self.branch)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if self.branch not in preds:
-            return passthrough(preds, step)
-        kind = preds["cond"].kind
-        weak = preds[self.branch].to(kind)  # a weak model may predict another parameterization
-        return guided(cfg(preds["cond"].value, weak, resolve(self.scale, step)), step, kind)
+        return cfg_against(preds, step, self.branch, self.scale)

@@ -19,7 +19,7 @@ from ..guider import GuidanceStep, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, check_form
+from .common import CFGFamily, cfg
 
 
 @register_guider("cfg")
@@ -32,9 +32,6 @@ class CFG(CFGFamily):
 
     scale: Scale = 7.5
     form: str = "u+w(c-u)"
-
-    def __post_init__(self):
-        check_form(self.form)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

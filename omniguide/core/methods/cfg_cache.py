@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..axes import Axes, as_axes
+from ..axes import Axes
 from ..errors import ConfigError, GuidanceError
 from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import CFGFamily, cfg, cfg_branches, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg, cfg_branches, guided_in, in_space
 from .fdg import merge_bands, split_bands
 
 
@@ -52,11 +52,9 @@ class CFGCache(CFGFamily):
     stateful = True
 
     def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
+        super().__post_init__()
         if int(self.every) < 1:
             raise ConfigError("every", f"recompute the residual every k >= 1 steps, got {self.every}")
-        self.axes = as_axes(self.axes)
 
     def reset(self) -> None:
         self._cache = None

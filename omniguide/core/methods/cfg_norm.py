@@ -14,16 +14,16 @@ result); Lumina and Qwen-Image renormalise the flow velocity (``space="flow"``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..axes import Axes, as_axes, norm
-from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, passthrough
-from ..prediction import Guided, Prediction
+from torch import Tensor
+
+from ..axes import Axes, norm
+from ..errors import GuidanceError, check_choice
+from ..guider import GuidanceStep
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import CFGFamily, cfg, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg
 
 NORMS = ("channel", "sample")
 
@@ -52,26 +52,20 @@ class CFGNorm(CFGFamily):
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
-        check_form(self.form)
-        if self.norm not in NORMS:
-            raise ConfigError("norm", f"unknown '{self.norm}'; valid: {', '.join(NORMS)}")
-        self.space = check_space(self.space)
-        self.axes = as_axes(self.axes)
+        super().__post_init__()
+        check_choice(self.norm, NORMS, "norm")
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         if is_neutral(resolve(self.scale, step), self.neutral) and self.clamp and float(self.strength) == 1.0:
             return ("cond",)   # g = c, so the ratio is 1
         return ("cond", "uncond")
 
-    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if "uncond" not in preds:
-            return passthrough(preds, step)
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
         axes = step.require_axes("cfg-norm", self.axes)
         if self.norm == "channel":
             axes = channel_axes(axes, "cfg-norm")
-        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
         g = cfg(c, u, resolve(self.scale, step), self.form)
         ratio = norm(c, axes) / (norm(g, axes) + 1e-8)
         if self.clamp:
             ratio = ratio.clamp(0.0, 1.0)
-        return guided_in(float(self.strength) * g * ratio.to(g.dtype), step, kind, "cfg-norm")
+        return float(self.strength) * g * ratio.to(g.dtype)

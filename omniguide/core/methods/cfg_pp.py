@@ -46,7 +46,6 @@ class CFGPlusPlus(Guider):
     def neutral(self) -> float:
         return 0.0  # lambda = 0: unconditional sampling
 
-
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         if is_neutral(resolve(self.scale, step), 0.0):
             return ("uncond",)

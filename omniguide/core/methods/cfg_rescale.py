@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..axes import Axes, as_axes, std
+from ..axes import Axes, std
 from ..errors import ConfigError
 from ..guider import GuidanceStep, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, check_form, check_space
+from .common import CFGFamily, cfg
 
 
 def rescale(pred: Tensor, cond: Tensor, phi: float, axes: Axes) -> Tensor:
@@ -44,11 +44,9 @@ class CFGRescale(CFGFamily):
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
-        check_form(self.form)
+        super().__post_init__()
         if not 0.0 <= float(self.rescale) <= 1.0:
             raise ConfigError("rescale", f"must be in [0, 1], got {self.rescale}")
-        self.space = check_space(self.space)
-        self.axes = as_axes(self.axes)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         if "uncond" not in preds:

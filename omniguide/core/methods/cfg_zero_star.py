@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..axes import Axes, as_axes, dot
+from ..axes import Axes, dot
 from ..errors import ConfigError
-from ..guider import GuidanceStep, guided, passthrough
+from ..guider import GuidanceStep, guided
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg, cfg_branches
 
 
 def optimized_scale(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
@@ -56,11 +56,9 @@ class CFGZeroStar(CFGFamily):
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
+        super().__post_init__()
         if int(self.zero_init_steps) < 0:
             raise ConfigError("zero_init_steps", f"must be >= 0, got {self.zero_init_steps}")
-        self.axes = as_axes(self.axes)
 
     def zeroed(self, step: GuidanceStep) -> bool:
         return step.index is not None and step.index < int(self.zero_init_steps)
@@ -76,9 +74,8 @@ class CFGZeroStar(CFGFamily):
         if self.zeroed(step):
             kind = self.space or preds["cond"].kind
             return guided(torch.zeros_like(step.x), step, kind)
-        if "uncond" not in preds:
-            return passthrough(preds, step)
-        axes = step.require_axes("cfg-zero-star", self.axes)
-        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
-        u = optimized_scale(c, u, axes) * u
-        return guided_in(cfg(c, u, resolve(self.scale, step), self.form), step, kind, "cfg-zero-star")
+        return super().combine(preds, step)
+
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
+        u = optimized_scale(c, u, step.require_axes("cfg-zero-star", self.axes)) * u
+        return cfg(c, u, resolve(self.scale, step), self.form)

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..axes import Axes, dot, norm
+from ..axes import Axes, as_axes, dot, norm
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, Guider, guided
+from ..guider import GuidanceStep, Guider, guided, passthrough
 from ..prediction import DIFFUSERS_PREDICTION_TYPES, PARAMETERIZATIONS, Guided, Prediction
-from ..scale import is_neutral, resolve
+from ..scale import Scale, is_neutral, resolve
 
 FORMS = ("u+w(c-u)", "c+w(c-u)")
 
@@ -26,6 +26,16 @@ def cfg(cond: Tensor, uncond: Tensor, scale, form: str = "u+w(c-u)") -> Tensor:
     """``u + w (c - u)`` or ``c + w (c - u)``."""
     base = uncond if form == "u+w(c-u)" else cond
     return base + scale * (cond - uncond)
+
+
+def cfg_against(preds: Mapping[str, Prediction], step: GuidanceStep, other: str, scale: Scale,
+                form: str = "u+w(c-u)", cond: str = "cond") -> Guided:
+    """CFG of branch ``cond`` against branch ``other`` in ``cond``'s parameterization (``other`` may come
+    from another model); ``cond`` alone where ``other`` did not run."""
+    if other not in preds:
+        return passthrough(preds, step, cond)
+    kind = preds[cond].kind
+    return guided(cfg(preds[cond].value, preds[other].to(kind), resolve(scale, step), form), step, kind)
 
 
 def form_neutral(form: str) -> float:
@@ -81,10 +91,39 @@ def clip_norm(d: Tensor, threshold: float, axes: Axes) -> Tensor:
     return d * torch.clamp(threshold / norm(d, axes), max=1.0)
 
 
+class Wrapper(Guider):
+    """A guider around another, ``self.guider``: its neutral scale, fallback branch, state and branch
+    plan are the wrapped guider's unless the wrapper says otherwise."""
+
+    @property
+    def neutral(self) -> float:
+        return self.guider.neutral
+
+    @property
+    def fallback(self) -> str:
+        return self.guider.fallback
+
+    @property
+    def stateful(self) -> bool:
+        return self.guider.stateful
+
+    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
+        return self.guider.branches(step)
+
+
 class CFGFamily(Guider):
     """What every method of the form ``base + w * update(c, u)`` shares: the neutral scale of its
-    named ``form`` (1 for ``u+w(c-u)``, 0 for ``c+w(c-u)``) and the two-branch plan (one pass at the
-    neutral scale). Subclasses are dataclasses with ``scale`` and ``form`` fields."""
+    named ``form`` (1 for ``u+w(c-u)``, 0 for ``c+w(c-u)``), the two-branch plan (one pass at the
+    neutral scale) and the checks of ``form`` and, where declared, ``space`` and ``axes``. Subclasses
+    are dataclasses with ``scale`` and ``form`` fields; one with checks of its own calls ``super()``.
+    A method whose rule is a function of ``c`` and ``u`` in its ``space`` gives it as :meth:`guide`."""
+
+    def __post_init__(self):
+        check_form(self.form)
+        if hasattr(self, "space"):
+            self.space = check_space(self.space)
+        if hasattr(self, "axes"):
+            self.axes = as_axes(self.axes)
 
     @property
     def neutral(self) -> float:
@@ -92,3 +131,13 @@ class CFGFamily(Guider):
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return cfg_branches(self, step)
+
+    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
+        if "uncond" not in preds:
+            return passthrough(preds, step)
+        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
+        return guided_in(self.guide(c, u, step), step, kind, self.name)
+
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
+        """The guided prediction from the conditional ``c`` and unconditional ``u``, both in ``space``."""
+        raise NotImplementedError

@@ -23,20 +23,19 @@ Bands (pure torch, any number of frequency axes -- ``T`` for audio, ``H, W`` for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..axes import Axes, as_axes
-from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, passthrough
-from ..prediction import Guided, Prediction
+from ..axes import Axes
+from ..errors import ConfigError, GuidanceError, check_choice
+from ..guider import GuidanceStep
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import CFGFamily, check_form, check_space, guided_in, in_space, project
+from .common import CFGFamily, project
 
 TRANSFORMS = ("pyramid", "fft")
 _BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
@@ -128,15 +127,12 @@ class FDG(CFGFamily):
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
-        if self.transform not in TRANSFORMS:
-            raise ConfigError("transform", f"unknown '{self.transform}'; valid: {', '.join(TRANSFORMS)}")
+        super().__post_init__()
+        check_choice(self.transform, TRANSFORMS, "transform")
         if int(self.levels) < 2 or (self.transform == "fft" and self.levels != 2):
             raise ConfigError("levels", f"needs >= 2 bands (2 with transform='fft'), got {self.levels}")
         if isinstance(self.scale_high, tuple) and len(self.scale_high) != self.levels - 1:
             raise ConfigError("scale_high", f"give one scale or {self.levels - 1} (one per upper band)")
-        self.axes = as_axes(self.axes)
 
     def band_scales(self, step: GuidanceStep) -> list:
         high = self.scale_high
@@ -149,12 +145,9 @@ class FDG(CFGFamily):
             return ("cond",)
         return ("cond", "uncond")
 
-    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if "uncond" not in preds:
-            return passthrough(preds, step)
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
         axes = step.require_axes("fdg", self.axes)
         dims = axes.frequency
-        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
         size = [c.shape[d] for d in dims]
         if self.transform == "pyramid":
             c, u = (pad_for_pyramid(v, dims, self.levels) for v in (c, u))
@@ -174,4 +167,4 @@ class FDG(CFGFamily):
         out = merge_bands(bands, dims, self.transform)
         for d, n in zip(dims, size):
             out = out.narrow(d, 0, n)
-        return guided_in(out, step, kind, "fdg")
+        return out

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..axes import Axes, as_axes
+from ..axes import Axes
 from ..errors import ConfigError
 from ..guider import GuidanceStep, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import CFGFamily, cfg, check_form
+from .common import CFGFamily, cfg
 
 
 def frequency_scale(x: Tensor, dims: tuple[int, ...], low: float, high: float, cutoff: int) -> Tensor:
@@ -62,10 +62,9 @@ class FreSca(CFGFamily):
     axes: Axes | str | tuple | None = None
 
     def __post_init__(self):
-        check_form(self.form)
+        super().__post_init__()
         if int(self.cutoff) < 0:
             raise ConfigError("cutoff", f"a number of frequency indices >= 0, got {self.cutoff}")
-        self.axes = as_axes(self.axes)
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         flat = float(self.scale_low) == 1.0 and float(self.scale_high) == 1.0

@@ -37,7 +37,7 @@ from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
 from ..scorers import build_scorer, check_logits
-from .common import cfg
+from .common import cfg, cfg_branches
 from .icg import get_path, set_path
 
 
@@ -75,17 +75,8 @@ class GFCG(Guider):
         self._weights = []
         self._step = None
 
-    def config(self) -> dict:
-        out = super().config()
-        if callable(self.classifier) and not isinstance(self.classifier, (str, Mapping)):
-            out["classifier"] = getattr(self.classifier, "config", lambda: type(self.classifier).__name__)()
-        return out
-
-    def cfg_on(self, step: GuidanceStep) -> bool:
-        return not is_neutral(resolve(self.scale, step), 1.0)
-
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        return ("cond", "uncond") if self.cfg_on(step) else ("cond",)
+        return cfg_branches(self, step)
 
     def follow_up(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> dict:
         if is_neutral(resolve(self.gfcg_scale, step), 0.0):

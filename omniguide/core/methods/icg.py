@@ -34,11 +34,11 @@ from torch import Tensor
 
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
-from ..guider import GuidanceStep, guided, passthrough
+from ..guider import GuidanceStep
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches, check_form
+from ..scale import Scale
+from .common import CFGFamily, cfg_against, cfg_branches
 
 
 def get_path(inputs: Mapping[str, Any], path: str) -> Any:
@@ -110,10 +110,11 @@ class ICG(CFGFamily):
     seed: int = 0
     branch: str = "independent"
     form: str = "u+w(c-u)"
-    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False)
+    generator: torch.Generator = field(default_factory=torch.Generator, repr=False, compare=False,
+                                         metadata={"config": False})
 
     def __post_init__(self):
-        check_form(self.form)
+        super().__post_init__()
         pool = {k: torch.as_tensor(v) for k, v in (self.pool or {}).items()}
         if pool and len({len(v) for v in pool.values()}) != 1:
             raise ConfigError("pool", "every pooled input needs the same number of rows (one row = one condition)")
@@ -128,11 +129,6 @@ class ICG(CFGFamily):
     def reset(self) -> None:
         self.generator.manual_seed(int(self.seed))
 
-    def config(self) -> dict:
-        out = super().config()
-        out.pop("generator", None)
-        return out
-
     def branch_defaults(self) -> dict:
         draw = IndependentCondition(self._pool, self._gaussian, self.generator)
         return {self.branch: Branch(self.branch, base="cond", draw=draw)}
@@ -141,8 +137,4 @@ class ICG(CFGFamily):
         return cfg_branches(self, step, self.branch)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if self.branch not in preds:
-            return passthrough(preds, step)
-        kind = preds["cond"].kind
-        return guided(cfg(preds["cond"].value, preds[self.branch].to(kind), resolve(self.scale, step), self.form),
-                      step, kind)
+        return cfg_against(preds, step, self.branch, self.scale, self.form)

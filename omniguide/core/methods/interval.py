@@ -21,11 +21,12 @@ from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, passthrough
 from ..noise import COORDINATES, coordinate_range
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
+from .common import Wrapper
 
 
 @register_guider("interval")
 @dataclass
-class Interval(Guider):
+class Interval(Wrapper):
     """Apply ``guider`` only where ``low <= coordinate <= high``; give exactly one of sigma, t, step."""
 
     guider: Guider
@@ -50,14 +51,6 @@ class Interval(Guider):
                 f"interval [{low}, {high}] is outside the coordinate's range [{lo_ok}, {hi_ok}] or reversed",
             )
         self.bounds = (low, high)
-
-    @property
-    def fallback(self) -> str:
-        return self.guider.fallback
-
-    @property
-    def stateful(self) -> bool:
-        return self.guider.stateful
 
     def requires(self) -> dict[str, str]:
         needs = super().requires()

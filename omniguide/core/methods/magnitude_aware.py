@@ -13,17 +13,16 @@ sample over the declared axes, in ``space`` (default: the model's own output, as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from ..axes import Axes, as_axes, norm
-from ..guider import GuidanceStep, passthrough
-from ..prediction import Guided, Prediction
+from ..axes import Axes, norm
+from ..guider import GuidanceStep
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg
 
 
 @register_guider("magnitude-aware")
@@ -37,18 +36,10 @@ class MagnitudeAware(CFGFamily):
     space: str | None = None
     axes: Axes | str | tuple | None = None
 
-    def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
-        self.axes = as_axes(self.axes)
-
-    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if "uncond" not in preds:
-            return passthrough(preds, step)
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
         axes = step.require_axes("magnitude-aware", self.axes)
-        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
         ratio = norm(c - u, axes) / norm(u, axes).clamp_min(1e-12)
         decay = torch.exp(-float(self.alpha) * ratio).to(c.dtype)
         w = resolve(self.scale, step)
         w = (1 + (w - 1) * decay) if self.form == "u+w(c-u)" else w * decay
-        return guided_in(cfg(c, u, w, self.form), step, kind, "magnitude-aware")
+        return cfg(c, u, w, self.form)

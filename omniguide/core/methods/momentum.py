@@ -24,7 +24,7 @@ from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg, guided_in, in_space
 
 
 @register_guider("momentum")
@@ -42,8 +42,7 @@ class Momentum(CFGFamily):
     stateful = True
 
     def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
+        super().__post_init__()
         if not 0.0 <= float(self.ema) <= 1.0:
             raise ConfigError("ema", f"an averaging weight in [0, 1], got {self.ema}")
 

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..branch import Branch
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider
 from ..needs import CROSS_ATTENTION
 from ..perturbations import NormalizedAttention, as_selectors
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import cfg
+from .common import cfg_against
 
 
 @dataclass
@@ -68,11 +68,7 @@ class AttentionNegative(Guider):
         return needed
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        name = self.branch if self.branch in preds else "cond"
-        if "uncond" not in preds:
-            return passthrough(preds, step, name)
-        kind = preds[name].kind
-        return guided(cfg(preds[name].value, preds["uncond"].to(kind), resolve(self.scale, step)), step, kind)
+        return cfg_against(preds, step, "uncond", self.scale, cond=self.branch if self.branch in preds else "cond")
 
 
 @register_guider("nag")

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from torch import Tensor
+
 from ..branch import Branch, Perturbation
 from ..errors import ConfigError
 from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough
@@ -36,10 +38,13 @@ from .common import cfg, check_form, form_neutral
 from .terms import Term
 
 
-def perturbed_guidance(cond, uncond, perturbed, w, s, form: str = "u+w(c-u)"):
-    """``u + w (c - u) + s (c - p)`` (``uncond=None``: ``c + s (c - p)``; ``perturbed=None``: CFG)."""
+def perturbed_guidance(cond, uncond, perturbed, w, s, form: str = "u+w(c-u)", subtract: bool = False):
+    """``u + w (c - u) + s (c - p)`` (``uncond=None``: ``c + s (c - p)``; ``perturbed=None``: CFG);
+    ``subtract``: ``- s p`` in place of ``+ s (c - p)``."""
     out = cond if uncond is None else cfg(cond, uncond, w, form)
-    return out if perturbed is None else out + s * (cond - perturbed)
+    if perturbed is None:
+        return out
+    return out - s * perturbed if subtract else out + s * (cond - perturbed)
 
 
 @dataclass
@@ -65,9 +70,8 @@ class PerturbedGuidance(Guider):
         self.layers = as_selectors(self.layers)
         coordinate, interval = self.perturbed_coordinate, self.perturbed_interval
         if coordinate not in COORDINATES:
-            raise ConfigError(
-                "perturbed_coordinate", f"unknown coordinate '{coordinate}'; valid: {', '.join(COORDINATES)}"
-            )
+            raise ConfigError("perturbed_coordinate",
+                              f"unknown coordinate '{coordinate}'; valid: {', '.join(COORDINATES)}")
         window = {} if interval is None else {coordinate: tuple(interval)}
         try:
             self.term = Term(scale=self.perturbed_scale, **window)
@@ -108,8 +112,10 @@ class PerturbedGuidance(Guider):
         c = preds["cond"].value
         u = preds["uncond"].to(kind) if "uncond" in preds else None
         p = preds[self.branch].to(kind) if self.branch in preds else None
-        out = perturbed_guidance(c, u, p, resolve(self.scale, step), self.term.value(step), self.form)
-        return guided(out, step, kind)
+        return guided(self.guide(c, u, p, resolve(self.scale, step), self.term.value(step)), step, kind)
+
+    def guide(self, c: Tensor, u: Tensor | None, p: Tensor | None, w, s) -> Tensor:
+        return perturbed_guidance(c, u, p, w, s, self.form)
 
 
 @register_guider("pag")

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..branch import Branch
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider
 from ..needs import CROSS_ATTENTION
 from ..perturbations import SparseAttention, as_selectors
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import cfg
+from .common import cfg_against
 
 
 @register_guider("pladis")
@@ -60,7 +60,4 @@ class PLADIS(Guider):
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         cond, uncond = self.names()
-        if uncond not in preds:
-            return passthrough(preds, step, cond)
-        kind = preds[cond].kind
-        return guided(cfg(preds[cond].value, preds[uncond].to(kind), resolve(self.scale, step)), step, kind)
+        return cfg_against(preds, step, uncond, self.scale, cond=cond)

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..branch import Branch
-from ..guider import GuidanceStep, guided, passthrough
+from ..guider import GuidanceStep
 from ..needs import SECOND_MODEL
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, cfg_branches, check_form
+from ..scale import Scale
+from .common import CFGFamily, cfg_against, cfg_branches
 
 
 @register_guider("prior-guidance")
@@ -38,30 +38,17 @@ class PriorGuidance(CFGFamily):
     needs: ClassVar[Mapping[str, str]] = {SECOND_MODEL: "its unconditional branch runs on a base model"}
 
     scale: Scale = 7.5
-    base_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL})
+    base_model: Callable | None = field(default=None, repr=False, metadata={"need": SECOND_MODEL, "config": False})
     branch: str = "prior"
     form: str = "u+w(c-u)"
-
-    def __post_init__(self):
-        check_form(self.form)
 
     def branch_defaults(self) -> dict:
         if self.base_model is None:
             return {}
         return {self.branch: Branch(self.branch, base="uncond", model=self.base_model)}
 
-    def config(self) -> dict:
-        """The model object is not config material; the branch table names the base model."""
-        out = super().config()
-        out.pop("base_model", None)
-        return out
-
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return cfg_branches(self, step, self.branch)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if self.branch not in preds:
-            return passthrough(preds, step)
-        kind = preds["cond"].kind
-        return guided(cfg(preds["cond"].value, preds[self.branch].to(kind), resolve(self.scale, step), self.form),
-                      step, kind)
+        return cfg_against(preds, step, self.branch, self.scale, self.form)

@@ -20,12 +20,12 @@ from ..guider import GuidanceStep, Guider, guided
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from .cfg_rescale import rescale
-from .common import check_space
+from .common import Wrapper, check_space
 
 
 @register_guider("rescale")
 @dataclass
-class Rescale(Guider):
+class Rescale(Wrapper):
     """``phi * g * std(c)/std(g) + (1 - phi) * g`` for the prediction ``g`` of any ``guider``."""
 
     guider: Guider
@@ -38,21 +38,6 @@ class Rescale(Guider):
             raise ConfigError("rescale", f"must be in [0, 1], got {self.rescale}")
         self.space = check_space(self.space)
         self.axes = as_axes(self.axes)
-
-    @property
-    def neutral(self) -> float:
-        return self.guider.neutral
-
-    @property
-    def fallback(self) -> str:
-        return self.guider.fallback
-
-    @property
-    def stateful(self) -> bool:
-        return self.guider.stateful
-
-    def branches(self, step: GuidanceStep) -> tuple[str, ...]:
-        return self.guider.branches(step)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         result = self.guider.combine(preds, step)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..errors import ConfigError, GuidanceError
+from ..errors import GuidanceError, check_choice
 from ..guider import NOISE_LEVEL, SAMPLE, GuidanceStep, Guider, guided, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -47,8 +47,7 @@ class ResidualCFG(Guider):
     stateful = True
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError("mode", f"unknown '{self.mode}'; valid: {', '.join(MODES)}")
+        check_choice(self.mode, MODES, "mode")
 
     def reset(self) -> None:
         self._previous = None

@@ -21,16 +21,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+from torch import Tensor
+
 from ..branch import Perturbation
-from ..errors import ConfigError
-from ..guider import GuidanceStep, guided, passthrough
+from ..errors import check_choice
 from ..needs import BLOCKS
 from ..perturbations import DroppedBlocks
-from ..prediction import Guided, Prediction
 from ..registry import register_guider
-from ..scale import Scale, resolve
-from .common import cfg
-from .pag import PerturbedGuidance
+from ..scale import Scale
+from .pag import PerturbedGuidance, perturbed_guidance
 
 S2_FORMS = ("difference", "subtract")
 
@@ -50,8 +49,7 @@ class S2Guidance(PerturbedGuidance):
     branch: str = "s2"
 
     def __post_init__(self):
-        if self.s2_form not in S2_FORMS:
-            raise ConfigError("s2_form", f"unknown '{self.s2_form}'; valid: {', '.join(S2_FORMS)}")
+        check_choice(self.s2_form, S2_FORMS, "s2_form")
         super().__post_init__()
 
     def make_perturbation(self) -> Perturbation:
@@ -60,14 +58,5 @@ class S2Guidance(PerturbedGuidance):
     def reset(self) -> None:
         self.perturbation.reseed()
 
-    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if self.s2_form == "difference":
-            return super().combine(preds, step)
-        if "uncond" not in preds and self.branch not in preds:
-            return passthrough(preds, step)
-        kind = preds["cond"].kind
-        c = preds["cond"].value
-        out = c if "uncond" not in preds else cfg(c, preds["uncond"].to(kind), resolve(self.scale, step), self.form)
-        if self.branch in preds:
-            out = out - self.term.value(step) * preds[self.branch].to(kind)
-        return guided(out, step, kind)
+    def guide(self, c: Tensor, u: Tensor | None, p: Tensor | None, w, s) -> Tensor:
+        return perturbed_guidance(c, u, p, w, s, self.form, subtract=self.s2_form == "subtract")

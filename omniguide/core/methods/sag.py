@@ -31,13 +31,13 @@ from torch import Tensor
 
 from ..branch import Branch
 from ..errors import ConfigError, GuidanceError
-from ..guider import FOLLOW_UP, NOISE_LEVEL, GuidanceStep, Guider, guided, passthrough
+from ..guider import FOLLOW_UP, NOISE_LEVEL, GuidanceStep, Guider, guided
 from ..needs import SELF_ATTENTION
 from ..perturbations import AttentionRecorder, as_selectors, token_grid
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import cfg
+from .common import cfg, cfg_against
 
 
 def gaussian_blur_2d(x: Tensor, kernel_size: int, sigma: float) -> Tensor:
@@ -133,11 +133,7 @@ class SAG(Guider):
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
         degraded = f"{self.branch}-degraded"
         if degraded not in preds:
-            if "uncond" in preds:
-                kind = preds["cond"].kind
-                return guided(cfg(preds["cond"].value, preds["uncond"].to(kind), resolve(self.scale, step)),
-                              step, kind)
-            return passthrough(preds, step)
+            return cfg_against(preds, step, "uncond", self.scale)
         source = preds[f"{self.branch}-{self.source(step)}"]
         kind = source.kind
         c = preds[f"{self.branch}-cond"].value

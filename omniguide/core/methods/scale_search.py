@@ -29,7 +29,7 @@ from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
 from ..scorers import build_scorer, check_scores
-from .common import CFGFamily, cfg, check_form
+from .common import CFGFamily, cfg
 
 
 @register_guider("scale-search")
@@ -47,7 +47,7 @@ class ScaleSearch(CFGFamily):
     _chosen: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        check_form(self.form)
+        super().__post_init__()
         if self.evaluator is None:
             raise ConfigError("evaluator", "scale-search needs an evaluator (a callable or a registered name)")
         if self.scales is None and int(self.candidates) < 1:
@@ -58,12 +58,6 @@ class ScaleSearch(CFGFamily):
 
     def reset(self) -> None:
         self._chosen = []
-
-    def config(self) -> dict:
-        out = super().config()
-        if callable(self.evaluator) and not isinstance(self.evaluator, (str, Mapping)):
-            out["evaluator"] = getattr(self.evaluator, "config", lambda: type(self.evaluator).__name__)()
-        return out
 
     def candidate_scales(self, step: GuidanceStep) -> list[float]:
         if self.scales is not None:

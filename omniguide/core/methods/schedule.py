@@ -17,11 +17,12 @@ from ..guider import STEP_INDEX, GuidanceStep, Guider
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import ScaleSchedule
+from .common import Wrapper
 
 
 @register_guider("schedule")
 @dataclass
-class Schedule(Guider):
+class Schedule(Wrapper):
     """Vary ``guider.scale`` over ``t`` or ``step`` with a ``constant``, ``linear`` or ``cosine`` shape."""
 
     guider: Guider
@@ -31,23 +32,10 @@ class Schedule(Guider):
     def __post_init__(self):
         scale = getattr(self.guider, "scale", None)
         if not isinstance(scale, (int, float)):
-            raise ConfigError(
-                "guider.scale", f"schedule needs a guider with a numeric 'scale', got {type(scale).__name__}"
-            )
+            raise ConfigError("guider.scale",
+                              f"schedule needs a guider with a numeric 'scale', got {type(scale).__name__}")
         schedule = ScaleSchedule(float(scale), self.shape, self.coordinate, self.guider.neutral)
         self.scheduled = dataclasses.replace(self.guider, scale=schedule)
-
-    @property
-    def fallback(self) -> str:
-        return self.guider.fallback
-
-    @property
-    def neutral(self) -> float:
-        return self.guider.neutral
-
-    @property
-    def stateful(self) -> bool:
-        return self.guider.stateful
 
     def requires(self) -> dict[str, str]:
         needs = super().requires()

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from ..guider import GRADIENT, NOISE_LEVEL, RECURRENCE, GuidanceStep, Guider
 from ..needs import SCORER
 from ..prediction import Guided, Prediction
@@ -54,8 +54,7 @@ class ScorerGuidance(Guider):
     def __post_init__(self):
         if self.scorer is None:
             raise ConfigError("scorer", "scorer-guidance needs a scorer (a callable or a registered name)")
-        if self.mode not in MODES:
-            raise ConfigError("mode", f"unknown '{self.mode}'; valid: {', '.join(MODES)}")
+        check_choice(self.mode, MODES, "mode")
         if int(self.recurrence_steps) < 1:
             raise ConfigError("recurrence_steps", f"must be >= 1, got {self.recurrence_steps}")
         self._scorer = build_scorer(self.scorer)
@@ -76,12 +75,6 @@ class ScorerGuidance(Guider):
             needs[RECURRENCE] = f"recurrence_steps={self.recurrence_steps} repeats every step"
         needs[NOISE_LEVEL] = "scorer guidance reads the step's alpha and sigma"
         return needs
-
-    def config(self) -> dict:
-        out = super().config()
-        if callable(self.scorer) and not isinstance(self.scorer, (str, Mapping)):
-            out["scorer"] = getattr(self.scorer, "config", lambda: type(self.scorer).__name__)()
-        return out
 
     def branches(self, step: GuidanceStep) -> tuple[str, ...]:
         return self.guider.branches(step)

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from ..axes import Axes, as_axes, norm
+from ..axes import Axes, norm
 from ..errors import GuidanceError
 from ..guider import GuidanceStep, passthrough
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, guided_in, in_space
 
 
 @register_guider("smc-cfg")
@@ -45,11 +45,6 @@ class SMCCFG(CFGFamily):
     axes: Axes | str | tuple | None = None
     _previous: Tensor | None = field(default=None, init=False, repr=False, compare=False)
     stateful = True
-
-    def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
-        self.axes = as_axes(self.axes)
 
     def reset(self) -> None:
         self._previous = None

@@ -15,18 +15,16 @@ The projection is scale-invariant per sample, so ComfyUI's ``x - x0`` (``sigma e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..axes import Axes, as_axes, dot
-from ..guider import GuidanceStep, passthrough
-from ..prediction import Guided, Prediction
+from ..axes import Axes, dot
+from ..guider import GuidanceStep
 from ..registry import register_guider
 from ..scale import Scale, resolve
-from .common import CFGFamily, cfg, check_form, check_space, guided_in, in_space
+from .common import CFGFamily, cfg
 
 
 def tangential_damp(cond: Tensor, uncond: Tensor, axes: Axes) -> Tensor:
@@ -55,15 +53,6 @@ class TCFG(CFGFamily):
     space: str | None = None
     axes: Axes | str | tuple | None = None
 
-    def __post_init__(self):
-        check_form(self.form)
-        self.space = check_space(self.space)
-        self.axes = as_axes(self.axes)
-
-    def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if "uncond" not in preds:
-            return passthrough(preds, step)
+    def guide(self, c: Tensor, u: Tensor, step: GuidanceStep) -> Tensor:
         axes = step.require_axes("tcfg", self.axes)
-        kind, (c, u) = in_space(preds, self.space, "cond", "uncond")
-        out = cfg(c, tangential_damp(c, u, axes), resolve(self.scale, step), self.form)
-        return guided_in(out, step, kind, "tcfg")
+        return cfg(c, tangential_damp(c, u, axes), resolve(self.scale, step), self.form)

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, did_you_mean
-from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough
+from ...io.config import construct
+from ..errors import ConfigError
+from ..guider import NOISE_LEVEL, STEP_INDEX, GuidanceStep, Guider, guided, passthrough, plain
 from ..noise import COORDINATES, coordinate_range
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
@@ -77,24 +78,10 @@ def as_term(spec: Any, path: str) -> Term:
     if isinstance(spec, Term):
         return spec
     if isinstance(spec, Mapping):
-        known = [f.name for f in dataclasses.fields(Term)]
-        for key in spec:
-            if key not in known:
-                raise ConfigError(f"{path}.{key}", f"unknown key for a term{did_you_mean(key, known)}")
-        spec = dict(spec)
-        if isinstance(spec.get("scale"), Mapping) and "name" in spec["scale"]:
-            from ..registry import build_scale
-
-            spec["scale"] = build_scale(spec["scale"], f"{path}.scale")
-        elif isinstance(spec.get("scale"), Mapping):
-            spec["scale"] = ScaleSchedule(**{"neutral": 0.0, **spec["scale"]})
-        for c in COORDINATES:
-            if isinstance(spec.get(c), list):
-                spec[c] = tuple(spec[c])
-        try:
-            return Term(**spec)
-        except ConfigError as err:
-            raise ConfigError(f"{path}.{err.path}" if err.path else path, err.message) from None
+        scale = spec.get("scale")
+        if isinstance(scale, Mapping) and "name" not in scale:   # a term's schedule is neutral at 0
+            spec = {**spec, "scale": ScaleSchedule(**{"neutral": 0.0, **scale})}
+        return construct(Term, spec, path, "a term")
     if isinstance(spec, (int, float, torch.Tensor, DynamicScale)):
         return Term(scale=spec)
     raise ConfigError(path, f"expected a scale or a term mapping, got {type(spec).__name__}")
@@ -165,13 +152,5 @@ class Terms(Guider):
 
 def _plain_term(term: Term) -> dict:
     """A term as config: the scale always, other fields where they differ from the default."""
-    out = {}
-    for f in dataclasses.fields(Term):
-        value = getattr(term, f.name)
-        if isinstance(value, torch.Tensor):
-            out[f.name] = value.tolist()
-        elif isinstance(value, ScaleSchedule):
-            out[f.name] = dataclasses.asdict(value)
-        elif f.name == "scale" or value != f.default:
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
+    return {f.name: plain(getattr(term, f.name)) for f in dataclasses.fields(Term)
+            if f.name == "scale" or getattr(term, f.name) != f.default}

@@ -23,13 +23,13 @@ from typing import Any, ClassVar
 
 from ..branch import Branch
 from ..errors import ConfigError
-from ..guider import GuidanceStep, Guider, guided, passthrough
+from ..guider import GuidanceStep, Guider
 from ..needs import TIMESTEP_EMBEDDING
 from ..perturbations import TimestepNoiseSchedule, as_selectors
 from ..prediction import Guided, Prediction
 from ..registry import register_guider
 from ..scale import Scale, is_neutral, resolve
-from .common import cfg
+from .common import cfg_against
 
 
 @register_guider("tsg")
@@ -71,7 +71,4 @@ class TSG(Guider):
         return ("cond", self.branch) if self.active(step) else ("cond",)
 
     def combine(self, preds: Mapping[str, Prediction], step: GuidanceStep) -> Guided:
-        if self.branch not in preds:
-            return passthrough(preds, step)
-        kind = preds["cond"].kind
-        return guided(cfg(preds["cond"].value, preds[self.branch].to(kind), resolve(self.scale, step)), step, kind)
+        return cfg_against(preds, step, self.branch, self.scale)

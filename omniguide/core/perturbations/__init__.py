@@ -2,34 +2,29 @@
 
 A perturbation is called with the denoiser's module (as its ModelCall declares it) and the forward
 pass's sample, and returns a context manager; the executor enters it around that branch's forward
-pass only (see :class:`~omniguide.core.branch.Perturbation`).
-Three are implemented for diffusers-style attention, duck-typed (this package imports torch only):
+pass only (see :class:`~omniguide.core.branch.Perturbation`). Modules are diffusers-style and duck-typed
+(this package imports torch only):
 
-* :class:`IdentityAttention` (PAG, Ahn et al. 2024, arXiv:2403.17377): the self-attention map is
-  replaced by the identity, so ``softmax(QK^T/sqrt(d)) V`` becomes ``V``. Implemented by a
-  ``TorchFunctionMode`` that answers ``F.scaled_dot_product_attention`` with ``value`` inside the
-  selected modules only.
-* :class:`BlurredQueries` (SEG, Hong 2024, arXiv:2408.00760): the self-attention queries are
-  Gaussian-blurred on their token grid (2-D for images, per frame for video, 1-D for audio);
-  ``sigma = inf`` replaces them by their mean. The grid comes from the sample's aspect ratio.
-* :class:`SkipBlocks` (skip-layer guidance, SD3.5 / STG arXiv:2411.18664): a block returns its input.
+* :mod:`.attention` -- :class:`IdentityAttention` (PAG, Ahn et al. 2024, arXiv:2403.17377): the selected
+  self-attention maps are the identity, so ``softmax(QK^T/sqrt(d)) V`` becomes ``V``;
+  :class:`BlurredQueries` (SEG, Hong 2024, arXiv:2408.00760): the self-attention queries are
+  Gaussian-blurred on their token grid (:mod:`.blur`; 2-D for images from the sample's aspect ratio, per
+  frame for video, 1-D for audio); ``sigma = inf`` replaces them by their mean;
+* :mod:`.skip` -- :class:`SkipBlocks` (skip-layer guidance, SD3.5 / STG arXiv:2411.18664): a block returns
+  its input;
+* :mod:`.tokens` (TPG's token shuffle), :mod:`.timestep` (TSG's noisy time-step embedding, a per-step
+  perturbation), :mod:`.dropping` (S²-Guidance's random block dropping), :mod:`.negative` (NAG and VSF:
+  positive and negative rows in one pass), :mod:`.sparse` (PLADIS's sparse attention, entmax) and
+  :mod:`.record` (SAG's attention-map recorder); they share :mod:`.sdpa` (intercepting scaled-dot-product
+  attention; context-attention modules) and :mod:`.base` (the common dataclass, forward patching and
+  hooks, and their removal).
 
-Layers are chosen with *selectors*: an int (a block of a transformer's block list; negative
-counts from the end), ``"mid"``, ``"down"``, ``"up"``, ``"down.1"``, ``"up.0"`` (UNet regions), or a
+Layers are chosen with *selectors* (:mod:`.selection`): an int (a block of a transformer's block list;
+negative counts from the end), ``"mid"``, ``"down"``, ``"up"``, ``"down.1"``, ``"up.0"`` (UNet regions), or a
 module name, name prefix or glob (``"transformer_blocks.3"``, ``"*.attn1"``). ``None`` means the
 method's default. A selector that matches nothing is an error naming it, and a selected module that
 never runs during the forward pass is an error too: a perturbed branch never silently equals ``cond``.
 Hooks are removed when the branch ends, also when its forward pass raises.
-
-Modules: :mod:`.selection` (selectors, defaults), :mod:`.base` (the
-common dataclass, forward patching and its removal), :mod:`.attention` (identity attention, blurred
-queries), :mod:`.blur` (the Gaussian blur and the token grid), :mod:`.skip` (block skipping).
-
-Methods II adds: :mod:`.tokens` (TPG's token shuffle), :mod:`.timestep` (TSG's noisy time-step
-embedding, a per-step perturbation), :mod:`.dropping` (S²-Guidance's random block dropping),
-:mod:`.sdpa` (intercepting scaled-dot-product attention; context-attention modules),
-:mod:`.negative` (NAG and VSF: positive and negative rows in one pass), :mod:`.sparse` (PLADIS's
-sparse attention, entmax) and :mod:`.record` (SAG's attention-map recorder).
 """
 
 from .attention import BlurredQueries, IdentityAttention
@@ -59,46 +54,12 @@ from .timestep import TimestepNoise, TimestepNoiseSchedule, timestep_embedders
 from .tokens import ShuffledTokens, default_token_layers
 
 __all__ = [
-    "AttentionRecorder",
-    "DroppedBlocks",
-    "FlippedValues",
-    "InterceptSDPA",
-    "NegativeContext",
-    "NormalizedAttention",
-    "ShuffledTokens",
-    "SparseAttention",
-    "TimestepNoise",
-    "TimestepNoiseSchedule",
-    "attention_logits",
-    "context_attention",
-    "default_token_layers",
-    "entmax15",
-    "is_context_attention",
-    "nag_combine",
-    "sparsemax",
-    "timestep_embedders",
-    "BLOCK_LISTS",
-    "INF_BLUR",
-    "OUTPUT_ORDER",
+    "as_selectors", "attention_logits", "AttentionRecorder", "BLOCK_LISTS", "block_modules", "blur_queries",
+    "BlurredQueries", "check_fired", "context_attention", "default_attention_layers", "default_skip_layers",
+    "default_token_layers", "DroppedBlocks", "entmax15", "FlippedValues", "gaussian_blur", "gaussian_kernel_size",
+    "IdentityAttention", "INF_BLUR", "InterceptSDPA", "is_attention", "is_context_attention", "is_self_attention",
+    "LayerPerturbation", "main_blocks", "nag_combine", "NegativeContext", "NormalizedAttention", "OUTPUT_ORDER",
+    "patched_forwards", "select", "select_self_attention", "Selector", "ShuffledTokens", "SkipBlocks",
+    "SparseAttention", "sparsemax", "timestep_embedders", "TimestepNoise", "TimestepNoiseSchedule", "token_grid",
     "UNET_REGIONS",
-    "BlurredQueries",
-    "IdentityAttention",
-    "LayerPerturbation",
-    "Selector",
-    "SkipBlocks",
-    "as_selectors",
-    "block_modules",
-    "blur_queries",
-    "check_fired",
-    "default_attention_layers",
-    "default_skip_layers",
-    "gaussian_blur",
-    "gaussian_kernel_size",
-    "is_attention",
-    "is_self_attention",
-    "main_blocks",
-    "patched_forwards",
-    "select",
-    "select_self_attention",
-    "token_grid",
 ]

@@ -8,43 +8,31 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from ..errors import GuidanceError
-from .base import LayerPerturbation, check_fired, patched_forwards
+from .base import LayerPerturbation, check_fired, forward_hooks, patched_forwards
 from .blur import blur_queries, token_grid
+from .sdpa import InterceptSDPA, repeat_heads
 from .selection import select_self_attention
 
 
 # -- PAG: identity self-attention ----------------------------------------------------------------
-class _IdentitySDPA(TorchFunctionMode):
-    """Answers ``F.scaled_dot_product_attention(q, k, v)`` with ``v`` (attention map = identity)."""
-
-    def __init__(self, name: str, fired: dict[str, int]):
-        super().__init__()
-        self.name, self.fired = name, fired
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        query = kwargs.get("query", args[0] if args else None)
-        value = kwargs.get("value", args[2] if len(args) > 2 else None)
+def _identity(name: str, fired: dict[str, int]) -> Callable[..., Tensor]:
+    """An SDPA handler answering ``F.scaled_dot_product_attention(q, k, v)`` with ``v`` (attention map = identity)."""
+    def identity(query: Tensor, value: Tensor, **_) -> Tensor:
         if query.shape[-2] != value.shape[-2]:
             # diffusers silently falls back to normal attention here; a perturbed branch must differ
             raise GuidanceError(
-                f"identity attention in {self.name}: query length {query.shape[-2]} != key/value length "
+                f"identity attention in {name}: query length {query.shape[-2]} != key/value length "
                 f"{value.shape[-2]}, so softmax cannot be replaced by the identity (a cross-attention?)"
             )
-        if value.ndim >= 3 and value.shape[-3] != query.shape[-3]:  # grouped-query attention
-            value = value.repeat_interleave(query.shape[-3] // value.shape[-3], dim=-3)
-        self.fired[self.name] += 1
-        return value
+        fired[name] += 1
+        return repeat_heads(value, query.shape[-3]) if value.ndim >= 3 else value   # grouped-query attention
+    return identity
 
 
 @dataclass(frozen=True)
@@ -66,7 +54,7 @@ class IdentityAttention(LayerPerturbation):
 
         def wrap(name, attention, forward):
             def identity_forward(*args, **kwargs):
-                with _IdentitySDPA(name, fired):
+                with InterceptSDPA(_identity(name, fired)):
                     return forward(*args, **kwargs)
             return identity_forward
 
@@ -113,12 +101,6 @@ class BlurredQueries(LayerPerturbation):
                 return blur_queries(output, self.sigma, frames, grid)
             return hook
 
-        handles = []
-        try:
-            for name, attention in targets.items():
-                handles.append(attention.to_q.register_forward_hook(blur_hook(name)))
+        with forward_hooks({name: attention.to_q for name, attention in targets.items()}, blur_hook):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
         check_fired(fired, self.who, "the query projection to_q")

@@ -35,6 +35,19 @@ def patched_forwards(
                 module.forward = previous
 
 
+@contextlib.contextmanager
+def forward_hooks(modules: dict[str, nn.Module], hook: Callable[[str], Callable]) -> Iterator:
+    """Register ``hook(name)`` as each module's forward hook while the block runs."""
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(hook(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def check_fired(fired: dict[str, int], who: str, what: str) -> None:
     """A selected module that never ran is an error: a perturbed branch never silently equals ``cond``."""
     idle = [name for name, count in fired.items() if count == 0]
@@ -80,3 +93,15 @@ class LayerPerturbation:
 
     def _run(self, module: nn.Module, sample: Tensor) -> contextlib.AbstractContextManager:
         raise NotImplementedError
+
+
+class Seeded:
+    """A perturbation that draws from its own ``generator`` (a field), seeded with its ``seed`` field
+    when made and again by ``reseed()`` (a guider's ``reset``), so runs are reproducible."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.generator.manual_seed(int(self.seed))

@@ -79,10 +79,8 @@ def token_grid(tokens: int, batch: int, sample_shape: Sequence[int]) -> tuple[in
         grid = _spatial_grid(tokens // f, height, width)
         if grid is not None:
             return f, grid
-    raise GuidanceError(
-        f"seg: cannot infer the token grid of {tokens} query tokens (query batch {batch}) for a sample "
-        f"{tuple(sample_shape)}; joint text+image tokens? pass grid=(h, w)"
-    )
+    raise GuidanceError(f"seg: cannot infer the token grid of {tokens} query tokens (query batch {batch}) for a sample "
+                        f"{tuple(sample_shape)}; joint text+image tokens? pass grid=(h, w)")
 
 
 def _spatial_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, GuidanceError
-from .base import LayerPerturbation
+from .base import LayerPerturbation, Seeded
 from .selection import block_modules, main_blocks, select
 from .skip import SkipBlocks
 
@@ -35,7 +35,7 @@ def default_drop_candidates(root: nn.Module) -> dict[str, nn.Module]:
 
 
 @dataclass(frozen=True)
-class DroppedBlocks(LayerPerturbation):
+class DroppedBlocks(Seeded, LayerPerturbation):
     """Drop a fresh random ``ratio`` of the candidate blocks at every call (see the module docstring)."""
 
     ratio: float = 0.1
@@ -48,10 +48,6 @@ class DroppedBlocks(LayerPerturbation):
         super().__post_init__()
         if not 0.0 < float(self.ratio) < 1.0:
             raise ConfigError("drop_ratio", f"a share of blocks in (0, 1), got {self.ratio}")
-        self.reseed()
-
-    def reseed(self) -> None:
-        self.generator.manual_seed(int(self.seed))
 
     def targets(self, module: nn.Module) -> dict[str, nn.Module]:
         if self.layers:

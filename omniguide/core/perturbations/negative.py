@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..branch import RowsPerturbation
-from ..errors import ConfigError, GuidanceError
+from ..errors import GuidanceError, check_choice
 from .base import LayerPerturbation, check_fired, patched_forwards
 from .sdpa import (
     InterceptSDPA,
@@ -135,8 +135,7 @@ class NormalizedAttention(NegativeContext):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.norm not in NORMS:
-            raise ConfigError("norm", f"unknown '{self.norm}'; valid: {', '.join(NORMS)}")
+        check_choice(self.norm, NORMS, "norm")
 
     @contextlib.contextmanager
     def inside(self, attention, pos, neg, context, hidden):
@@ -219,15 +218,10 @@ def _per_row(mask: Tensor | None, query: Tensor) -> bool:
 
 def _concat_masks(base, extra, q: Tensor, lk: int, lneg: int) -> Tensor:
     """``[rows?, heads?, Lq, Lk + Lneg]`` additive mask from the two parts (scalars broadcast)."""
-    shape = (*q.shape[:-1], lk)
-    if base is None:
-        a = torch.zeros(shape, dtype=q.dtype, device=q.device)
-    else:
-        a = base.expand(*q.shape[:-2], q.shape[-2], lk)
-    if isinstance(extra, Tensor):
-        b = extra.expand(*q.shape[:-2], q.shape[-2], lneg)
-    else:
-        b = torch.full((*q.shape[:-1], lneg), float(extra), dtype=q.dtype, device=q.device)
+    rows, rows_neg = (*q.shape[:-1], lk), (*q.shape[:-1], lneg)
+    a = torch.zeros(rows, dtype=q.dtype, device=q.device) if base is None else base.expand(rows)
+    b = extra.expand(rows_neg) if isinstance(extra, Tensor) else \
+        torch.full(rows_neg, float(extra), dtype=q.dtype, device=q.device)
     return torch.cat([a, b], dim=-1)
 
 

@@ -26,12 +26,7 @@ SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "sc
 
 def sdpa_arguments(args: tuple, kwargs: dict) -> dict:
     """The arguments of one ``scaled_dot_product_attention`` call by name (defaults filled in)."""
-    out = dict(zip(SDPA_ARGS, args))
-    out.update(kwargs)
-    out.setdefault("attn_mask", None)
-    out.setdefault("scale", None)
-    out.setdefault("is_causal", False)
-    return out
+    return {"attn_mask": None, "scale": None, "is_causal": False, **dict(zip(SDPA_ARGS, args)), **kwargs}
 
 
 class InterceptSDPA(TorchFunctionMode):

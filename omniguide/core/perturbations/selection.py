@@ -46,13 +46,9 @@ def main_blocks(root: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 def block_modules(root: nn.Module) -> dict[str, nn.Module]:
     """Every transformer block: the items of any block list, at any depth (UNet blocks included)."""
-    out = {}
-    for name, module in root.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.ModuleList) and last in BLOCK_LISTS:
-            for i, block in enumerate(module):
-                out[f"{name}.{i}"] = block
-    return out
+    return {f"{name}.{i}": block for name, module in root.named_modules()
+            if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LISTS
+            for i, block in enumerate(module)}
 
 
 # -- matching selectors ----------------------------------------------------------------------------
@@ -94,10 +90,8 @@ def select(
         if not hits:
             names = list(candidates)
             listed = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-            raise GuidanceError(
-                f"{who}: layer selector {selector!r} matches no {what} of {type(root).__name__} "
-                f"(candidates: {listed or 'none'})"
-            )
+            raise GuidanceError(f"{who}: layer selector {selector!r} matches no {what} of {type(root).__name__} "
+                                f"(candidates: {listed or 'none'})")
         chosen.update(hits)
     return chosen
 

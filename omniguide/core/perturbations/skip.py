@@ -96,10 +96,8 @@ def _inputs_as_outputs(out: Any, hidden: Tensor, context: Tensor | None, name: s
             is_hidden = order[len(mapped)] == "hidden"
             is_context = not is_hidden
         if is_hidden == is_context:
-            raise GuidanceError(
-                f"skip-layer: cannot tell which input block {name} returns for an output of shape "
-                f"{tuple(item.shape)} (hidden {tuple(hidden.shape)}, context "
-                f"{None if context is None else tuple(context.shape)})"
-            )
+            raise GuidanceError(f"skip-layer: cannot tell which input block {name} returns for an output of shape "
+                                f"{tuple(item.shape)} (hidden {tuple(hidden.shape)}, context "
+                                f"{None if context is None else tuple(context.shape)})")
         mapped.append(hidden if is_hidden else context)
     return type(out)(mapped)

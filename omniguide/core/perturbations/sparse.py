@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, GuidanceError
+from ..errors import GuidanceError, check_choice
 from .base import LayerPerturbation, check_fired, patched_forwards
 from .sdpa import InterceptSDPA, attention_logits, context_attention, repeat_heads, require_context
 from .selection import select
@@ -78,8 +78,7 @@ class SparseAttention(LayerPerturbation):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.sparse not in SPARSE:
-            raise ConfigError("sparse", f"unknown '{self.sparse}'; valid: {', '.join(SPARSE)}")
+        check_choice(self.sparse, SPARSE, "sparse")
 
     def targets(self, module: nn.Module) -> dict[str, nn.Module]:
         candidates = context_attention(module)

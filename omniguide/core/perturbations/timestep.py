@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..branch import StepPerturbation
 from ..errors import GuidanceError
-from .base import LayerPerturbation, check_fired
+from .base import LayerPerturbation, Seeded, check_fired, forward_hooks
 from .selection import select
 
 EMBEDDING_NAMES = ("time_embedding", "timestep_embedder")
@@ -75,19 +75,13 @@ class TimestepNoise(LayerPerturbation):
                 return output + float(self.scale) * output.float().std().to(output.dtype) * n
             return hook
 
-        handles = []
-        try:
-            for name, embedder in targets.items():
-                handles.append(embedder.register_forward_hook(noisy(name)))
+        with forward_hooks(targets, noisy):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
         check_fired(fired, self.who, "a call of the embedding")
 
 
 @dataclass(frozen=True)
-class TimestepNoiseSchedule(LayerPerturbation, StepPerturbation):
+class TimestepNoiseSchedule(Seeded, LayerPerturbation, StepPerturbation):
     """TSG's per-step perturbation: :class:`TimestepNoise` with ``scale = noise * t^power`` at the step's
     model time ``t`` (the paper's power schedule). ``seed`` seeds one generator for the run."""
 
@@ -98,13 +92,6 @@ class TimestepNoiseSchedule(LayerPerturbation, StepPerturbation):
 
     who = "tsg"
     part = "time_embedding"
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.reseed()
-
-    def reseed(self) -> None:
-        self.generator.manual_seed(int(self.seed))
 
     def at(self, step) -> TimestepNoise:
         t = step.coordinate("t")

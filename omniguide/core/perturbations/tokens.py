@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import GuidanceError
-from .base import LayerPerturbation, check_fired, patched_forwards
+from .base import LayerPerturbation, Seeded, check_fired, patched_forwards
 from .selection import UNET_REGIONS, block_modules, main_blocks, select
 
 
@@ -39,7 +39,7 @@ def default_token_layers(root: nn.Module) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class ShuffledTokens(LayerPerturbation):
+class ShuffledTokens(Seeded, LayerPerturbation):
     """Shuffle the input tokens of the selected transformer blocks (one permutation per call, shared by
     the batch). ``seed`` seeds the perturbation's generator; ``reseed()`` restarts it."""
 
@@ -47,13 +47,6 @@ class ShuffledTokens(LayerPerturbation):
     generator: torch.Generator = field(default_factory=torch.Generator, compare=False, repr=False)
 
     who = "tpg"
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.reseed()
-
-    def reseed(self) -> None:
-        self.generator.manual_seed(int(self.seed))
 
     def targets(self, module: nn.Module) -> dict[str, nn.Module]:
         layers = self.layers or default_token_layers(module)
