@@ -36,6 +36,8 @@ class Anneal:
             raise ConfigError("progress", f"[{p0}, {p1}] must satisfy 0 <= from <= to <= 1")
         if self.shape not in ANNEAL_SHAPES:
             raise ConfigError("shape", f"unknown shape '{self.shape}'; valid: {', '.join(ANNEAL_SHAPES)}")
+        if not all(math.isfinite(float(v)) for v in self.values):
+            raise ConfigError("values", f"must be finite numbers, got {list(self.values)}")
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
         object.__setattr__(self, "progress", (p0, p1))
 
@@ -57,6 +59,8 @@ Annealed = float | Anneal
 def as_anneal(value: Any, path: str) -> float | Anneal:
     """A number stays a number; a mapping becomes an :class:`Anneal` (errors name ``path``). It is
     the conversion of every config field declared as an :class:`Anneal` (objectives' ``t_min`` ...)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+        raise ConfigError(path, f"must be a finite number, got {value!r}")
     if isinstance(value, (Anneal, int, float)) and not isinstance(value, bool):
         return value if isinstance(value, Anneal) else float(value)
     if isinstance(value, Mapping):

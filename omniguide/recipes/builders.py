@@ -67,6 +67,23 @@ def check_guider_values(cfg: Any, path: str = "guider") -> None:
             require_finite(value, where)
 
 
+def make_objective(cfg: Any, path: str = "objective") -> Any:
+    """A distillation objective from its recipe config: every field declared as a number (an
+    annealed value given as one included) must be a finite number, then the distillation registry's
+    builder (unknown names and keys, "did you mean")."""
+    from ..distillation.registry import OBJECTIVES, build_objective
+    from ..distillation.score import objectives  # noqa: F401  (registers the built-in objectives)
+
+    name = cfg.get("name") if isinstance(cfg, Mapping) else None
+    if isinstance(name, str) and name in OBJECTIVES:
+        declared = declared_fields(OBJECTIVES.get(name))
+        for key, value in cfg.items():
+            types = set(declared.get(key, ()))
+            if types & {float, int} and str not in types and value is not None and not isinstance(value, Mapping):
+                require_finite(value, f"{path}.{key}")
+    return build_objective(cfg, path)
+
+
 def _admits(types: tuple[type, ...], cls: type) -> bool:
     """Whether a field declared as ``types`` takes a ``cls``."""
     return any(issubclass(t, cls) for t in types)

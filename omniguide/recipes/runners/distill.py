@@ -33,6 +33,7 @@ from ..schema import TrainerConfig, find_file, option
 ZOO = Path(__file__).resolve().parents[2] / "zoo" / "weights"
 ZOO_PRIORS = {"v": ZOO / "primitives_prior", "flow": ZOO / "primitives_prior_flow"}
 DTYPES = ("float32", "float16", "bfloat16")
+EXPORT_FORMATS = {"video": ("mp4", "gif"), "mesh": ("obj", "glb")}   # what scene/export.py writes
 
 
 @dataclass
@@ -164,15 +165,17 @@ def truth_for(cfg: DistillConfig):
 def build(cfg: DistillConfig) -> Built:
     """Build and check every component (``omniguide validate`` runs this)."""
     from ...core.guider import NOISE_LEVEL, PROGRESS, SAMPLE, check_requirements
-    from ...core.registry import build_guider
-    from ...distillation.registry import build_objective
-    from ...distillation.score import objectives  # noqa: F401  (registers the built-in objectives)
     from ...distillation.score.scene import CameraSampler, RadianceGrid, SolidBackground, ViewPrompts
+    from ..builders import make_guider, make_objective
 
     if not cfg.prompt or cfg.prompt == "???":
         raise errors.ConfigError("prompt", "a distill recipe needs a prompt")
-    objective = build_objective(cfg.objective, "objective")
-    guider = build_guider(cfg.guider, "guider")
+    for key, valid in EXPORT_FORMATS.items():
+        for i, fmt in enumerate(getattr(cfg.export, key)):
+            if fmt not in valid:
+                raise errors.ConfigError(f"export.{key}.{i}", f"unknown format '{fmt}'{errors.did_you_mean(fmt, valid)}")
+    objective = make_objective(cfg.objective, "objective")
+    guider = make_guider(cfg.guider, "guider")
     check_requirements(guider, (PROGRESS, SAMPLE, NOISE_LEVEL), "score distillation")
     if cfg.scene.type != "grid":
         raise errors.ConfigError("scene.type", f"unknown representation '{cfg.scene.type}'; valid: grid")

@@ -35,7 +35,7 @@ from typing import Any
 from ... import errors
 from ..registry import register_recipe
 from ..run import RunContext
-from ..schema import option
+from ..schema import option, require_finite
 
 # model name -> "module:function" building what a rollout needs from ``model:`` (cfg, path)
 ROLLOUT_MODELS: dict[str, str] = {
@@ -81,9 +81,9 @@ def build_subject(cfg: dict[str, Any], path: str = "model") -> Any:
 def make_rollout(cfg: RolloutConfig, subject: Any, guider=None, on_window=None):
     """The :class:`~omniguide.modalities.video.rollout.Rollout` of a config (validates the plan)."""
     # torch, the core and the video modality load here: ``omniguide show`` imports this module
-    from ...core.registry import build_guider
     from ...modalities import video as _video  # noqa: F401  (registers the video guiders and scales by name)
     from ...modalities.video.rollout import Rollout, RolloutPlan, check_frame_multiple
+    from ..builders import make_guider
 
     window = cfg.window or subject.window
     if window > subject.window:
@@ -99,7 +99,7 @@ def make_rollout(cfg: RolloutConfig, subject: Any, guider=None, on_window=None):
         raise errors.ConfigError(err.path, err.message) from None
     options = {k: v for k, v in cfg.scheduler.items() if k != "name"}
     scheduler = subject.scheduler(cfg.scheduler.get("name", subject.sampler), "scheduler.name", **options)
-    guider = guider or build_guider(cfg.guider, "guider")
+    guider = guider or make_guider(cfg.guider, "guider")
     keyframe_inputs = subject.keyframe_inputs(cfg.keyframe_stride) if cfg.keyframe_stride > 1 else {}
     return Rollout.of(subject, cfg.prompt, cfg.samples, scheduler, guider, plan, keyframe_inputs=keyframe_inputs,
                       steps=cfg.steps, stabilization=cfg.stabilization, batch=cfg.batch, progress=cfg.progress,
@@ -126,7 +126,19 @@ def check_histories(cfg: RolloutConfig, roll: Any) -> None:
             raise errors.ConfigError("guider", f"does not fit a history of {n} frames: {err}") from None
 
 
+def check_stabilization(value: Any, where: str = "stabilization") -> None:
+    """One level or ``[oldest, newest]``: the noise level generated history is fed at, in [0, 1)."""
+    if isinstance(value, (list, tuple)) and len(value) != 2:
+        raise errors.ConfigError(where, f"give one level or [oldest, newest], got {list(value)}")
+    for i, level in enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]:
+        at = where if i is None else f"{where}.{i}"
+        require_finite(level, at)
+        if not 0 <= float(level) < 1:
+            raise errors.ConfigError(at, f"a noise level must lie in [0, 1), got {level}")
+
+
 def check_rollout(cfg: RolloutConfig) -> None:
+    check_stabilization(cfg.stabilization)
     subject = build_subject(cfg.model)
     subject.check_prompt(cfg.prompt, "prompt")
     if cfg.history >= cfg.frames:

@@ -24,8 +24,10 @@ from torch import Tensor
 
 from ....core.branch import Branch
 from ....core.errors import ConfigError
+from ....errors import did_you_mean
 from ....core.prediction import Prediction
 from ...registry import register_objective
+from ..estimators import ESTIMATOR_KINDS
 from .base import Context, Objective
 
 
@@ -43,6 +45,9 @@ class VSD(Objective):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.estimator not in ESTIMATOR_KINDS:
+            hint = did_you_mean(self.estimator, ESTIMATOR_KINDS)
+            raise ConfigError("estimator", f"unknown estimator '{self.estimator}'{hint}")
         lo, hi = (float(v) for v in self.estimator_t)
         if not 0.0 <= lo <= hi <= 1.0:
             raise ConfigError("estimator_t", f"[{lo}, {hi}] must lie in [0, 1]")

@@ -128,6 +128,8 @@ class CameraSampler:
     def __post_init__(self):
         for name in ("elevation", "azimuth", "distance", "fov"):
             setattr(self, name, _range(getattr(self, name), f"cameras.{name}"))
+        if not -90 <= self.elevation[0] <= self.elevation[1] <= 90:
+            raise ConfigError("cameras.elevation", f"must lie in [-90, 90] degrees, got {list(self.elevation)}")
         if not 0 < self.fov[0] <= self.fov[1] < 180:
             raise ConfigError("cameras.fov", f"field of view must be in (0, 180) degrees, got {self.fov}")
         if self.distance[0] <= 0:
