@@ -173,7 +173,8 @@ def build(cfg: DistillConfig) -> Built:
     for key, valid in EXPORT_FORMATS.items():
         for i, fmt in enumerate(getattr(cfg.export, key)):
             if fmt not in valid:
-                raise errors.ConfigError(f"export.{key}.{i}", f"unknown format '{fmt}'{errors.did_you_mean(fmt, valid)}")
+                hint = errors.did_you_mean(fmt, valid)
+                raise errors.ConfigError(f"export.{key}.{i}", f"unknown format '{fmt}'{hint}")
     objective = make_objective(cfg.objective, "objective")
     guider = make_guider(cfg.guider, "guider")
     check_requirements(guider, (PROGRESS, SAMPLE, NOISE_LEVEL), "score distillation")

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ....core.branch import Branch
 from ....core.errors import ConfigError
-from ....errors import did_you_mean
 from ....core.prediction import Prediction
+from ....errors import did_you_mean
 from ...registry import register_objective
 from ..estimators import ESTIMATOR_KINDS
 from .base import Context, Objective
