@@ -69,8 +69,8 @@ def check_guider_values(cfg: Any, path: str = "guider") -> None:
 
 def make_objective(cfg: Any, path: str = "objective") -> Any:
     """A distillation objective from its recipe config: every field declared as a number (an
-    annealed value given as one included) must be a finite number, then the distillation registry's
-    builder (unknown names and keys, "did you mean")."""
+    annealed value given as one included) must be a finite number and one declared as text text,
+    then the distillation registry's builder (unknown names and keys, "did you mean")."""
     from ..distillation.registry import OBJECTIVES, build_objective
     from ..distillation.score import objectives  # noqa: F401  (registers the built-in objectives)
 
@@ -81,6 +81,8 @@ def make_objective(cfg: Any, path: str = "objective") -> Any:
             types = set(declared.get(key, ()))
             if types & {float, int} and str not in types and value is not None and not isinstance(value, Mapping):
                 require_finite(value, f"{path}.{key}")
+            elif types and types <= {str, type(None)} and value is not None and not isinstance(value, str):
+                raise ConfigError(f"{path}.{key}", f"expected text, got {describe(value)}")
     return build_objective(cfg, path)
 
 
