@@ -48,6 +48,8 @@ CASES = {
                                      "objective.negative_prompt: expected text, got 3"),
     "distill-needs-flow": (SDS, ["objective.name=rfds"],
                            "objective.name: 'rfds' needs a rectified-flow prior; the zoo's 3D prior (v) predicts 'v'"),
+    "distill-evaluate": (SDS, ["evaluate=maybe"],
+                         "evaluate: 'maybe' is not allowed; valid: False, True, auto, false, true"),
     "distill-elevation": (SDS, ["cameras.elevation=[-10,120]"],
                           "cameras.elevation: must lie in [-90, 90] degrees, got [-10.0, 120.0]"),
     "distill-video-format": (SDS, ["export.video=[mp4,mp5]"],
@@ -81,3 +83,18 @@ def test_the_cli_process_prints_the_line_alone(name, command, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [f"error: {expected}"] and done.stdout == ""
     assert not [p for p in tmp_path.iterdir() if p.name != "__pycache__"]
+
+
+@pytest.mark.parametrize("value", ["false", "true", "auto", "'false'"])
+def test_evaluate_takes_yaml_booleans_and_the_old_words(value, capsys):
+    """``evaluate: false`` in YAML (or on the command line) is a boolean; it was refused as 'False'."""
+    assert main(["validate", str(SDS), f"evaluate={value}"]) == 0, capsys.readouterr().err
+
+
+def test_evaluate_false_skips_the_truth():
+    from omniguide.recipes.config import load_recipe
+    from omniguide.recipes.runners.distill import truth_for
+
+    cfgs = {v: load_recipe(str(SDS), [f"evaluate={v}"]).cfg for v in ("false", "true", "auto")}
+    assert truth_for(cfgs["false"]) is None
+    assert truth_for(cfgs["true"]) is not None and truth_for(cfgs["auto"]) is not None

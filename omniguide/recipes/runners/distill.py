@@ -106,7 +106,7 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = option(100, ge=1)
     resume: str = "auto"                          # auto | never | path to a .ckpt
-    evaluate: str = option("auto", choices=("auto", "true", "false"))
+    evaluate: Any = option("auto", choices=("auto", "true", "false", True, False))   # YAML's false is a bool
     callbacks: list[dict[str, Any]] = field(default_factory=list)
     export: ExportConfig = field(default_factory=ExportConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=1000))
@@ -149,14 +149,14 @@ class Built:
 
 def truth_for(cfg: DistillConfig):
     """The primitive the prompt names (None when it names none and ``evaluate`` is ``auto``)."""
-    if cfg.evaluate == "false":
+    if cfg.evaluate in ("false", False):
         return None
     from ...zoo.primitives3d import PrimitiveField, parse_prompt
 
     try:
         color, shape = parse_prompt(cfg.prompt, "prompt")
     except errors.ConfigError:
-        if cfg.evaluate == "true":
+        if cfg.evaluate in ("true", True):
             raise
         return None
     return PrimitiveField(shape, color)
