@@ -175,6 +175,34 @@ class Family:
                                 f"(e.g. {valid}); {num_frames!r} would be rounded or rejected")
 
 
+# the pipelines' own guidance arguments besides the CFG scale -> (what they are, the omniguide equivalent, "off")
+OWN_GUIDANCE = {"guidance_rescale": ("guidance rescale", "Rescale(...) or CFGRescale(...)", 0.0),
+                **{k: ("skip-layer guidance", "SkipLayer(...)", None) for k in (
+                    "skip_guidance_layers", "skip_layer_guidance_scale", "skip_layer_guidance_start",
+                    "skip_layer_guidance_stop")},
+                "pag_scale": ("PAG scale", "PAG(...)", 0.0), "pag_adaptive_scale": ("PAG scale", "PAG(...)", 0.0)}
+
+
+def check_own_guidance(family: Family, arguments: Mapping[str, Any], where: str) -> None:
+    """Inside ``guide()`` the guider owns guidance: each argument of the pipeline's own (its CFG scale,
+    ``guidance_rescale``, SD3's skip-layer guidance, PAG's scales) is a one-line error naming the
+    omniguide equivalent, unless it is passed at its "off" value (``guidance_scale=1``, ``None``)."""
+    for name, value in arguments.items():
+        what, equivalent, off = OWN_GUIDANCE.get(name, (None, None, None))
+        if name in family.cfg_scale:
+            what, equivalent, off = "CFG scale", f"set its scale, e.g. CFG(scale={value!r})", family.cfg_off.get(name)
+        if what is not None and value is not None and value is not False and not _equal(value, off):
+            raise GuidanceError(f"{where}({name}=...) is the pipeline's own {what}; inside guide() the guider "
+                                f"owns guidance ({equivalent}); got {name}={value!r}")
+
+
+def _equal(value: Any, off: Any) -> bool:
+    try:
+        return off is not None and float(value) == float(off)
+    except (TypeError, ValueError):
+        return False
+
+
 FAMILIES: dict[str, Family] = {}
 # modality packages whose import registers their families (no shared list of families to edit)
 MODALITY_PACKAGES = ("omniguide.modalities.image", "omniguide.modalities.audio", "omniguide.modalities.video")
@@ -398,11 +426,7 @@ class Guide:
         arguments = dict(bound.arguments)
         arguments.pop("self", None)
         arguments.update(arguments.pop("kwargs", None) or {})
-        for name in family.cfg_scale:
-            if name in arguments:
-                raise GuidanceError(
-                    f"guide(): {type(pipe).__name__}({name}=...) is the pipeline's own CFG scale; inside guide() "
-                    f"the guider owns guidance (set its scale, e.g. CFG(scale={arguments[name]}))")
+        check_own_guidance(family, arguments, f"guide(): {type(pipe).__name__}")
         family.check_frames(arguments.get("num_frames"), lambda name: getattr(pipe, name).config,
                             f"guide(): {type(pipe).__name__}")
         negatives = {k: arguments[k] for k in family.negatives if arguments.get(k) is not None}

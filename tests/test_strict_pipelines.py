@@ -1,0 +1,53 @@
+"""Pipelines held to the one-line contract: inside ``guide()`` each argument of the pipeline's own
+guidance is refused, naming the argument and the omniguide equivalent (its "off" value passes); a
+denoiser the adapter cannot map is named; recipe mistakes on diffusers pipelines are caught at
+``validate`` with the full key path."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_pipelines as TP
+import torch
+
+from omniguide import CFG, GuidanceError, guide
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {name: TP.BUILDERS[name]() for name in ("sd", "sdxl", "sd3")}
+
+
+def run(pipe, name, **kwargs):
+    kwargs = {**TP.CALL_KWARGS[name], "prompt": "a red circle", "num_inference_steps": 2, "output_type": "latent",
+              **kwargs}
+    return pipe(generator=torch.Generator().manual_seed(0), **kwargs).images
+
+
+OWN = [("sd", "guidance_scale", 7.5, r"CFG\(scale=7.5\)"),
+       ("sd", "guidance_rescale", 0.7, r"Rescale\(\.\.\.\) or CFGRescale"),
+       ("sdxl", "guidance_rescale", 0.7, r"Rescale\(\.\.\.\) or CFGRescale"),
+       ("sd3", "skip_guidance_layers", [0], r"SkipLayer\(\.\.\.\)"),
+       ("sd3", "skip_layer_guidance_scale", 2.0, r"SkipLayer\(\.\.\.\)"),
+       ("sd3", "skip_layer_guidance_start", 0.2, r"SkipLayer\(\.\.\.\)"),
+       ("sd3", "skip_layer_guidance_stop", 0.5, r"SkipLayer\(\.\.\.\)")]
+
+
+@pytest.mark.parametrize("name, argument, value, equivalent", OWN)
+def test_own_guidance_arguments_are_refused_naming_the_equivalent(pipes, name, argument, value, equivalent):
+    pipe = pipes[name]
+    with guide(pipe, CFG(scale=2.0)):
+        with pytest.raises(GuidanceError, match=rf"\({argument}=\.\.\.\) is the pipeline's own .*{equivalent}") as err:
+            run(pipe, name, **{argument: value})
+    assert "\n" not in str(err.value) and f"{argument}={value!r}" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3"])
+def test_off_values_are_accepted_and_change_nothing(pipes, name):
+    """``guidance_scale=1`` (and ``guidance_rescale=0`` where the pipeline has it) is the pipeline's
+    guidance switched off: harmless inside guide(), bitwise the same result."""
+    pipe = pipes[name]
+    off = {"guidance_scale": 1.0, **({} if name == "sd3" else {"guidance_rescale": 0.0})}
+    with guide(pipe, CFG(scale=2.0)):
+        plain = run(pipe, name)
+        torch.testing.assert_close(run(pipe, name, **off), plain, rtol=0, atol=0)
+        assert not torch.equal(plain, run(pipe, name, guidance_scale=1.0, prompt="something else"))
