@@ -51,3 +51,28 @@ def test_off_values_are_accepted_and_change_nothing(pipes, name):
         plain = run(pipe, name)
         torch.testing.assert_close(run(pipe, name, **off), plain, rtol=0, atol=0)
         assert not torch.equal(plain, run(pipe, name, guidance_scale=1.0, prompt="something else"))
+
+
+def test_a_forward_wrapper_without_names_is_a_one_line_error(pipes):
+    """An instance ``forward`` that is a plain ``(*args, **kwargs)`` wrapper hides which argument is the
+    sample: one line naming the denoiser and the cure, and the wrapper is restored after the error;
+    the same wrapper with ``functools.wraps`` runs, equal to the bare denoiser."""
+    import functools
+
+    pipe = pipes["sd"]
+    with guide(pipe, CFG(scale=2.0)):
+        bare = run(pipe, "sd")
+    original = pipe.unet.forward
+    pipe.unet.forward = lambda *args, **kwargs: original(*args, **kwargs)
+    wrapper = pipe.unet.forward
+    try:
+        with guide(pipe, CFG(scale=2.0)):
+            with pytest.raises(GuidanceError, match=r"unet's forward\(\*args, \*\*kwargs\) does not name its "
+                                                    r"'sample' and 'timestep' inputs.*functools.wraps") as err:
+                run(pipe, "sd")
+        assert "\n" not in str(err.value) and pipe.unet.forward is wrapper
+        pipe.unet.forward = functools.wraps(original)(lambda *args, **kwargs: original(*args, **kwargs))
+        with guide(pipe, CFG(scale=2.0)):
+            torch.testing.assert_close(run(pipe, "sd"), bare, rtol=0, atol=0)
+    finally:
+        del pipe.unet.forward

@@ -555,6 +555,11 @@ class Guide:
         inputs = dict(self._forward_signatures[denoiser].bind(*args, **kwargs).arguments)
         inputs.update(inputs.pop("kwargs", None) or {})
         return_dict = inputs.pop("return_dict", True)
+        if family.sample not in inputs or family.timestep not in inputs:   # a (*args, **kwargs) wrapper
+            raise GuidanceError(
+                f"guide(): the {family.denoiser}'s forward{self._forward_signatures[denoiser]} does not name its "
+                f"'{family.sample}' and '{family.timestep}' inputs, so the adapter cannot map the call; give the "
+                f"wrapper the original's signature (functools.wraps) or guide the unwrapped {family.denoiser}")
         sample, timestep = inputs.pop(family.sample), inputs.pop(family.timestep)
         model_input = sample
         if family.split is not None:     # the latents the guider reasons about, the rest as inputs
