@@ -76,3 +76,55 @@ def test_a_forward_wrapper_without_names_is_a_one_line_error(pipes):
             torch.testing.assert_close(run(pipe, "sd"), bare, rtol=0, atol=0)
     finally:
         del pipe.unet.forward
+
+
+# -- recipes on a saved tiny pipeline: caught at `validate`, exit 2, one line naming the key ----------
+RECIPE = """kind: sample
+model: {{name: diffusers, path: {path}, call: {{height: 16, width: 16}}}}
+guider: {{name: cfg, scale: 4.0}}
+prompts: ["a red circle"]
+steps: 2
+trainer: {{accelerator: cpu, devices: 1, enable_progress_bar: false, logger: none, threads: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    TP.sd().save_pretrained(folder / "models" / "sd", safe_serialization=True)
+    (folder / "recipe.yaml").write_text(RECIPE.format(path=folder / "models" / "sd"))
+    return folder
+
+
+def validate(folder, *overrides):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "omniguide", "validate", "recipe.yaml", *overrides], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr.strip().splitlines()
+
+
+BAD = [("model.call.guidance_scale=7.5", "model.call.guidance_scale", r"own CFG scale.*CFG\(scale=7.5\)"),
+       ("model.call.guidance_rescale=0.7", "model.call.guidance_rescale", r"Rescale\(\.\.\.\) or CFGRescale"),
+       ("model.call.num_inference_steps=0", "model.call.num_inference_steps", "the recipe's steps instead"),
+       ("model.rerank=2", "model.rerank", r"needs a scorer with per-output scores \(model.scorer\)"),
+       ("model.path=models/nothing", "model.path", "pipeline folder not found: models/nothing"),
+       ("model.path=./models/nothing", "model.path", "pipeline folder not found: ./models/nothing")]
+
+
+@pytest.mark.parametrize("override, key, why", BAD)
+def test_pipeline_recipe_mistakes_are_one_line_at_validate(recipe, override, key, why):
+    import re
+
+    rc, lines = validate(recipe, override)
+    assert rc == 2 and 1 <= len(lines) <= 2, lines
+    assert key in lines[-1] and re.search(why, lines[-1]), lines
+
+
+def test_a_relative_path_is_found_with_or_without_dot_slash(recipe):
+    for path in ("models/sd", "./models/sd"):
+        rc, lines = validate(recipe, f"model.path={path}", "model.call.guidance_scale=1.0")
+        assert rc == 0, lines

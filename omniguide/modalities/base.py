@@ -183,17 +183,18 @@ OWN_GUIDANCE = {"guidance_rescale": ("guidance rescale", "Rescale(...) or CFGRes
                 "pag_scale": ("PAG scale", "PAG(...)", 0.0), "pag_adaptive_scale": ("PAG scale", "PAG(...)", 0.0)}
 
 
-def check_own_guidance(family: Family, arguments: Mapping[str, Any], where: str) -> None:
-    """Inside ``guide()`` the guider owns guidance: each argument of the pipeline's own (its CFG scale,
-    ``guidance_rescale``, SD3's skip-layer guidance, PAG's scales) is a one-line error naming the
-    omniguide equivalent, unless it is passed at its "off" value (``guidance_scale=1``, ``None``)."""
+def own_guidance(family: Family, arguments: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first argument of the pipeline's own guidance among ``arguments`` (its CFG scale,
+    ``guidance_rescale``, SD3's skip-layer guidance, PAG's scales) and why it is refused, naming the
+    omniguide equivalent; ``None`` when there is none, or each is at its "off" value (``guidance_scale=1``)."""
     for name, value in arguments.items():
         what, equivalent, off = OWN_GUIDANCE.get(name, (None, None, None))
         if name in family.cfg_scale:
             what, equivalent, off = "CFG scale", f"set its scale, e.g. CFG(scale={value!r})", family.cfg_off.get(name)
         if what is not None and value is not None and value is not False and not _equal(value, off):
-            raise GuidanceError(f"{where}({name}=...) is the pipeline's own {what}; inside guide() the guider "
-                                f"owns guidance ({equivalent}); got {name}={value!r}")
+            return name, (f"the pipeline's own {what}; inside guide() the guider owns guidance ({equivalent}); "
+                          f"got {name}={value!r}")
+    return None
 
 
 def _equal(value: Any, off: Any) -> bool:
@@ -426,7 +427,8 @@ class Guide:
         arguments = dict(bound.arguments)
         arguments.pop("self", None)
         arguments.update(arguments.pop("kwargs", None) or {})
-        check_own_guidance(family, arguments, f"guide(): {type(pipe).__name__}")
+        if (own := own_guidance(family, arguments)) is not None:
+            raise GuidanceError(f"guide(): {type(pipe).__name__}({own[0]}=...) is {own[1]}")
         family.check_frames(arguments.get("num_frames"), lambda name: getattr(pipe, name).config,
                             f"guide(): {type(pipe).__name__}")
         negatives = {k: arguments[k] for k in family.negatives if arguments.get(k) is not None}
