@@ -128,3 +128,11 @@ def test_a_relative_path_is_found_with_or_without_dot_slash(recipe):
     for path in ("models/sd", "./models/sd"):
         rc, lines = validate(recipe, f"model.path={path}", "model.call.guidance_scale=1.0")
         assert rc == 0, lines
+
+
+@pytest.mark.parametrize("guider", ["pag", "nag"])
+def test_a_bad_layer_name_is_named_at_validate(recipe, guider):
+    rc, lines = validate(recipe, f"guider={{name: {guider}, layers: down.0}}")
+    assert rc == 2 and 1 <= len(lines) <= 2 and "guider.layers" in lines[-1] and "UNet2DConditionModel" in lines[-1]
+    rc, lines = validate(recipe, f"guider={{name: {guider}}}")
+    assert rc == 0, lines

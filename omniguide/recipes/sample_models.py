@@ -182,6 +182,30 @@ class PipelineSampler:
         self._check_call(dict(model_cfg.call), f"{path}.call")
         check_rerank(self.scorer, model_cfg.rerank, f"{path}.rerank")
 
+    def check_guider(self, guider: Any, where: str) -> None:
+        """The layers a guider perturbs (PAG, NAG, ...) looked up now on the denoiser built from its
+        ``config.json`` without weights (on the meta device), so a bad ``layers`` fails at validate."""
+        import diffusers
+
+        from ..core.errors import GuidanceError
+        from ..core.perturbations import LayerPerturbation
+
+        parts = self.family.parts
+        wanted = [p.on(parts[p.part]) if p.layers is None and p.part in parts else p
+                  for p in (b.perturbation for b in guider.branch_defaults().values())
+                  if isinstance(p, LayerPerturbation)]
+        config = self._component_config(self.family.denoiser)
+        cls = getattr(diffusers, str(config.get("_class_name")), None)
+        if not wanted or cls is None:
+            return
+        with torch.device("meta"):
+            module = cls.from_config(config)
+        for perturbation in wanted:
+            try:
+                perturbation.targets(module)
+            except GuidanceError as err:
+                raise ConfigError(f"{where}.layers", f"on {cls.__name__}: {err}") from None
+
     def _check_call(self, call: dict, where: str) -> None:
         """Pipeline arguments the recipe sets itself, or that belong to the guider, are one-line errors."""
         from ..modalities.base import own_guidance
