@@ -175,6 +175,35 @@ class Family:
                                 f"(e.g. {valid}); {num_frames!r} would be rounded or rejected")
 
 
+# the pipelines' own guidance arguments besides the CFG scale -> (what they are, the omniguide equivalent, "off")
+OWN_GUIDANCE = {"guidance_rescale": ("guidance rescale", "Rescale(...) or CFGRescale(...)", 0.0),
+                **{k: ("skip-layer guidance", "SkipLayer(...)", None) for k in (
+                    "skip_guidance_layers", "skip_layer_guidance_scale", "skip_layer_guidance_start",
+                    "skip_layer_guidance_stop")},
+                "pag_scale": ("PAG scale", "PAG(...)", 0.0), "pag_adaptive_scale": ("PAG scale", "PAG(...)", 0.0)}
+
+
+def own_guidance(family: Family, arguments: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first argument of the pipeline's own guidance among ``arguments`` (its CFG scale,
+    ``guidance_rescale``, SD3's skip-layer guidance, PAG's scales) and why it is refused, naming the
+    omniguide equivalent; ``None`` when there is none, or each is at its "off" value (``guidance_scale=1``)."""
+    for name, value in arguments.items():
+        what, equivalent, off = OWN_GUIDANCE.get(name, (None, None, None))
+        if name in family.cfg_scale:
+            what, equivalent, off = "CFG scale", f"set its scale, e.g. CFG(scale={value!r})", family.cfg_off.get(name)
+        if what is not None and value is not None and value is not False and not _equal(value, off):
+            return name, (f"the pipeline's own {what}; inside guide() the guider owns guidance ({equivalent}); "
+                          f"got {name}={value!r}")
+    return None
+
+
+def _equal(value: Any, off: Any) -> bool:
+    try:
+        return off is not None and float(value) == float(off)
+    except (TypeError, ValueError):
+        return False
+
+
 FAMILIES: dict[str, Family] = {}
 # modality packages whose import registers their families (no shared list of families to edit)
 MODALITY_PACKAGES = ("omniguide.modalities.image", "omniguide.modalities.audio", "omniguide.modalities.video")
@@ -398,11 +427,8 @@ class Guide:
         arguments = dict(bound.arguments)
         arguments.pop("self", None)
         arguments.update(arguments.pop("kwargs", None) or {})
-        for name in family.cfg_scale:
-            if name in arguments:
-                raise GuidanceError(
-                    f"guide(): {type(pipe).__name__}({name}=...) is the pipeline's own CFG scale; inside guide() "
-                    f"the guider owns guidance (set its scale, e.g. CFG(scale={arguments[name]}))")
+        if (own := own_guidance(family, arguments)) is not None:
+            raise GuidanceError(f"guide(): {type(pipe).__name__}({own[0]}=...) is {own[1]}")
         family.check_frames(arguments.get("num_frames"), lambda name: getattr(pipe, name).config,
                             f"guide(): {type(pipe).__name__}")
         negatives = {k: arguments[k] for k in family.negatives if arguments.get(k) is not None}
@@ -531,6 +557,11 @@ class Guide:
         inputs = dict(self._forward_signatures[denoiser].bind(*args, **kwargs).arguments)
         inputs.update(inputs.pop("kwargs", None) or {})
         return_dict = inputs.pop("return_dict", True)
+        if family.sample not in inputs or family.timestep not in inputs:   # a (*args, **kwargs) wrapper
+            raise GuidanceError(
+                f"guide(): the {family.denoiser}'s forward{self._forward_signatures[denoiser]} does not name its "
+                f"'{family.sample}' and '{family.timestep}' inputs, so the adapter cannot map the call; give the "
+                f"wrapper the original's signature (functools.wraps) or guide the unwrapped {family.denoiser}")
         sample, timestep = inputs.pop(family.sample), inputs.pop(family.timestep)
         model_input = sample
         if family.split is not None:     # the latents the guider reasons about, the rest as inputs

@@ -104,10 +104,12 @@ def check_pipeline_folder(path: str, where: str) -> Path:
     from ..io.config import RECIPE_DIRS
 
     folder = Path(path).expanduser()
-    if not folder.exists() and not folder.is_absolute():   # relative to the recipe file, as weights are
-        folder = next((Path(d) / folder for d in RECIPE_DIRS if (Path(d) / folder).exists()), folder)
+    bases = [Path("."), *map(Path, RECIPE_DIRS)] if not folder.is_absolute() else [Path("/")]
+    if not folder.exists():   # relative to the recipe file, as weights are
+        folder = next((base / folder for base in bases if (base / folder).exists()), folder)
     if not folder.exists():
-        if "/" in path and not path.startswith((".", "/", "~")):
+        local = any((base / folder.parts[0]).is_dir() for base in bases)   # models/sd15: a folder, as ./models/sd15
+        if "/" in path and not path.startswith((".", "/", "~")) and not local:
             return _cached_model_id(path, where)
         raise ConfigError(where, f"pipeline folder not found: {path}")
     index = folder / "model_index.json"
@@ -177,6 +179,46 @@ class PipelineSampler:
         self._pipe = None
         self._check_scheduler()
         self.family.check_frames(model_cfg.call.get("num_frames"), self._component_config, f"{path}.call.num_frames")
+        self._check_call(dict(model_cfg.call), f"{path}.call")
+        check_rerank(self.scorer, model_cfg.rerank, f"{path}.rerank")
+
+    def check_guider(self, guider: Any, where: str) -> None:
+        """The layers a guider perturbs (PAG, NAG, ...) looked up now on the denoiser built from its
+        ``config.json`` without weights (on the meta device), so a bad ``layers`` fails at validate."""
+        import diffusers
+
+        from ..core.errors import GuidanceError
+        from ..core.perturbations import LayerPerturbation
+
+        parts = self.family.parts
+        wanted = [p.on(parts[p.part]) if p.layers is None and p.part in parts else p
+                  for p in (b.perturbation for b in guider.branch_defaults().values())
+                  if isinstance(p, LayerPerturbation)]
+        config = self._component_config(self.family.denoiser)
+        cls = getattr(diffusers, str(config.get("_class_name")), None)
+        if not wanted or cls is None:
+            return
+        with torch.device("meta"):
+            module = cls.from_config(config)
+        for perturbation in wanted:
+            try:
+                perturbation.targets(module)
+            except GuidanceError as err:
+                raise ConfigError(f"{where}.layers", f"on {cls.__name__}: {err}") from None
+
+    def _check_call(self, call: dict, where: str) -> None:
+        """Pipeline arguments the recipe sets itself, or that belong to the guider, are one-line errors."""
+        from ..modalities.base import own_guidance
+
+        family = self.family
+        recipe = {"num_inference_steps": "steps", family.samples_kwarg: "num_samples", "generator": "seed",
+                  "prompt": "prompts", **dict.fromkeys(family.output_kwargs)}
+        for key, value in call.items():
+            if key in recipe:
+                owner = f"; set the recipe's {recipe[key]} instead" if recipe[key] else ""
+                raise ConfigError(f"{where}.{key}", f"the recipe sets {key} itself{owner} (got {value!r})")
+        if (own := own_guidance(family, call)) is not None:
+            raise ConfigError(f"{where}.{own[0]}", own[1])
 
     def _component_config(self, name: str) -> dict:
         """A component's ``config.json`` in the pipeline folder (no weights loaded)."""
@@ -258,14 +300,19 @@ def _scorer(cfg: Any, where: str):
     return factory(**strict_kwargs(factory, dict(kwargs), where))
 
 
+def check_rerank(scorer, rerank: int | None, where: str) -> None:
+    """Re-ranking needs a scorer with per-output scores (``clip_scores``)."""
+    if rerank is not None and (scorer is None or not hasattr(scorer, "clip_scores")):
+        raise ConfigError(where, "re-ranking needs a scorer with per-output scores (model.scorer)")
+
+
 def score_outputs(scorer, rerank: int | None, data: Tensor, prompt: Any, rate: int | None,
                   meta: dict) -> tuple[Tensor, dict]:
     """Re-rank the outputs by the scorer's ``clip_scores`` and keep the best ``rerank`` (when set), then
     add the scorer's metrics of what is kept to ``meta``."""
     extra = {"rate": rate} if rate else {}
     if rerank is not None:
-        if scorer is None or not hasattr(scorer, "clip_scores"):
-            raise ConfigError("model.rerank", "re-ranking needs a scorer with per-output scores (model.scorer)")
+        check_rerank(scorer, rerank, "model.rerank")
         from ..modalities.audio.metrics import rerank as sort_by
 
         scores = scorer.clip_scores(data, prompt, **extra)

@@ -56,13 +56,14 @@ class MusicGenSampler:
         from transformers import MusicgenConfig
 
         from ..modalities.audio.metrics import check_model_folder
-        from .sample_models import _scorer
+        from .sample_models import _scorer, check_rerank
 
         self.cfg, self.path = cfg, path
         self.folder = check_model_folder(cfg.path, f"{path}.path")
         self.config = MusicgenConfig.from_pretrained(self.folder)
         self.tokens = self._tokens(dict(cfg.call))
         self.scorer = _scorer(cfg.scorer, f"{path}.scorer")
+        check_rerank(self.scorer, cfg.rerank, f"{path}.rerank")
         self._model = None
 
     @property

@@ -29,7 +29,6 @@ LTX = register_family(Family(
     conditions={"encoder_hidden_states": "prompt_embeds", "encoder_attention_mask": "prompt_attention_mask"},
     negatives=("negative_prompt", "negative_prompt_embeds", "negative_prompt_attention_mask"),
     layout="BLD",
-    cfg_scale=("guidance_scale", "guidance_rescale"),
     frames=frames,
     modality="video",
     samples_kwarg="num_videos_per_prompt",

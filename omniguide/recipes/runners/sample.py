@@ -103,7 +103,10 @@ def check_sample(cfg: SampleConfig) -> None:
                                      "pipeline runs its own loop (use model: {name: mixture} or sample())")
     for item in load_items(cfg.prompts, cfg.prompts_file, cfg.seed):
         settings = item_settings(cfg, item, sampler.default_samples)
-        make_guider(settings.guider, f"{item.where}.guider")
+        where = f"{item.where}.guider" if "guider" in item.overrides else "guider"
+        guider = make_guider(settings.guider, where)
+        if hasattr(sampler, "check_guider"):   # what the guider needs of the model (PAG's layers)
+            sampler.check_guider(guider, where)
         sampler.check_item(item)
     make_callbacks(cfg.callbacks)
     check_trainer(cfg.trainer)
