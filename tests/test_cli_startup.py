@@ -59,6 +59,10 @@ def test_list_imports_no_heavy_library_and_prints_every_builtin():
     assert "  cfg" in out and "  lr-monitor" in out and "  small-denoiser" in out and "  bench-image-guiders" in out
     loaded, out = loaded_after("list", "guiders")
     assert loaded == [] and "magnitude-aware" in out.split()
+    loaded, out = loaded_after("list", "rollout-models")
+    assert loaded == [] and out.split()[:2] == ["toy-audio", "video-denoiser"]
+    loaded, out = loaded_after("list", "families")
+    assert loaded == [] and {"sdxl", "ltx", "stable-audio"} <= set(out.split())
 
 
 def test_the_committed_name_indexes_match_the_live_registries():
