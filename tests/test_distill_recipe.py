@@ -108,7 +108,8 @@ def test_sigkill_then_resume_auto_reaches_the_uninterrupted_checkpoint(sd_folder
     assert not list(run_dir.rglob(".*.tmp*"))                # the killed run's temporary is gone
     # resumed from the last checkpoint: no step runs, and metrics.json is still complete
     proc = launch(sd_folder, f"run.dir={run_dir}", "export.video=[]", "export.mesh=[]")
-    assert proc.wait(timeout=120) == 0
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0, err[-3000:]
     again = json.loads((run_dir / "metrics.json").read_text())
     assert again["resumed_from"].endswith("step-000012.ckpt")
     assert again["final"] == metrics["final"] and again["final"]["grad_norm"] > 0
