@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ def check_scales(obj: Any) -> None:
     so), as on the recipe path: ``APG(scale=None)`` or ``CFG(scale="7")`` is a ConfigError at the field."""
     for name, kinds in scale_fields(type(obj)):
         value = getattr(obj, name)
-        if isinstance(value, bool) or (not math.isfinite(value) if isinstance(value, (int, float))
+        if isinstance(value, bool) or (not math.isfinite(value) if isinstance(value, numbers.Real)
                                        else not isinstance(value, kinds)):
             raise ConfigError(name, f"{type(obj).__name__} takes a finite number, a tensor or a scale schedule, "
                                     f"got {describe(value)}")
