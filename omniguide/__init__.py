@@ -45,6 +45,16 @@ def _zoo_pipelines() -> None:
 importlib.import_module("omniguide.distillation.pipelines").LOADERS.append(_zoo_pipelines)
 
 
+def _modalities() -> None:
+    importlib.import_module("omniguide.modalities.base").load_families()   # each registers its names
+
+
+# the modalities register guiders, presets and scales of the core's registries (video's history, stg,
+# audio's presets): loaded the first time such a name is looked up, as `omniguide list` does
+for _kind in ("guider", "guider preset", "scale"):
+    importlib.import_module("omniguide.io.config").LOADERS.setdefault(_kind, []).append(_modalities)
+
+
 def __getattr__(name: str) -> Any:
     """Import a public name the first time it is asked for."""
     module = _EXPORTS.get(name)

@@ -59,6 +59,10 @@ def test_list_imports_no_heavy_library_and_prints_every_builtin():
     assert "  cfg" in out and "  lr-monitor" in out and "  small-denoiser" in out and "  bench-image-guiders" in out
     loaded, out = loaded_after("list", "guiders")
     assert loaded == [] and "magnitude-aware" in out.split()
+    loaded, out = loaded_after("list", "rollout-models")
+    assert loaded == [] and out.split()[:2] == ["toy-audio", "video-denoiser"]
+    loaded, out = loaded_after("list", "families")
+    assert loaded == [] and {"sdxl", "ltx", "stable-audio"} <= set(out.split())
 
 
 def test_the_committed_name_indexes_match_the_live_registries():
@@ -122,3 +126,22 @@ def test_validate_in_a_fresh_process_knows_the_modalities_presets_and_guiders():
         proc = subprocess.run([sys.executable, "-m", "omniguide", "validate", recipe], capture_output=True,
                               text=True, cwd=ROOT, timeout=300)
         assert proc.returncode == 0 and proc.stdout.startswith("ok:"), (recipe, proc.stdout, proc.stderr[-500:])
+
+
+def test_the_library_api_in_a_fresh_process_knows_every_name_the_modalities_register():
+    """``preset``, ``build_guider`` and the scale builder in a new interpreter (nothing imported but
+    the package) resolve the names the modalities register, as ``omniguide list`` shows them: the
+    root registers a loader for the core's registries (it once said "unknown guider preset
+    'ace-step'; valid: " and "did you mean 'tsg'?" for stg)."""
+    code = ("import omniguide\n"
+            "from omniguide.core.scale import build_scale\n"
+            "print(type(omniguide.preset('ace-step')).__name__)\n"
+            "print(omniguide.build_guider({'name': 'history'}).name, omniguide.build_guider({'name': 'stg'}).name)\n"
+            "print(type(build_scale({'name': 'frame-ramp', 'start': 1.0, 'end': 2.0})).__name__)\n"
+            "try:\n    omniguide.build_guider({'name': 'stgg'})\n"
+            "except omniguide.ConfigError as err:\n    print(err)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[:3] == ["Interval", "history stg", "FrameRamp"]
+    assert lines[3] == "guider.name: unknown guider 'stgg'; did you mean 'stg'?"

@@ -8,16 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omniguide.core import (
+    APG,
+    CFG,
     Axes,
     Branch,
     BranchExecutor,
+    CFGRescale,
     ConfigError,
     GuidanceError,
     GuidanceStep,
+    Guider,
     ModelCall,
     NoiseLevel,
     NoiseSchedule,
     Prediction,
+    ScaleSchedule,
 )
 from omniguide.core.prediction import PARAMETERIZATIONS, convert, from_x0_eps, to_x0_eps
 
@@ -449,3 +454,39 @@ def test_one_builder_converts_each_value_by_its_declared_type():
         things.build({"name": "thing", "t_max": {"valus": [1, 0]}}, "thing")
     with pytest.raises(ConfigError, match=r"^thing\.wieghts: unknown key for thing 'thing'; did you mean 'weights'"):
         things.build({"name": "thing", "wieghts": [1]}, "thing")
+
+
+@pytest.mark.parametrize("make,shown", [
+    (lambda: APG(scale=None), "APG takes .* got None"),
+    (lambda: CFG(scale="7"), "CFG takes .* got '7'"),
+    (lambda: CFG(scale=float("nan")), "CFG takes .* got nan"),
+    (lambda: CFGRescale(scale=float("inf")), "CFGRescale takes .* got inf"),
+    (lambda: CFG(scale=True), "CFG takes .* got a boolean True"),
+])
+def test_a_scale_given_in_python_is_checked_as_a_recipes_with_the_field_named(make, shown):
+    with pytest.raises(ConfigError, match="^scale: " + shown):
+        make()
+
+
+def test_every_guider_checks_its_scales_whether_or_not_it_has_a_post_init_of_its_own():
+    from dataclasses import dataclass
+
+    from omniguide.core.scale import Scale
+
+    @dataclass
+    class Plain(Guider):                 # no __post_init__ of its own
+        scale: Scale = 2.0
+        other: Scale | None = None
+
+    @dataclass
+    class Own(Plain):                    # its own __post_init__, not calling super()
+        def __post_init__(self):
+            self.seen = True
+
+    assert Plain(scale=3).scale == 3 and Plain(other=torch.ones(1)).other is not None
+    assert Own(scale=ScaleSchedule(shape="linear", scale=7)).seen
+    for cls in (Plain, Own):
+        with pytest.raises(ConfigError, match="^other: "):
+            cls(other="2")
+        with pytest.raises(ConfigError, match="^scale: "):
+            cls(scale=None)

@@ -4,6 +4,7 @@ validate, and a diverging run stopping with its step and term named."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import torch
 from omniguide import CFG, Guided, register_guider
 from omniguide.core.registry import GUIDERS
 from omniguide.recipes.cli import main
+from omniguide.recipes.runtime import trim_csv_log
 
 DATA = Path(__file__).parent / "data"
 RECIPE = str(DATA / "recipes" / "distill_tiny.yaml")
@@ -90,6 +92,8 @@ def test_sigkill_then_resume_auto_reaches_the_uninterrupted_checkpoint(sd_folder
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     assert not (run_dir / "metrics.json").exists()
+    assert csv_rows(run_dir)[0]["step"] == "3"                # the killed run logged step 3
+    (run_dir / "checkpoints" / ".step-000008.ckpt.tmpk1ll.ckpt").write_bytes(b"half a checkpoint")
     proc = launch(sd_folder, f"run.dir={run_dir}", "export.video=[]", "export.mesh=[]")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
@@ -98,6 +102,34 @@ def test_sigkill_then_resume_auto_reaches_the_uninterrupted_checkpoint(sd_folder
     a, b = load(reference / "checkpoints/final.ckpt"), load(run_dir / "checkpoints/final.ckpt")
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    # the whole log: the killed run's rows kept, the resumed run's appended, equal to the uninterrupted log
+    assert [r["step"] for r in csv_rows(run_dir)] == ["3", "7", "11"]
+    assert csv_rows(run_dir) == csv_rows(reference)
+    assert not list(run_dir.rglob(".*.tmp*"))                # the killed run's temporary is gone
+    # resumed from the last checkpoint: no step runs, and metrics.json is still complete
+    proc = launch(sd_folder, f"run.dir={run_dir}", "export.video=[]", "export.mesh=[]")
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0, err[-3000:]
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert again["resumed_from"].endswith("step-000012.ckpt")
+    assert again["final"] == metrics["final"] and again["final"]["grad_norm"] > 0
+    shares = [again[k] for k in ("render_share", "prior_share", "update_share", "overhead_share")]
+    assert abs(sum(shares) - 1) < 1e-6
+    assert [r["step"] for r in csv_rows(run_dir)] == ["3", "7", "11"]
+
+
+def csv_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "logs" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_csv_log_keeps_only_the_rows_before_the_step_resumed_from(tmp_path):
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,step,train/t\n0,3,0.5\n0,7,0.25\n0,11,0.125\n")
+    trim_csv_log(log, 8)
+    assert log.read_text().splitlines() == ["epoch,step,train/t", "0,3,0.5", "0,7,0.25"]
+    trim_csv_log(log, 0)
+    assert log.read_text().splitlines() == ["epoch,step,train/t"]
 
 
 @pytest.mark.parametrize("override,message", [

@@ -112,6 +112,12 @@ def test_sigkill_then_resume_auto_matches_uninterrupted_bitwise(reference, tmp_p
     assert_same_state(a, b, exact=True)
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # resumed once more, at its last checkpoint: no step runs, metrics.json still has the final loss
+    proc = launch(f"run.dir={run_dir}")
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0, err[-3000:]
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert again["resumed_from"].endswith("step-000060.ckpt") and again["final_loss"] == metrics["final_loss"] > 0
 
 
 def _children(pid: int) -> list[int]:

@@ -59,7 +59,7 @@ from .errors import GuidanceError
 from .needs import CLASSIFIER, SCORER
 from .noise import NoiseLevel
 from .prediction import Guided, Prediction
-from .scale import SCALES, DynamicScale, ScaleSchedule
+from .scale import SCALES, DynamicScale, ScaleSchedule, check_scales
 
 STEP_INDEX = "step-index"
 REANCHOR = "reanchor"
@@ -142,6 +142,20 @@ class Guider:
     name: ClassVar[str] = ""
     stateful: ClassVar[bool] = False
     needs: ClassVar[Mapping[str, str]] = {}   # {need: why} whatever the settings (module docstring)
+
+    def __post_init__(self) -> None:
+        check_scales(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A guider's own ``__post_init__`` ends with :func:`~.scale.check_scales` too: every scale field
+        given in Python is checked as a recipe's is, once for all guiders."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None:
+            def __post_init__(self, *args: Any) -> None:
+                own(self, *args)
+                check_scales(self)
+            cls.__post_init__ = __post_init__
 
     @property
     def neutral(self) -> float:

@@ -25,7 +25,11 @@ start of training to ``neutral + 2 (w - neutral)`` at the end).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import numbers
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io.config import Registry, construct, register_conversion
+from ..io.config import Registry, construct, declared_types, describe, register_conversion
 from .errors import ConfigError, GuidanceError
 
 SHAPES = ("constant", "linear", "cosine")
@@ -147,6 +151,28 @@ class Piecewise(DynamicScale):
 
 
 Scale = float | int | Tensor | DynamicScale
+
+
+@functools.cache
+def scale_fields(cls: type) -> tuple[tuple[str, tuple[type, ...]], ...]:
+    """``(field, declared classes)`` of the dataclass ``cls``'s fields declared as a :data:`Scale`."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):   # a user's class whose annotations do not resolve: nothing to check
+        return ()
+    declared = {f.name: declared_types(hints.get(f.name)) for f in dataclasses.fields(cls)}
+    return tuple((name, kinds) for name, kinds in declared.items() if DynamicScale in kinds)
+
+
+def check_scales(obj: Any) -> None:
+    """Each scale field of ``obj`` holds a finite number, a tensor or a schedule (or None where declared
+    so), as on the recipe path: ``APG(scale=None)`` or ``CFG(scale="7")`` is a ConfigError at the field."""
+    for name, kinds in scale_fields(type(obj)):
+        value = getattr(obj, name)
+        if isinstance(value, bool) or (not math.isfinite(value) if isinstance(value, numbers.Real)
+                                       else not isinstance(value, kinds)):
+            raise ConfigError(name, f"{type(obj).__name__} takes a finite number, a tensor or a scale schedule, "
+                                    f"got {describe(value)}")
 
 
 def check_broadcast(value: Tensor, sample: Tensor, who: str = "scale") -> None:

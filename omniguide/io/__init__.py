@@ -12,6 +12,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+TMP_MARK = ".tmp"   # atomic_path's temporaries are ".<name>.tmp<random><suffix>"
+
+
+def remove_temporaries(folder: Path | str) -> None:
+    """Delete the temporaries a killed writer left anywhere under ``folder`` (call before writing there)."""
+    for path in Path(folder).rglob(f".*{TMP_MARK}*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
 
 @contextlib.contextmanager
 def atomic_path(final: Path | str) -> Iterator[Path]:
@@ -21,7 +30,7 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     from the extension still work. On error it is removed and ``final`` is untouched."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp", suffix=final.suffix, dir=final.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}{TMP_MARK}", suffix=final.suffix, dir=final.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -208,13 +208,17 @@ def first_line(err: Any) -> str:
 
 
 # -- components by name: one registry class, one builder -------------------------------------------
+LOADERS: dict[str, list[Callable[[], Any]]] = {}   # registry kind -> loaders for every registry of that kind
+
+
 class Registry:
     """Names -> classes (or factories) of one kind of component.
 
     ``noun`` names the kind in "unknown key for <noun> 'x'" (default: ``kind``); ``typed`` registries
     hold schema dataclasses built through omegaconf (:func:`build_dataclass`: recipe models).
     ``loaders`` are called once, the first time a name is looked up or listed, for registries whose
-    entries live in packages the registry's room does not import (guider presets from the modalities)."""
+    entries live in packages the registry's room does not import (guider presets from the modalities);
+    so are those in :data:`LOADERS` under the registry's ``kind`` (added by the package root, which sees every room)."""
 
     def __init__(self, kind: str, noun: str | None = None, typed: bool = False):
         self.kind = kind
@@ -224,6 +228,7 @@ class Registry:
         self.loaders: list[Callable[[], Any]] = []
 
     def _load(self) -> None:
+        self.loaders.extend(LOADERS.pop(self.kind, ()))
         while self.loaders:
             self.loaders.pop(0)()
 

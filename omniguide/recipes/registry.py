@@ -111,9 +111,24 @@ def output_scorers() -> Registry:
     return OUTPUT_SCORERS
 
 
+def listing(kind: str, names: Any) -> Registry:
+    """A registry holding ``names`` (kinds kept in a plain table, listed like the others)."""
+    listing = Registry(kind)
+    for name in names:
+        listing.register(name)(name)
+    return listing
+
+
+def _families() -> Registry:
+    from ..modalities.base import load_families
+
+    return listing("pipeline family", load_families())
+
+
 register_listing("correctors", _correctors)
 register_listing("guidance-scorers", _guidance_scorers)   # what scorer guidance differentiates while sampling
 register_listing("output-scorers", output_scorers)       # what scores a generated output against its prompt
+register_listing("families", _families)                   # the diffusers pipeline families guide() serves
 RENAMED_LISTINGS = {"scorers": "guidance-scorers", "scorer": "guidance-scorers"}   # former kind names
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path
+from ..io import atomic_path, remove_temporaries
 
 RUN_DIR_ENV = "OMNIGUIDE_RUN_DIR"
 FAILED_MARKER = "FAILED"        # in a run folder: the run failed; the file holds the error line
@@ -72,6 +72,7 @@ class RunContext:
         else:
             run = RunContext(new_run_dir(Path(section.root), section.name or prefix), recipe)
         if run.is_main:
+            remove_temporaries(run.dir)   # a killed run's, in a folder being continued
             if (run.dir / "config.yaml").exists():
                 _check_same_kind(run.dir / "config.yaml", config_yaml)
                 run.write_text(f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml", config_yaml)

@@ -20,6 +20,7 @@ torch and Lightning are imported inside the functions, so importing this module 
 
 from __future__ import annotations
 
+import csv
 import inspect
 import os
 import re
@@ -73,7 +74,7 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     atomic checkpoint IO, DDP with the configured backend and timeout."""
     import lightning
     from lightning.pytorch.callbacks import ModelSummary
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     check_trainer(tcfg, path)
     if tcfg.num_nodes > 1 and not run.explicit_dir:
@@ -84,7 +85,7 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
     kwargs.update(tcfg.extra)
     kwargs.update(overrides)
     if tcfg.logger == "csv":
-        kwargs["logger"] = CSVLogger(run.dir, name="logs", version="")
+        kwargs["logger"] = appending_csv_logger(run.dir)
     elif tcfg.logger == "tensorboard":
         kwargs["logger"] = TensorBoardLogger(run.dir, name="logs", version="")
     else:
@@ -108,6 +109,46 @@ def build_trainer(tcfg: TrainerConfig, run: RunContext, callbacks: list | None =
         return lightning.Trainer(**kwargs)
     except (ValueError, TypeError, RuntimeError) as err:  # MisconfigurationException is a ValueError
         raise errors.ConfigError(path, " ".join(str(err).split())) from None
+
+
+def appending_csv_logger(root: Path) -> Any:
+    """Lightning's CSV logger to ``root/logs/metrics.csv``, appending to the file a resumed run
+    left (Lightning's own deletes it; :func:`trim_csv_log` drops the rows past the checkpoint)."""
+    from lightning.fabric.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if os.path.isfile(self.metrics_file_path):   # its header: the columns new rows extend
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = next(csv.reader(f), [])
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> AppendingWriter:
+            if self._experiment is None:
+                os.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingCSVLogger(root, name="logs", version="")
+
+
+def trim_csv_log(path: Path, start_step: int) -> None:
+    """Keep the rows of ``path`` (a CSV with a ``step`` column) logged before ``start_step``: a run
+    resumed from step N logs N onwards again, so rows a killed run wrote past its checkpoint go."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r.get("step") and int(float(r["step"])) < start_step]
+        header = reader.fieldnames or []
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def terminal_callbacks(given: list, progress_bar: bool, model_summary: bool) -> list:
@@ -219,6 +260,9 @@ def fit_checkpointed(cfg: Any, run: RunContext, module: Any, callbacks: list, ba
         ckpt = str(find_file(cfg.resume, "resume"))
     if ckpt and run.is_main:
         run.log(f"resuming from {ckpt}")
+    if run.is_main and cfg.trainer.logger == "csv":
+        start_step = load_checkpoint(ckpt)["global_step"] if ckpt else 0
+        trim_csv_log(run.path("logs") / "metrics.csv", start_step)
     start = time.perf_counter()
     trainer.fit(module, ckpt_path=ckpt)
     seconds = time.perf_counter() - start
@@ -234,17 +278,23 @@ def newest_checkpoint(folder: Path) -> Path | None:
 
     Files are written atomically, so a listed file is complete; loading it once more guards
     against files copied in by hand."""
-    import torch
 
     found = sorted(((int(m.group(1)), p) for p in Path(folder).glob("step-*.ckpt")
                     if (m := _STEP.search(p.name))), reverse=True)
     for _, path in found:
         try:
-            torch.load(path, map_location="cpu", weights_only=False)
+            load_checkpoint(path)
             return path
         except Exception:
             continue
     return None
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """A Lightning checkpoint's contents, on the CPU (memory-mapped: reading one key is cheap)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 
 _watchdog_started = False

@@ -72,6 +72,11 @@ class StepTrainer(lightning.LightningModule):
         self.log("train/loss", loss, prog_bar=True, sync_dist=False)
         return loss
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The last logged loss, which a run resumed at its last step (no step of its own) reports."""
+        loss = self.trainer.callback_metrics.get("train/loss")
+        checkpoint["final_loss"] = float(loss) if loss is not None else None
+
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         """An endless stream of step numbers (the data is drawn in ``training_step``)."""
         return torch.utils.data.DataLoader(Steps(), batch_size=None)

@@ -211,11 +211,16 @@ class DistillSystem(lightning.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.watch.check()      # a diverged state is never written: the last checkpoint stays good
+        # what metrics.json reports, for a run resumed at its last step (it runs no step itself)
+        checkpoint["report"] = {"last_logs": self.last_logs, "timings": self.timings}
         if self.estimator is not None:
             checkpoint["estimator_optimizer"] = self.estimator_optimizer.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._pending_estimator_state = checkpoint.get("estimator_optimizer")
+        report = checkpoint.get("report", {})
+        self.last_values = {k: torch.tensor(v) for k, v in report.get("last_logs", {}).items()}
+        self.timings = list(report.get("timings", []))
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(_Steps(), batch_size=None)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import errors
-from ..registry import register_recipe
+from ..registry import listing, register_listing, register_recipe
 from ..run import RunContext
 from ..schema import option, require_finite
 
@@ -42,6 +42,7 @@ ROLLOUT_MODELS: dict[str, str] = {
     "video-denoiser": "omniguide.zoo.sprite_rollout:build",
     "toy-audio": "omniguide.zoo.audio_rollout:build",
 }
+register_listing("rollout-models", lambda: listing("rollout model", ROLLOUT_MODELS))   # in `omniguide list`
 
 
 @dataclass

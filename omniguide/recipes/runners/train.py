@@ -95,7 +95,7 @@ def check_train(cfg: TrainConfig) -> None:
 def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     """Train a zoo model; checkpoints/step-N.ckpt every N steps, model.safetensors at the end."""
     from ..components import make_callbacks
-    from ..runtime import fit_checkpointed
+    from ..runtime import fit_checkpointed, load_checkpoint
 
     module = build_module(cfg)
     trainer, ckpt, seconds = fit_checkpointed(cfg, run, module, make_callbacks(cfg.callbacks))
@@ -109,5 +109,7 @@ def run_train(cfg: TrainConfig, run: RunContext) -> dict | None:
     if save_outputs is not None:
         save_outputs(run.dir)
     loss = trainer.callback_metrics.get("train/loss")
+    if loss is None and ckpt:    # resumed at its last step: the loss the checkpoint recorded
+        loss = load_checkpoint(ckpt).get("final_loss")
     return {"steps": trainer.global_step, "final_loss": float(loss) if loss is not None else None,
             "resumed_from": ckpt, "world_size": trainer.world_size, "seconds": seconds}
